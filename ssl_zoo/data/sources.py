@@ -1,0 +1,261 @@
+"""Data sources. Each yields unbatched `{"image": uint8 HxWx3, "label": int64}` examples.
+
+Three kinds, one pipeline (`ssl_zoo.data.pipeline`): a TFDS dataset by name, a folder of images,
+in-memory arrays. A source is named by a spec string so that recipes and the command line can
+say where data comes from without code: `tfds:cifar10`, `folder:imagenette-96px` (relative to
+the data directory, or an absolute path), or a `ArraySource` built in Python.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from ssl_zoo.data.decode import IMAGE_EXTENSIONS, SkipStats, decode_file
+
+log = logging.getLogger(__name__)
+
+DATA_DIR_ENV = "SSL_ZOO_DATA_DIR"
+
+
+class DataError(ValueError):
+    """Raised for data that cannot be used, with a message that says what and where."""
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
+    """The `--data-dir` flag if given, else `$SSL_ZOO_DATA_DIR`, else None (library defaults)."""
+    value = data_dir if data_dir else os.environ.get(DATA_DIR_ENV)
+    return Path(value).expanduser() if value else None
+
+
+class Source:
+    """Interface: `examples(split)` gives the unbatched dataset; `num_examples(split)` its size."""
+
+    name: str
+    stats: SkipStats
+
+    def examples(self, split: str, shuffle_seed: int | None = None) -> tf.data.Dataset:
+        raise NotImplementedError
+
+    def num_examples(self, split: str) -> int | None:
+        raise NotImplementedError
+
+    def num_classes(self) -> int | None:
+        return None
+
+
+class TFDSSource(Source):
+    """A prepared TFDS dataset. Never downloads: a missing dataset is an error that says where
+    it looked and how to prepare it."""
+
+    def __init__(self, name: str, data_dir: str | os.PathLike | None = None):
+        import tensorflow_datasets as tfds
+
+        self.name = name
+        self.stats = SkipStats()
+        root = resolve_data_dir(data_dir)
+        # Accept either the TFDS data dir itself or a data root holding `tensorflow_datasets/`.
+        if root is not None and (root / "tensorflow_datasets").is_dir():
+            root = root / "tensorflow_datasets"
+        self.data_dir = str(root) if root is not None else None
+        try:
+            self._builder = tfds.builder(name, data_dir=self.data_dir)
+        except Exception as e:  # unknown name, unreadable dir
+            raise DataError(f"TFDS dataset {name!r} could not be opened in {self.data_dir}: {e}") from e
+        if not self._builder.is_prepared():
+            searched = self.data_dir or "the TFDS default data dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
+            raise DataError(
+                f"TFDS dataset {name!r} is not prepared in {searched}. Prepare it once on a machine "
+                f"with internet: `tfds build {name} --data_dir DIR` (or "
+                f"`tfds.load('{name}', data_dir=DIR)`), then pass --data-dir DIR or set "
+                f"${DATA_DIR_ENV}=DIR. ssl_zoo never downloads during training."
+            )
+
+    def examples(self, split, shuffle_seed=None):
+        import tensorflow_datasets as tfds
+
+        if split not in self._builder.info.splits:
+            raise DataError(f"{self.name} has no split {split!r}; it has {list(self._builder.info.splits)}")
+        read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
+        ds = self._builder.as_dataset(
+            split=split, shuffle_files=shuffle_seed is not None, read_config=read_config
+        )
+        image_key = "image"
+        label_key = "label" if "label" in self._builder.info.features else None
+
+        def to_example(ex):
+            image = ex[image_key]
+            if image.shape.rank == 3 and image.shape[-1] == 1:
+                image = tf.image.grayscale_to_rgb(image)
+            label = tf.cast(ex[label_key], tf.int64) if label_key else tf.constant(-1, tf.int64)
+            return {"image": image, "label": label}
+
+        return ds.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def num_examples(self, split):
+        return self._builder.info.splits[split].num_examples
+
+    def num_classes(self):
+        features = self._builder.info.features
+        return getattr(features["label"], "num_classes", None) if "label" in features else None
+
+
+class ImageFolderSource(Source):
+    """A folder of images, searched recursively (jpg, jpeg, png, webp, bmp).
+
+    If the folder has a subfolder named after the split (`train/`, `val/`…), that is used.
+    Immediate class subfolders become integer labels in sorted order (used for evaluation only);
+    files directly in the folder get label -1. Files are listed once (cheap) and decoded lazily
+    in the pipeline, so a folder of any size streams.
+    """
+
+    def __init__(self, path: str | os.PathLike, min_side: int = 8):
+        self.root = Path(path).expanduser()
+        self.name = self.root.name
+        self.min_side = min_side
+        self.stats = SkipStats()
+        if not self.root.is_dir():
+            raise DataError(f"image folder {self.root} does not exist or is not a directory")
+        self._listing: dict[str, tuple[list[str], list[int], list[str]]] = {}
+
+    def _split_root(self, split: str) -> Path:
+        candidate = self.root / split
+        return candidate if candidate.is_dir() else self.root
+
+    def _list(self, split: str):
+        if split in self._listing:
+            return self._listing[split]
+        root = self._split_root(split)
+        class_dirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        class_index = {c: i for i, c in enumerate(class_dirs)}
+        paths, labels, ignored = [], [], []
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            rel = Path(dirpath).relative_to(root)
+            label = class_index.get(rel.parts[0], -1) if rel.parts else -1
+            for fname in sorted(filenames):
+                if fname.startswith("."):
+                    continue
+                full = os.path.join(dirpath, fname)
+                if fname.lower().endswith(IMAGE_EXTENSIONS):
+                    paths.append(full)
+                    labels.append(label)
+                else:
+                    ignored.append(full)
+        if ignored:
+            log.warning(
+                "%s: ignoring %d files without an image extension %s (e.g. %s)",
+                root, len(ignored), IMAGE_EXTENSIONS, ", ".join(ignored[:3]),
+            )
+        if not paths:
+            raise DataError(f"no image files {IMAGE_EXTENSIONS} found under {root}")
+        self._listing[split] = (paths, labels, class_dirs)
+        return self._listing[split]
+
+    def examples(self, split, shuffle_seed=None):
+        paths, labels, _ = self._list(split)
+        ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, np.int64)))
+        if shuffle_seed is not None:
+            # Shuffling the file list is cheap and gives a full shuffle before any decoding.
+            ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=False)
+        stats, min_side = self.stats, self.min_side
+
+        def decode(path):
+            arr = decode_file(path.decode(), min_side, stats)
+            if arr is None:
+                return np.zeros((0, 0, 3), np.uint8), False
+            return arr, True
+
+        def decode_tf(path, label):
+            image, ok = tf.numpy_function(decode, [path], (tf.uint8, tf.bool), stateful=False)
+            image = tf.ensure_shape(image, [None, None, 3])
+            return {"image": image, "label": label, "ok": tf.ensure_shape(ok, [])}
+
+        ds = ds.map(decode_tf, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.filter(lambda ex: ex["ok"])
+        return ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+
+    def num_examples(self, split):
+        return len(self._list(split)[0])
+
+    def num_classes(self):
+        try:
+            return len(self._list("train")[2]) or None
+        except DataError:
+            return None
+
+    def class_names(self, split: str = "train") -> list[str]:
+        return list(self._list(split)[2])
+
+
+@dataclasses.dataclass
+class ArraySource(Source):
+    """In-memory images: uint8 (N,H,W,3|1|4) or (N,H,W), or float in [0,1]; optional labels."""
+
+    images: np.ndarray
+    labels: np.ndarray | None = None
+    name: str = "arrays"
+
+    def __post_init__(self):
+        self.stats = SkipStats()
+        images = np.asarray(self.images)
+        if images.ndim == 3:
+            images = images[..., None]
+        if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+            raise DataError(
+                f"array images must be (N,H,W), (N,H,W,1), (N,H,W,3) or (N,H,W,4); got {images.shape}"
+            )
+        if len(images) == 0:
+            raise DataError("array source is empty")
+        if np.issubdtype(images.dtype, np.floating):
+            if images.min() < 0 or images.max() > 1:
+                raise DataError("float array images must be in [0, 1]; pass uint8 for [0, 255]")
+            images = np.round(images * 255).astype(np.uint8)
+        elif images.dtype == np.uint16:
+            images = (images.astype(np.float64) / 65535 * 255 + 0.5).astype(np.uint8)
+        elif images.dtype != np.uint8:
+            raise DataError(f"array images must be uint8, uint16 or float in [0,1]; got {images.dtype}")
+        if images.shape[-1] == 1:
+            images = np.repeat(images, 3, axis=-1)
+        elif images.shape[-1] == 4:
+            images = images[..., :3]
+        self.images = images
+        if self.labels is None:
+            self.labels = np.full(len(images), -1, np.int64)
+        self.labels = np.asarray(self.labels, np.int64)
+        if len(self.labels) != len(images):
+            raise DataError(f"{len(images)} images but {len(self.labels)} labels")
+
+    def examples(self, split, shuffle_seed=None):
+        ds = tf.data.Dataset.from_tensor_slices({"image": self.images, "label": self.labels})
+        if shuffle_seed is not None:
+            ds = ds.shuffle(len(self.images), seed=shuffle_seed, reshuffle_each_iteration=False)
+        return ds
+
+    def num_examples(self, split):
+        return len(self.images)
+
+    def num_classes(self):
+        valid = self.labels[self.labels >= 0]
+        return int(valid.max()) + 1 if len(valid) else None
+
+
+def open_source(spec: str, data_dir: str | os.PathLike | None = None) -> Source:
+    """Opens a source from a spec: `tfds:NAME` or `folder:PATH` (PATH relative to the data dir)."""
+    kind, _, value = spec.partition(":")
+    if not value:
+        raise DataError(f"data source {spec!r} must look like 'tfds:cifar10' or 'folder:PATH'")
+    if kind == "tfds":
+        return TFDSSource(value, data_dir)
+    if kind == "folder":
+        path = Path(value).expanduser()
+        root = resolve_data_dir(data_dir)
+        if not path.is_absolute() and root is not None:
+            path = root / path
+        return ImageFolderSource(path)
+    raise DataError(f"unknown data source kind {kind!r} in {spec!r}; use 'tfds:' or 'folder:'")

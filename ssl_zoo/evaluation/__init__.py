@@ -1,0 +1,1 @@
+"""Evaluation protocols: per-stage linear probe, weighted kNN, random-init floor."""

@@ -1,0 +1,15 @@
+"""Method registry: name -> method class (one file per method)."""
+
+from ssl_zoo.methods.base import PretextMethod, extract_backbone
+from ssl_zoo.methods.rotnet import RotNet
+
+METHODS: dict[str, type[PretextMethod]] = {cls.name: cls for cls in (RotNet,)}
+
+
+def build_method(name: str, **kwargs) -> PretextMethod:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {sorted(METHODS)}")
+    return METHODS[name](**kwargs)
+
+
+__all__ = ["METHODS", "PretextMethod", "build_method", "extract_backbone"]

@@ -1,0 +1,89 @@
+"""What a method is: composition of a backbone, a pretext transform, a head and a loss.
+
+Discriminative pretexts (rotation, jigsaw, …) only say how to build the model and how to turn a
+batch of images into `(inputs, targets)`; the shared training loop's default step (forward,
+`loss(targets, outputs)`, backward, optimizer) trains them. Methods with extra state (momentum
+encoders, queues, pseudo-labels) override `train_step` and keep that state on themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import keras
+import tensorflow as tf
+
+from ssl_zoo import losses
+from ssl_zoo.backbones import build_backbone
+from ssl_zoo.heads import PRETEXT_HEAD
+
+BACKBONE = "backbone"
+
+
+@dataclasses.dataclass
+class PretextMethod:
+    """Base for methods; subclasses are dataclasses whose fields are their typed configuration."""
+
+    backbone: dict = dataclasses.field(default_factory=lambda: {"arch": "resnet", "depth": 18})
+    name: ClassVar[str] = ""
+    # Per-example view augmentation the pipeline applies before batching (see data.augment).
+    augment: str = "crop_flip"
+
+    def build_backbone(self) -> keras.Model:
+        return build_backbone(self.backbone, name=BACKBONE)
+
+    def build_model(self) -> keras.Model:
+        raise NotImplementedError
+
+    def batch_transform(self, images, labels):
+        raise NotImplementedError
+
+    def loss(self, targets, outputs):
+        """Per-example loss; reduced to the global mean by the loop."""
+        return losses.sparse_cross_entropy(targets, outputs)
+
+    def train_step(self, model, optimizer, inputs, targets) -> dict[str, tf.Tensor]:
+        """One replica's step. Returns sums that the loop reduces (SUM) across replicas."""
+        with tf.GradientTape() as tape:
+            outputs = model(inputs, training=True)
+            per_example = self.loss(targets, outputs)
+            loss = losses.global_mean(per_example)
+            if model.losses:
+                loss += tf.add_n(model.losses) / losses.num_replicas()
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return self.metrics(targets, outputs, per_example)
+
+    def eval_step(self, model, inputs, targets) -> dict[str, tf.Tensor]:
+        outputs = model(inputs, training=False)
+        return self.metrics(targets, outputs, self.loss(targets, outputs))
+
+    def metrics(self, targets, outputs, per_example) -> dict[str, tf.Tensor]:
+        correct = tf.equal(tf.argmax(outputs, -1, output_type=tf.int32), tf.cast(targets, tf.int32))
+        return {
+            "loss_sum": tf.reduce_sum(per_example),
+            "correct": tf.reduce_sum(tf.cast(correct, tf.float32)),
+            "count": tf.cast(tf.shape(per_example)[0], tf.float32),
+        }
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, **dataclasses.asdict(self)}
+
+
+def extract_backbone(model: keras.Model) -> keras.Model:
+    """The backbone inside a pretext model, found by name (the head is dropped by name too)."""
+    try:
+        return model.get_layer(BACKBONE)
+    except ValueError as e:
+        names = [layer.name for layer in model.layers]
+        raise ValueError(f"model {model.name!r} has no layer {BACKBONE!r}; its layers: {names}") from e
+
+
+def single_view_classifier(backbone: keras.Model, head: keras.Model, image_size) -> keras.Model:
+    """images -> backbone -> head, with the backbone and head as named sub-models."""
+    inputs = keras.Input((image_size, image_size, 3), name="images")
+    return keras.Model(inputs, head(backbone(inputs)), name="pretext_model")
+
+
+__all__ = ["BACKBONE", "PRETEXT_HEAD", "PretextMethod", "extract_backbone", "single_view_classifier"]

@@ -1,0 +1,1 @@
+"""Pretext transforms: tf.data batch transforms `images -> (inputs, targets)`, pure TF ops."""

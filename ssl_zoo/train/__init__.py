@@ -1,0 +1,1 @@
+"""Training: recipes, strategies and the one loop every method uses."""

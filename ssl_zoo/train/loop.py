@@ -1,0 +1,289 @@
+"""The training loop shared by every method and every tf.distribute strategy.
+
+Why our own loop: Keras 3's `Model.fit` fails under `MultiWorkerMirroredStrategy` (Keras 3.15 /
+TF 2.21: "Attempt to convert a value (PerReplica…) with an unsupported type",
+keras-team/keras#20585), while `strategy.run` over a `tf.function` step with Keras layers, losses
+and optimizers trains correctly under all strategies. The loop owns distribution, checkpoints,
+resumption, logs and progress; a method owns only its step (`PretextMethod.train_step`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from ssl_zoo.data.pipeline import build_dataset, check_not_empty
+from ssl_zoo.data.sources import Source
+from ssl_zoo.methods.base import PretextMethod, extract_backbone
+from ssl_zoo.train.recipe import OptimizerConfig, Recipe
+from ssl_zoo.train.strategy import is_chief, worker_dir
+
+log = logging.getLogger(__name__)
+SUM = tf.distribute.ReduceOp.SUM
+
+
+def build_optimizer(cfg: OptimizerConfig, global_batch: int, total_steps: int, steps_per_epoch: int):
+    """Optimizer with linear LR scaling and (optional) linear warmup + cosine decay."""
+    peak = cfg.learning_rate * global_batch / 256
+    warmup = min(int(cfg.warmup_epochs * steps_per_epoch), max(total_steps - 1, 0))
+    if cfg.schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup else peak,
+            decay_steps=max(total_steps - warmup, 1),
+            warmup_target=peak if warmup else None,
+            warmup_steps=warmup,
+        )
+    elif cfg.schedule == "constant":
+        lr = peak
+    else:
+        raise ValueError(f"unknown schedule {cfg.schedule!r}; cosine or constant")
+    if cfg.name == "sgd":
+        opt = keras.optimizers.SGD(lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay or None)
+    elif cfg.name == "adamw":
+        opt = keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+    elif cfg.name == "lamb":
+        opt = keras.optimizers.Lamb(lr, weight_decay=cfg.weight_decay or None)
+    else:
+        raise ValueError(f"unknown optimizer {cfg.name!r}; sgd, adamw or lamb")
+    if cfg.weight_decay:
+        # Batch-norm scales/offsets and biases are not decayed (standard since Goyal et al. 2017).
+        opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    return opt
+
+
+def save_model_atomic(model: keras.Model, path: str | Path) -> None:
+    """Writes a .keras file next to its destination and renames it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(obj, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Trains `method` on `source` under `strategy` as the recipe says, in `out_dir`.
+
+    out_dir/
+      checkpoints/      tf.train.CheckpointManager (model, optimizer, step); resumed automatically
+      tensorboard/      scalars (chief only)
+      history.json      one record per epoch
+      pretext_model.keras, backbone.keras   written atomically at the end
+    """
+
+    def __init__(self, method: PretextMethod, recipe: Recipe, source: Source, strategy, out_dir: str | Path):
+        self.method, self.recipe, self.source, self.strategy = method, recipe, source, strategy
+        self.out_dir = Path(out_dir)
+        self.chief = is_chief(strategy)
+        train = recipe.train
+        replicas = strategy.num_replicas_in_sync
+        if train.global_batch % replicas:
+            raise ValueError(f"global batch {train.global_batch} is not divisible by {replicas} replicas")
+        self.global_batch = train.global_batch
+        self.per_replica_batch = train.global_batch // replicas
+        n = source.num_examples(recipe.data.train_split)
+        self.steps_per_epoch = train.steps_per_epoch or (n // train.global_batch if n else None)
+        if not self.steps_per_epoch:
+            raise ValueError(
+                f"{source.name}/{recipe.data.train_split} has {n} examples: fewer than one global batch of {train.global_batch}"
+            )
+        self.total_steps = self.steps_per_epoch * train.epochs
+        with strategy.scope():
+            self.model = method.build_model()
+            self.optimizer = build_optimizer(recipe.optimizer, train.global_batch, self.total_steps, self.steps_per_epoch)
+            self.optimizer.build(self.model.trainable_variables)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step)
+        ckpt_dir = worker_dir(str(self.out_dir / "checkpoints"), strategy)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, ckpt_dir, max_to_keep=2)
+        self.preemption = None
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # Saves a checkpoint on every worker when the cluster signals a preemption (SIGTERM).
+            self.preemption = tf.distribute.experimental.PreemptionCheckpointHandler(
+                strategy.cluster_resolver, self.manager
+            )
+        self._train_fn = None
+        self._eval_fn = None
+
+    # ---- data -------------------------------------------------------------------------------
+    def _train_dataset(self, epoch: int, skip: int):
+        data, train = self.recipe.data, self.recipe.train
+
+        def dataset_fn(ctx):
+            ds = build_dataset(
+                self.source, data.train_split,
+                batch_size=ctx.get_per_replica_batch_size(self.global_batch),
+                image_size=data.image_size, augment=self.method.augment,
+                batch_transform=self.method.batch_transform, training=True, seed=train.seed,
+                epoch=epoch, skip_batches=skip, shuffle_buffer=data.shuffle_buffer,
+                cache=data.cache, input_context=ctx, repeat=True,
+            )
+            return ds.take(self.steps_per_epoch - skip)
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def _eval_dataset(self):
+        data = self.recipe.data
+
+        def dataset_fn(ctx):
+            return build_dataset(
+                self.source, data.eval_split,
+                batch_size=ctx.get_per_replica_batch_size(self.global_batch),
+                image_size=data.image_size, augment="center",
+                batch_transform=self.method.batch_transform, input_context=ctx,
+            )
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    # ---- steps ------------------------------------------------------------------------------
+    def train_step(self, dist_inputs):
+        """One synchronous step over all replicas; returns metrics summed over replicas."""
+        if self._train_fn is None:
+            def step_fn(inputs, targets):
+                return self.method.train_step(self.model, self.optimizer, inputs, targets)
+
+            @tf.function
+            def distributed(batch):
+                per_replica = self.strategy.run(step_fn, args=batch)
+                self.step.assign_add(1)
+                return {k: self.strategy.reduce(SUM, v, axis=None) for k, v in per_replica.items()}
+
+            self._train_fn = distributed
+        return self._train_fn(dist_inputs)
+
+    def evaluate_pretext(self) -> dict[str, float]:
+        """Pretext loss and accuracy on the held-out split (no augmentation)."""
+        if self._eval_fn is None:
+            @tf.function
+            def distributed(batch):
+                per_replica = self.strategy.run(
+                    lambda x, y: self.method.eval_step(self.model, x, y), args=batch
+                )
+                return {k: self.strategy.reduce(SUM, v, axis=None) for k, v in per_replica.items()}
+
+            self._eval_fn = distributed
+        totals: dict[str, float] = {}
+        for batch in self._eval_dataset():
+            for k, v in self._eval_fn(batch).items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        return _averages(totals)
+
+    # ---- loop -------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        recipe, train = self.recipe, self.recipe.train
+        restored = self.manager.restore_or_initialize()
+        start = int(self.step.numpy())
+        if restored:
+            log.info("resumed from %s at step %d", restored, start)
+        history_path = self.out_dir / "history.json"
+        history = json.loads(history_path.read_text()) if (restored and history_path.exists()) else []
+        history = [h for h in history if h["step"] <= start]
+        if start == 0:
+            probe = build_dataset(
+                self.source, recipe.data.train_split, batch_size=self.per_replica_batch,
+                image_size=recipe.data.image_size, augment=self.method.augment, training=True,
+                seed=train.seed,
+            )
+            check_not_empty(probe, self.source, recipe.data.train_split)
+        writer = tf.summary.create_file_writer(str(self.out_dir / "tensorboard")) if self.chief else tf.summary.create_noop_writer()
+        if self.chief:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            log.info(
+                "training %s: %d epochs x %d steps, global batch %d over %d replicas",
+                self.method.name, train.epochs, self.steps_per_epoch, self.global_batch,
+                self.strategy.num_replicas_in_sync,
+            )
+        for epoch in range(start // self.steps_per_epoch, train.epochs):
+            skip = int(self.step.numpy()) - epoch * self.steps_per_epoch
+            totals: dict[str, float] = {}
+            t0 = time.time()
+            steps_run = 0
+            progbar = keras.utils.Progbar(self.steps_per_epoch, verbose=1 if (self.chief and sys.stdout.isatty()) else 0)
+            for batch in self._train_dataset(epoch, skip):
+                metrics = self.train_step(batch)
+                if self.preemption is not None:
+                    self.preemption.save_checkpoint_if_preempted()
+                steps_run += 1
+                step = int(self.step.numpy())
+                for k, v in metrics.items():
+                    totals[k] = totals.get(k, 0.0) + float(v)
+                avg = _averages(totals)
+                progbar.update(step - epoch * self.steps_per_epoch, [(k, v) for k, v in avg.items()])
+                if step % train.log_every == 0 and self.chief:
+                    rate = steps_run * self.global_batch / max(time.time() - t0, 1e-9)
+                    log.info("epoch %d step %d/%d %s %.0f img/s", epoch + 1, step, self.total_steps,
+                             " ".join(f"{k}={v:.4f}" for k, v in avg.items()), rate)
+                    with writer.as_default(step=step):
+                        for k, v in avg.items():
+                            tf.summary.scalar(f"train/{k}", v)
+                        tf.summary.scalar("train/learning_rate", float(self.optimizer.learning_rate))
+                if step % train.checkpoint_every == 0:
+                    self.manager.save(checkpoint_number=step)
+            if not steps_run:
+                raise RuntimeError(f"epoch {epoch + 1} produced no batch; {self.source.stats.summary()}")
+            seconds = time.time() - t0
+            record = {"epoch": epoch + 1, "step": int(self.step.numpy()), "seconds": round(seconds, 1),
+                      "images_per_second": round(steps_run * self.global_batch / seconds, 1),
+                      **{f"train_{k}": round(v, 5) for k, v in _averages(totals).items()}}
+            if recipe.data.eval_split and ((epoch + 1) % train.eval_every_epochs == 0 or epoch + 1 == train.epochs):
+                record.update({f"eval_{k}": round(v, 5) for k, v in self.evaluate_pretext().items()})
+            self.manager.save(checkpoint_number=int(self.step.numpy()))
+            history.append(record)
+            if self.chief:
+                log.info("epoch %d done: %s", epoch + 1, record)
+                with writer.as_default(step=record["step"]):
+                    for k, v in record.items():
+                        if k.startswith("eval_"):
+                            tf.summary.scalar(f"eval/{k[5:]}", v)
+                write_json_atomic(history, history_path)
+        writer.flush()
+        skipped = self.source.stats.summary()
+        if self.source.stats.total:
+            log.warning("%s: %s", self.source.name, skipped)
+        self._save_final()
+        return {"history": history, "skipped": self.source.stats.counts()}
+
+    def _save_final(self) -> None:
+        target = worker_dir(str(self.out_dir), self.strategy)
+        save_model_atomic(self.model, Path(target) / "pretext_model.keras")
+        save_model_atomic(extract_backbone(self.model), Path(target) / "backbone.keras")
+        if self.chief:
+            write_json_atomic(
+                {"recipe": self.recipe.to_dict(), "method": self.method.config(),
+                 "steps": int(self.step.numpy()), "replicas": self.strategy.num_replicas_in_sync},
+                self.out_dir / "run.json",
+            )
+        else:
+            shutil.rmtree(target, ignore_errors=True)
+
+
+def _averages(totals: dict[str, float]) -> dict[str, float]:
+    count = totals.get("count", 0.0)
+    out = {}
+    if count:
+        if "loss_sum" in totals:
+            out["loss"] = totals["loss_sum"] / count
+        if "correct" in totals:
+            out["accuracy"] = totals["correct"] / count
+    for k, v in totals.items():
+        if k not in ("loss_sum", "correct", "count"):
+            out[k] = v / max(count, 1.0)
+    if not math.isfinite(out.get("loss", 0.0)):
+        raise FloatingPointError(f"loss is not finite: {out}")
+    return out

@@ -1,0 +1,137 @@
+"""Recipes: typed, declarative training configurations stored as TOML under `training/`.
+
+A recipe chooses values only; every section maps onto a dataclass, unknown keys are errors (a typo
+never silently falls back to a default). The file's leading comment block says what the recipe
+should reach, how long it takes and the command that reproduces it (big_vision's habit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any
+
+
+@dataclasses.dataclass
+class DataConfig:
+    source: str = "tfds:cifar10"
+    train_split: str = "train"
+    eval_split: str | None = "test"
+    image_size: int = 32
+    shuffle_buffer: int = 10_000
+    cache: bool = False
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: int = 1
+    # Images drawn from the source per step, over all replicas (a pretext transform may turn each
+    # into several inputs, e.g. RotNet's four rotations).
+    global_batch: int = 128
+    seed: int = 0
+    steps_per_epoch: int | None = None  # None = one pass over the training split
+    checkpoint_every: int = 200  # steps
+    log_every: int = 50  # steps
+    eval_every_epochs: int = 1
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    name: str = "sgd"  # sgd | adamw | lamb
+    learning_rate: float = 0.1  # per 256 images of global batch (linear scaling, Goyal et al. 2017)
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    schedule: str = "cosine"  # cosine | constant
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """The downstream protocol the card reports (see ssl_zoo.evaluation)."""
+
+    source: str = "tfds:cifar10"
+    train_split: str = "train"
+    test_split: str = "test"
+    image_size: int = 32
+    stages: tuple[str, ...] = ("stem", "stage1", "stage2", "stage3", "stage4", "pooled")
+    knn_k: int = 200
+
+
+@dataclasses.dataclass
+class Recipe:
+    name: str
+    method: dict[str, Any]
+    backbone: dict[str, Any]
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    evaluation: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _typed(cls, values: dict, section: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"recipe section [{section}] has unknown keys {unknown}; known: {sorted(fields)}")
+    out = dict(values)
+    for key, value in values.items():
+        if isinstance(value, list):
+            out[key] = tuple(value)
+    return cls(**out)
+
+
+def recipe_from_dict(raw: dict[str, Any], name: str = "recipe", description: str = "") -> Recipe:
+    raw = dict(raw)
+    for required in ("method", "backbone"):
+        if required not in raw:
+            raise ValueError(f"recipe {name!r} has no [{required}] section")
+    recipe = Recipe(
+        name=raw.pop("name", name),
+        method=dict(raw.pop("method")),
+        backbone=dict(raw.pop("backbone")),
+        data=_typed(DataConfig, raw.pop("data", {}), "data"),
+        train=_typed(TrainConfig, raw.pop("train", {}), "train"),
+        optimizer=_typed(OptimizerConfig, raw.pop("optimizer", {}), "optimizer"),
+        evaluation=_typed(EvalConfig, raw.pop("evaluation", {}), "evaluation"),
+        description=raw.pop("description", description),
+    )
+    if raw:
+        raise ValueError(f"recipe {name!r} has unknown sections {sorted(raw)}")
+    return recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    text = path.read_text()
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"recipe {path} is not valid TOML: {e}") from e
+    comment = "\n".join(
+        line[1:].strip() for line in text.splitlines() if line.startswith("#")
+    )
+    return recipe_from_dict(raw, name=path.stem, description=comment)
+
+
+def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
+    """`section.key=value` overrides from the command line; values parsed as TOML."""
+    raw = recipe.to_dict()
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        section, field = key.split(".", 1)
+        if section not in raw or not isinstance(raw[section], dict):
+            raise ValueError(f"override {item!r}: no section {section!r}")
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value  # bare strings
+        raw[section][field] = parsed
+    return recipe_from_dict(raw, name=recipe.name, description=recipe.description)

@@ -1,0 +1,65 @@
+import numpy as np
+import keras
+import pytest
+
+from ssl_zoo.backbones import STAGES, build_backbone, resnet, stage_model
+
+
+def test_cifar_stem_stage_shapes():
+    model = resnet(18, 0.125, "cifar", 32)
+    outs = stage_model(model, STAGES)(np.zeros((2, 32, 32, 3), np.float32))
+    shapes = {k: tuple(v.shape) for k, v in outs.items()}
+    assert shapes == {
+        "stem": (2, 32, 32, 8), "stage1": (2, 32, 32, 8), "stage2": (2, 16, 16, 16),
+        "stage3": (2, 8, 8, 32), "stage4": (2, 4, 4, 64), "pooled": (2, 64),
+    }
+
+
+def test_imagenet_stem_and_bottleneck():
+    model = resnet(50, 0.125, "imagenet", 64)
+    outs = stage_model(model, ["stem", "stage4", "pooled"])(np.zeros((1, 64, 64, 3), np.float32))
+    assert tuple(outs["stem"].shape) == (1, 16, 16, 8)  # /2 conv, /2 max-pool
+    assert tuple(outs["stage4"].shape) == (1, 2, 2, 64 * 4)  # bottleneck expansion 4
+    assert tuple(outs["pooled"].shape) == (1, 256)
+
+
+@pytest.mark.parametrize("depth,blocks", [(18, 8), (34, 16), (50, 16)])
+def test_depths_have_the_papers_block_counts(depth, blocks):
+    model = resnet(depth, 0.125, "cifar", 16)
+    adds = [layer for layer in model.layers if layer.name.endswith("_add")]
+    assert len(adds) == blocks
+
+
+def test_config_round_trip_gives_the_same_function():
+    model = build_backbone({"arch": "resnet", "depth": 18, "width": 0.125, "image_size": 16})
+    clone = keras.Model.from_config(model.get_config())
+    clone.set_weights(model.get_weights())
+    x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_allclose(model(x), clone(x), atol=1e-6)
+    assert [w.shape for w in model.weights] == [w.shape for w in clone.weights]
+
+
+def test_keras_file_loads_in_safe_mode_without_custom_objects(tmp_path):
+    model = resnet(18, 0.125, "cifar", 16)
+    path = tmp_path / "backbone.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True, compile=False)
+    x = np.full((1, 16, 16, 3), 128.0, np.float32)
+    np.testing.assert_allclose(model(x), loaded(x), atol=1e-6)
+    assert loaded.get_layer("stage3") is not None
+
+
+def test_normalisation_is_inside_the_model():
+    model = resnet(18, 0.125, "cifar", 16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    norm = keras.Model(model.input, model.get_layer("normalize").output)
+    out = norm(np.full((1, 16, 16, 3), 255.0 * 0.75, np.float32))
+    np.testing.assert_allclose(out, np.ones((1, 16, 16, 3)), atol=1e-5)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="depth"):
+        resnet(19)
+    with pytest.raises(ValueError, match="stem"):
+        resnet(18, stem="vit")
+    with pytest.raises(ValueError, match="unknown stages"):
+        stage_model(resnet(18, 0.125, image_size=16), ["stage9"])

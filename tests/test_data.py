@@ -1,0 +1,171 @@
+"""Data sources and the pipeline, including every kind of bad input a user folder can hold."""
+
+import logging
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from ssl_zoo.data.augment import center_crop, random_crop_flip, random_resized_crop
+from ssl_zoo.data.pipeline import build_dataset, check_not_empty
+from ssl_zoo.data.sources import ArraySource, DataError, ImageFolderSource, TFDSSource, open_source
+
+
+def _rgb(size=(20, 24), seed=0):
+    return np.random.default_rng(seed).integers(0, 255, size + (3,), dtype=np.uint8)
+
+
+@pytest.fixture
+def messy_folder(tmp_path):
+    root = tmp_path / "images"
+    (root / "cats" / "nested").mkdir(parents=True)
+    (root / "dogs").mkdir()
+    Image.fromarray(_rgb()).save(root / "cats" / "good.jpg")
+    Image.fromarray(_rgb(seed=1)).save(root / "cats" / "nested" / "good_nested.png")
+    Image.fromarray(_rgb(seed=2)).save(root / "dogs" / "good.webp")
+    Image.fromarray(_rgb(seed=3)).save(root / "dogs" / "good.bmp")
+    Image.fromarray(_rgb(seed=4)[..., 0]).save(root / "dogs" / "grey.png")
+    Image.fromarray(np.dstack([_rgb(seed=5), np.full((20, 24), 128, np.uint8)])).save(root / "dogs" / "rgba.png")
+    Image.fromarray(np.full((20, 24), 65535, np.uint16)).save(root / "dogs" / "sixteen_bit.png")
+    Image.fromarray(_rgb((10, 10), seed=6)).save(root / "dogs" / "smaller_than_crop.png")
+    Image.fromarray(_rgb((4, 4), seed=7)).save(root / "dogs" / "too_small.png")
+    full = (root / "cats" / "good.jpg").read_bytes()
+    (root / "cats" / "truncated.jpg").write_bytes(full[: len(full) // 2])
+    (root / "cats" / "not_an_image.jpg").write_bytes(b"this is text, not a JPEG")
+    (root / "cats" / "empty.png").write_bytes(b"")
+    (root / "dogs" / "notes.txt").write_text("ignored: not an image extension")
+    return root
+
+
+def _collect(source, split="train", size=16):
+    ds = build_dataset(source, split, batch_size=4, image_size=size, augment="center")
+    images, labels = [], []
+    for x, y in ds:
+        images.append(x.numpy())
+        labels.append(y.numpy())
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def test_folder_converts_what_it_can_and_counts_the_rest(messy_folder, caplog):
+    source = ImageFolderSource(messy_folder)
+    assert source.num_examples("train") == 12  # image extensions only, recursive
+    with caplog.at_level(logging.WARNING):
+        images, labels = _collect(source)
+    # good x4, grey, rgba, 16-bit, smaller-than-crop (upscaled) = 8 usable
+    assert images.shape == (8, 16, 16, 3)
+    assert images.dtype == np.float32 and images.min() >= 0 and images.max() <= 255
+    assert sorted(labels.tolist()) == [0, 0, 1, 1, 1, 1, 1, 1]  # class subfolders (nested counts for its top folder)
+    counts = source.stats.counts()
+    assert sum(counts.values()) == 4
+    assert counts["not an image"] == 2  # text with a .jpg name, empty file
+    assert counts["smaller than 8 px"] == 1
+    assert sum(v for k, v in counts.items() if k.startswith("corrupt")) == 1  # truncated
+    summary = source.stats.summary()
+    assert "truncated.jpg" in summary and "too_small.png" in summary
+    assert "truncated.jpg" in caplog.text
+    assert source.stats.converted["16-bit"] == 1 and source.stats.converted["alpha"] == 1
+
+
+def test_sixteen_bit_white_stays_white_and_alpha_goes_on_white(tmp_path):
+    Image.fromarray(np.full((16, 16), 65535, np.uint16)).save(tmp_path / "a.png")
+    rgba = np.zeros((16, 16, 4), np.uint8)  # fully transparent black
+    Image.fromarray(rgba).save(tmp_path / "b.png")
+    images, _ = _collect(ImageFolderSource(tmp_path))
+    np.testing.assert_allclose(images, 255.0, atol=0.5)
+
+
+def test_empty_after_skipping_is_a_clear_error_before_training(tmp_path):
+    (tmp_path / "bad.jpg").write_bytes(b"garbage")
+    (tmp_path / "worse.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    source = ImageFolderSource(tmp_path)
+    ds = build_dataset(source, "train", batch_size=2, image_size=8, training=True)
+    with pytest.raises(DataError, match="no usable batch.*skipped 2"):
+        check_not_empty(ds, source, "train")
+
+
+def test_folder_without_images_and_missing_folder(tmp_path):
+    (tmp_path / "readme.txt").write_text("x")
+    with pytest.raises(DataError, match="no image files"):
+        ImageFolderSource(tmp_path).num_examples("train")
+    with pytest.raises(DataError, match="does not exist"):
+        ImageFolderSource(tmp_path / "nope")
+
+
+def test_folder_split_subfolder_is_used(tmp_path):
+    for split, n in (("train", 3), ("val", 2)):
+        (tmp_path / split / "a").mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(_rgb(seed=i)).save(tmp_path / split / "a" / f"{i}.png")
+    source = ImageFolderSource(tmp_path)
+    assert source.num_examples("train") == 3 and source.num_examples("val") == 2
+
+
+def test_array_source_conversions_and_errors():
+    grey = np.zeros((4, 8, 8), np.uint8)
+    images, _ = _collect(ArraySource(grey), size=8)
+    assert images.shape == (4, 8, 8, 3)
+    floats = np.ones((2, 8, 8, 3), np.float32)
+    images, _ = _collect(ArraySource(floats), size=8)
+    np.testing.assert_allclose(images, 255.0)
+    with pytest.raises(DataError, match="must be in \\[0, 1\\]"):
+        ArraySource(np.full((1, 8, 8, 3), 2.0))
+    with pytest.raises(DataError, match="labels"):
+        ArraySource(grey, labels=np.zeros(3))
+    with pytest.raises(DataError, match="\\(N,H,W"):
+        ArraySource(np.zeros((8, 8), np.uint8))
+
+
+def test_missing_tfds_names_the_directory_and_how_to_prepare(tmp_path):
+    with pytest.raises(DataError) as err:
+        TFDSSource("cifar10", tmp_path)
+    assert str(tmp_path) in str(err.value) and "tfds build cifar10" in str(err.value)
+
+
+def test_data_dir_from_environment(monkeypatch, tmp_path):
+    (tmp_path / "pics").mkdir()
+    Image.fromarray(_rgb()).save(tmp_path / "pics" / "x.png")
+    monkeypatch.setenv("SSL_ZOO_DATA_DIR", str(tmp_path))
+    assert open_source("folder:pics").num_examples("train") == 1
+    with pytest.raises(DataError, match="tfds:"):
+        open_source("cifar10")
+
+
+def test_training_pipeline_is_a_function_of_seed_and_epoch():
+    source = ArraySource(np.random.default_rng(0).integers(0, 255, (32, 12, 12, 3), dtype=np.uint8))
+
+    def first(epoch, skip=0):
+        ds = build_dataset(source, "train", batch_size=4, image_size=8, augment="crop_flip",
+                           training=True, seed=3, epoch=epoch, skip_batches=skip)
+        return [x.numpy() for x, _ in ds]
+
+    a, b = first(0), first(0)
+    np.testing.assert_array_equal(np.stack(a), np.stack(b))
+    assert not np.array_equal(a[0], first(1)[0])
+    # Resuming after 3 batches gives exactly the rest of the epoch.
+    np.testing.assert_array_equal(np.stack(first(0, skip=3)), np.stack(a[3:]))
+
+
+def test_augmentations_shapes_and_ranges():
+    img = tf.constant(_rgb((40, 30)))
+    seed = tf.constant([1, 2], tf.int64)
+    for out in (center_crop(img, 16), random_crop_flip(img, 16, seed), random_resized_crop(img, 16, seed)):
+        assert out.shape == (16, 16, 3) and out.dtype == tf.float32
+        assert float(tf.reduce_min(out)) >= 0 and float(tf.reduce_max(out)) <= 255.5
+
+
+@pytest.mark.data
+def test_real_cifar10_offline(data_dir):
+    source = open_source("tfds:cifar10", data_dir)
+    assert source.num_examples("train") == 50_000 and source.num_classes() == 10
+    images, labels = next(iter(build_dataset(source, "test", batch_size=8, image_size=32)))
+    assert images.shape == (8, 32, 32, 3) and labels.shape == (8,)
+
+
+@pytest.mark.data
+def test_real_imagenette_folder(data_dir):
+    source = open_source("folder:imagenette-96px", data_dir)
+    assert source.num_examples("train") == 9469 and source.num_examples("val") == 3925
+    assert source.num_classes() == 10
+    images, _ = next(iter(build_dataset(source, "val", batch_size=4, image_size=64)))
+    assert images.shape == (4, 64, 64, 3)
