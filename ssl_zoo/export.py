@@ -1,0 +1,368 @@
+"""Release artefacts from a trained model: a Keras preset (the Hugging Face checkpoint), a
+TensorFlow SavedModel and a `.keras` file, each written atomically.
+
+Layout of `ssl-zoo export RUN --name ENTRY --out DIR`:
+
+    DIR/preset/          keras-hub style preset = the Hub repository's content
+        config.json        `keras.saving.serialize_keras_object(backbone)` (+ "ssl_zoo": arch)
+        model.weights.h5   the backbone's weights (pretext head dropped by name)
+        metadata.json      versions, method, arch, input spec, stage shapes, sha256 of the
+                           weights, recipe, training history, evaluation report
+        README.md          the generated model card (ssl_zoo.cards)
+        probe_per_stage.png
+    DIR/saved_model/     TF SavedModel; `serving_default` takes float32 [N, H, W, 3] RGB images
+                         in [0, 255] ("images"), `serving_uint8` the same as uint8; both return
+                         {"pooled", "stem", "stage1" … "stage4"}. Loads with plain
+                         `tf.saved_model.load`, no ssl_zoo needed.
+    DIR/ENTRY.keras      the functional backbone (stock Keras layers, loads with safe_mode=True)
+
+Atomicity: every artefact is written into a temporary sibling (`.NAME.partial-*`) and renamed
+into place; the previous artefact is moved aside first and deleted only after the new one is in
+place. An export killed at any point leaves either the old or the new artefact at the
+destination, never a half-written one. (Directories cannot be swapped in one rename on POSIX; if
+a kill lands in the microseconds between the two renames, the next export or load restores the
+previous artefact from its `.NAME.old-*` sibling.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.weights.h5"
+CONFIG_FILE = "config.json"
+METADATA_FILE = "metadata.json"
+CARD_FILE = "README.md"
+PLOT_FILE = "probe_per_stage.png"
+SAVED_MODEL_METADATA = "ssl_zoo_metadata.json"
+FORMAT_VERSION = 1
+# Fault injection for the interrupted-export test: when set to an artefact kind ("preset",
+# "saved_model", "keras"), the writer touches $SSL_ZOO_EXPORT_STALL_MARKER halfway through that
+# artefact and sleeps, so that the test can SIGKILL a real export mid-write.
+_STALL_ENV = "SSL_ZOO_EXPORT_STALL_AT"
+_STALL_MARKER_ENV = "SSL_ZOO_EXPORT_STALL_MARKER"
+
+
+class ExportError(ValueError):
+    pass
+
+
+# ---- files ---------------------------------------------------------------------------------
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _siblings(dest: Path, kind: str) -> list[Path]:
+    return sorted(dest.parent.glob(f".{dest.name}.{kind}-*"))
+
+
+def recover(dest: str | os.PathLike) -> None:
+    """Restores `dest` from a `.old` sibling if an earlier swap was killed between its renames,
+    and removes temporary folders that killed exports left behind."""
+    dest = Path(dest)
+    olds = _siblings(dest, "old")
+    if not dest.exists() and olds:
+        os.replace(olds[-1], dest)
+        log.warning("restored %s from %s (an earlier export was interrupted)", dest, olds[-1].name)
+        olds = olds[:-1]
+    for p in olds + _siblings(dest, "partial"):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _fsync_tree(root: Path) -> None:
+    for p in [root, *root.rglob("*")]:
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: str | os.PathLike):
+    """Yields an empty temporary sibling of `dest`; on success it replaces `dest`."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    recover(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        old = None
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+            os.replace(dest, old) if dest.is_dir() else (old.rmdir(), os.replace(dest, old))
+        os.replace(tmp, dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(dest: str | os.PathLike):
+    """Yields a temporary path beside `dest` (same suffix); on success it is renamed to `dest`."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for p in _siblings(dest, "partial"):
+        p.unlink(missing_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.partial-", suffix=dest.suffix, dir=dest.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def copy_tree(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copies the files of `src` into the existing folder `dst`."""
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+
+
+def _stall_point(kind: str, tmp: Path) -> None:
+    if os.environ.get(_STALL_ENV) == kind:
+        marker = os.environ.get(_STALL_MARKER_ENV)
+        if marker:
+            Path(marker).write_text(str(tmp))
+        time.sleep(600)
+
+
+# ---- reading a trained run -----------------------------------------------------------------
+def read_run(source: str | os.PathLike):
+    """(backbone, run.json or None, history.json or None) from a run folder or a `.keras` file.
+
+    A run folder is what `ssl-zoo train --out` wrote; its `backbone.keras` is preferred, else the
+    backbone is taken by name out of `pretext_model.keras` (the pretext head is dropped).
+    """
+    from ssl_zoo.loader import load_raw_backbone
+
+    path = Path(source)
+    run = history = None
+    if path.is_dir():
+        run_dir = path
+        for candidate in ("backbone.keras", "pretext_model.keras"):
+            if (path / candidate).exists():
+                path = path / candidate
+                break
+        else:
+            raise ExportError(f"{source} holds neither backbone.keras nor pretext_model.keras")
+    else:
+        run_dir = path.parent
+    if (run_dir / "run.json").exists():
+        run = json.loads((run_dir / "run.json").read_text())
+    if (run_dir / "history.json").exists():
+        history = json.loads((run_dir / "history.json").read_text())
+    return load_raw_backbone(str(path)), run, history
+
+
+# ---- metadata --------------------------------------------------------------------------------
+def stage_shapes(backbone) -> dict[str, list]:
+    from ssl_zoo.backbones import STAGES
+
+    return {s: [d for d in backbone.get_layer(s).output.shape[1:]] for s in STAGES}
+
+
+def backbone_label(arch: dict) -> str:
+    if arch.get("arch", "resnet") == "resnet":
+        return f"ResNet-{arch.get('depth', '?')} w{arch.get('width', 1):g} ({arch.get('stem', 'imagenet')} stem)"
+    return str(arch.get("arch"))
+
+
+def _arch_from_model(backbone) -> dict:
+    """Input statistics read from the model itself (they are layer constants, not guesses)."""
+    import numpy as np
+
+    norm = backbone.get_layer("normalize")
+    # float32 constants: rounded to 6 digits so that 0.4914 reads as 0.4914, not 0.49140000343.
+    mean = [round(float(v), 6) for v in np.ravel(norm.mean)] if norm.mean is not None else None
+    var = norm.variance
+    std = [round(float(np.sqrt(v)), 6) for v in np.ravel(var)] if var is not None else None
+    return {"mean": mean, "std": std}
+
+
+def history_summary(history: list[dict] | None) -> dict | None:
+    if not history:
+        return None
+    evals = [h for h in history if "eval_accuracy" in h]
+    return {
+        "epochs": history[-1]["epoch"],
+        "steps": history[-1]["step"],
+        "train_seconds": round(sum(h.get("seconds", 0.0) for h in history), 1),
+        "images_per_second_mean": round(sum(h.get("images_per_second", 0.0) for h in history) / len(history), 1),
+        "final_train_loss": history[-1].get("train_loss"),
+        "final_train_accuracy": history[-1].get("train_accuracy"),
+        "pretext_eval_accuracy": evals[-1]["eval_accuracy"] if evals else None,
+        "pretext_eval_loss": evals[-1].get("eval_loss") if evals else None,
+        "pretext_eval_epoch": evals[-1]["epoch"] if evals else None,
+    }
+
+
+def build_metadata(backbone, name: str, run: dict | None = None, history: list | None = None,
+                   report: dict | None = None, hardware: str | None = None) -> dict[str, Any]:
+    import keras
+    import tensorflow as tf
+
+    import ssl_zoo
+
+    recipe = (run or {}).get("recipe") or {}
+    method = dict((run or {}).get("method") or {"name": "unknown"})
+    arch = dict(recipe.get("backbone") or method.get("backbone") or {})
+    stats = _arch_from_model(backbone)
+    image_size = backbone.input.shape[1] or arch.get("image_size") or (recipe.get("data") or {}).get("image_size")
+    run_hw = (run or {}).get("hardware")
+    return {
+        "format": "ssl_zoo.preset",
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "ssl_zoo_version": ssl_zoo.__version__,
+        "keras_version": keras.__version__,
+        "tensorflow_version": tf.__version__,
+        "method": method,
+        "arch": arch,
+        "backbone_label": backbone_label(arch) if arch else backbone.name,
+        "parameters": int(backbone.count_params()),
+        "input": {
+            "image_size": image_size,
+            "channels": 3,
+            "color": "RGB",
+            "value_range": [0, 255],
+            "dtype": "float32 (uint8 accepted by ssl_zoo.load_backbone and the SavedModel's serving_uint8)",
+            "mean": stats["mean"],
+            "std": stats["std"],
+            "normalization": "inside the model: x / 255, then (x - mean) / std per channel",
+        },
+        "stages": stage_shapes(backbone),
+        "weights": {"file": WEIGHTS_FILE, "sha256": None},
+        "data": {"source": (recipe.get("data") or {}).get("source")},
+        "recipe": recipe or None,
+        "run": {k: v for k, v in (run or {}).items() if k in ("steps", "replicas")} or None,
+        "history": history,
+        "training": history_summary(history),
+        "hardware": run_hw or hardware,
+        "hardware_source": "run.json" if run_hw else ("export --hardware" if hardware else None),
+        "evaluation": report,
+        "exported": {"platform": platform.platform(), "python": platform.python_version()},
+    }
+
+
+# ---- writers ----------------------------------------------------------------------------------
+def write_preset(backbone, dest: str | os.PathLike, metadata: dict, with_card: bool = True) -> Path:
+    """The keras-hub style preset folder (= the Hub checkpoint), atomically."""
+    import keras
+
+    dest = Path(dest)
+    with atomic_dir(dest) as tmp:
+        config = keras.saving.serialize_keras_object(backbone)
+        config["ssl_zoo"] = {"arch": metadata.get("arch"), "format_version": FORMAT_VERSION}
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        backbone.save_weights(tmp / WEIGHTS_FILE)
+        _stall_point("preset", tmp)
+        metadata = dict(metadata)
+        metadata["weights"] = {"file": WEIGHTS_FILE, "sha256": sha256_file(tmp / WEIGHTS_FILE)}
+        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        if with_card:
+            from ssl_zoo.cards import write_card_files
+
+            write_card_files(metadata, tmp, card_name=CARD_FILE, plot_name=PLOT_FILE)
+    return dest
+
+
+def serving_module(backbone):
+    """(tracked stage model, float32 fn, uint8 fn) for the SavedModel's signatures."""
+    import tensorflow as tf
+
+    from ssl_zoo.backbones import STAGES, stage_model
+
+    staged = stage_model(backbone, STAGES)
+    size = backbone.input.shape[1]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="images")])
+    def serve_float(images):
+        return staged(images, training=False)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="images")])
+    def serve_uint8(images):
+        return staged(tf.cast(images, tf.float32), training=False)
+
+    return staged, serve_float, serve_uint8
+
+
+def write_saved_model(backbone, dest: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """TF SavedModel with `serving_default` (float32) and `serving_uint8` signatures, atomically."""
+    import keras
+
+    dest = Path(dest)
+    staged, serve_float, serve_uint8 = serving_module(backbone)
+    archive = keras.export.ExportArchive()
+    archive.track(staged)
+    archive.add_endpoint("serving_default", serve_float)
+    archive.add_endpoint("serving_uint8", serve_uint8)
+    with atomic_dir(dest) as tmp:
+        # write_out refuses an existing folder on some versions: give it a fresh one inside tmp.
+        archive.write_out(str(tmp / "sm"), verbose=False)
+        for p in (tmp / "sm").iterdir():
+            os.replace(p, tmp / p.name)
+        (tmp / "sm").rmdir()
+        _stall_point("saved_model", tmp)
+        if metadata is not None:
+            (tmp / SAVED_MODEL_METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
+    return dest
+
+
+def write_keras(backbone, dest: str | os.PathLike) -> Path:
+    dest = Path(dest)
+    with atomic_file(dest) as tmp:
+        backbone.save(tmp)
+        _stall_point("keras", tmp)
+    return dest
+
+
+def export(source, name: str, out: str | os.PathLike, *, eval_report: str | os.PathLike | dict | None = None,
+           formats=("preset", "saved_model", "keras"), hardware: str | None = None) -> dict[str, str]:
+    """Exports the backbone of a trained run (folder or .keras file) as release artefacts.
+
+    Returns {"preset": path, "saved_model": path, "keras": path} for the formats written.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        backbone, run, history = read_run(source)
+    else:
+        backbone, run, history = source, None, None
+    report = eval_report
+    if isinstance(eval_report, (str, os.PathLike)):
+        report = json.loads(Path(eval_report).read_text())
+    metadata = build_metadata(backbone, name, run, history, report, hardware)
+    out = Path(out)
+    written: dict[str, str] = {}
+    if "preset" in formats:
+        write_preset(backbone, out / "preset", metadata)
+        metadata = json.loads((out / "preset" / METADATA_FILE).read_text())  # now with the sha256
+        written["preset"] = str(out / "preset")
+    if "saved_model" in formats:
+        written["saved_model"] = str(write_saved_model(backbone, out / "saved_model", metadata))
+    if "keras" in formats:
+        written["keras"] = str(write_keras(backbone, out / f"{name}.keras"))
+    return written

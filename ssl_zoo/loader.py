@@ -1,0 +1,295 @@
+"""Loading backbones from zoo names, preset folders, SavedModels, .keras files and hf:// repos.
+
+    backbone = ssl_zoo.load_backbone("rotnet_resnet18w025_cifar10")   # zoo name
+    backbone = ssl_zoo.load_backbone("export/x/preset")                # preset folder
+    backbone = ssl_zoo.load_backbone("hf://org/name@v1")               # Hub (cache, offline, revision)
+    backbone = ssl_zoo.load_backbone("x.keras", stages=["stage3", "pooled"])
+    frozen = ssl_zoo.load_backbone("export/x/saved_model")             # TFSMLayer, inference only
+
+What is checked, so that a load never half-succeeds:
+- Keras safe mode stays on: a model that would run arbitrary Python (a `Lambda` layer) is refused
+  with `UnsafeModelError`.
+- The weight file's sha256 must equal the one in the preset's metadata.json and, for a zoo entry,
+  the one in the registry (`IntegrityError`, naming the file and both hashes).
+- The weight file must hold exactly as many arrays as the architecture has variables, each of the
+  right shape (Keras raises on shape mismatches; we add the count check), and every stage must
+  have the shape metadata.json records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+
+class LoadError(ValueError):
+    """A backbone could not be loaded; the message says which file and why."""
+
+
+class UnsafeModelError(LoadError):
+    pass
+
+
+class IntegrityError(LoadError):
+    pass
+
+
+@dataclasses.dataclass
+class ResolvedSource:
+    kind: str  # "preset" | "saved_model" | "keras"
+    path: Path
+    origin: str  # what the user asked for
+    metadata: dict[str, Any] | None = None
+    expected_sha256: dict[str, str] | None = None  # from the zoo registry
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise LoadError(f"cannot read {path}: {e}") from e
+
+
+def _from_path(path: Path, origin: str) -> ResolvedSource:
+    from ssl_zoo.export import CONFIG_FILE, METADATA_FILE, SAVED_MODEL_METADATA
+
+    if not path.exists():
+        aside = sorted(path.parent.glob(f".{path.name}.old-*"))
+        hint = (f"; an interrupted export left the previous version in {aside[-1]} (the next export to this "
+                f"destination restores it, or rename it back)") if aside else ""
+        raise LoadError(f"{path} does not exist{hint}")
+    if path.is_dir():
+        if (path / CONFIG_FILE).is_file() and (path / METADATA_FILE).is_file():
+            return ResolvedSource("preset", path, origin, _read_json(path / METADATA_FILE))
+        if (path / "saved_model.pb").is_file():
+            meta = path / SAVED_MODEL_METADATA
+            return ResolvedSource("saved_model", path, origin, _read_json(meta) if meta.is_file() else None)
+        if (path / "preset" / CONFIG_FILE).is_file():  # an `ssl-zoo export --out` folder
+            return _from_path(path / "preset", origin)
+        for name in ("backbone.keras", "pretext_model.keras"):  # an `ssl-zoo train --out` folder
+            if (path / name).is_file():
+                return ResolvedSource("keras", path / name, origin)
+        raise LoadError(f"{path} is neither a preset folder (config.json + metadata.json), a SavedModel "
+                        f"(saved_model.pb), an export folder nor a training run folder")
+    if path.is_file() and path.suffix == ".keras":
+        return ResolvedSource("keras", path, origin)
+    raise LoadError(f"cannot load a backbone from {path}: expected a .keras file or a folder")
+
+
+def resolve_source(source: str | os.PathLike) -> ResolvedSource:
+    """Where `source` points: zoo name, hf:// repo, preset / SavedModel / export / run folder, .keras."""
+    from ssl_zoo import hub, zoo
+
+    src = str(source)
+    if hub.is_hf(src):
+        return _from_path(hub.download(src), src)
+    path = Path(src).expanduser()
+    if path.exists() or path.suffix == ".keras" or os.sep in src:
+        return _from_path(path, src)
+    if zoo.is_entry(src):
+        entry = zoo.get_entry(src)
+        local = zoo.preset_dir(entry)
+        if local is not None and (local.exists() or not entry.get("hf")):
+            resolved = _from_path(local, src)
+        elif entry.get("hf"):
+            resolved = _from_path(hub.download(entry["hf"]), src)
+        else:
+            raise LoadError(f"zoo entry {src!r} has neither a local preset nor an hf:// location")
+        resolved.expected_sha256 = entry.get("sha256")
+        return resolved
+    known = [e["name"] for e in zoo.list_entries()]
+    raise LoadError(f"{src!r} is not a file or folder, not an hf:// address and not a zoo entry "
+                    f"(known entries: {known}; see `ssl-zoo list`)")
+
+
+def _unsafe(e: Exception, what) -> UnsafeModelError | None:
+    text = str(e)
+    if "safe_mode" in text or "Lambda" in text:
+        return UnsafeModelError(
+            f"{what} was refused: it contains code that Keras would have to execute to load it "
+            f"(e.g. a Lambda layer), and ssl_zoo keeps Keras safe_mode on. ssl_zoo backbones are built "
+            f"from stock layers only. Keras said: {text.splitlines()[0]}"
+        )
+    return None
+
+
+def _count_h5_arrays(path: Path) -> int:
+    import h5py
+
+    arrays = []
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: arrays.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return len(arrays)
+
+
+def verify_weights(path: Path, expected: dict[str, str | None]) -> str:
+    """Checks the file's sha256 against every expected value (metadata, registry)."""
+    from ssl_zoo.export import sha256_file
+
+    actual = sha256_file(path)
+    for where, value in expected.items():
+        if value and value != actual:
+            raise IntegrityError(
+                f"{path}: sha256 is {actual} but {where} expects {value}. The weight file was modified or "
+                f"corrupted after export; refusing to load it."
+            )
+    return actual
+
+
+def _load_preset(res: ResolvedSource, verify: bool = True):
+    import keras
+
+    from ssl_zoo.export import CONFIG_FILE
+
+    meta = res.metadata or {}
+    weights = res.path / (meta.get("weights") or {}).get("file", "model.weights.h5")
+    if not weights.is_file():
+        raise LoadError(f"preset {res.path} has no weight file {weights.name}")
+    if verify:
+        expected = {f"{res.path / 'metadata.json'}": (meta.get("weights") or {}).get("sha256")}
+        if res.expected_sha256:
+            expected[f"the zoo registry entry {res.origin!r}"] = res.expected_sha256.get(weights.name)
+        if not any(expected.values()):
+            raise IntegrityError(f"{weights}: no sha256 recorded in metadata.json or the registry to check it against")
+        verify_weights(weights, expected)
+    config = _read_json(res.path / CONFIG_FILE)
+    config.pop("ssl_zoo", None)
+    try:
+        model = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    except Exception as e:
+        raise (_unsafe(e, res.path / CONFIG_FILE) or LoadError(f"{res.path / CONFIG_FILE}: cannot build the model: {e}")) from e
+    n_arrays, n_vars = _count_h5_arrays(weights), len(model.weights)
+    if n_arrays != n_vars:
+        raise LoadError(f"{weights} holds {n_arrays} arrays but the architecture in config.json has {n_vars} "
+                        f"variables: refusing a partial load")
+    try:
+        model.load_weights(weights)
+    except Exception as e:
+        raise LoadError(f"{weights} does not match the architecture in config.json: {str(e).splitlines()[0]}") from e
+    _check_stages(model, meta, res.path)
+    return model
+
+
+def _check_stages(model, meta: dict, where) -> None:
+    from ssl_zoo.backbones import STAGES
+
+    names = {layer.name for layer in model.layers}
+    missing = [s for s in STAGES if s not in names]
+    if missing:
+        raise LoadError(f"{where}: the model has no stage layers {missing}; an ssl_zoo backbone names "
+                        f"its stages {list(STAGES)}")
+    for stage, shape in (meta.get("stages") or {}).items():
+        actual = [d for d in model.get_layer(stage).output.shape[1:]]
+        if list(shape) != actual:
+            raise LoadError(f"{where}: stage {stage} has shape {actual}, metadata.json says {shape}")
+
+
+def _load_keras_file(path: Path):
+    import keras
+
+    from ssl_zoo.methods.base import BACKBONE
+
+    try:
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as e:
+        raise (_unsafe(e, path) or LoadError(f"{path}: cannot load: {e}")) from e
+    try:
+        backbone = model.get_layer(BACKBONE)  # a pretext model: the head is dropped by name
+    except ValueError:
+        backbone = model
+    _check_stages(backbone, {}, path)
+    return backbone
+
+
+def load_raw_backbone(source: str | os.PathLike):
+    """The functional backbone (named stages intact) from any Keras source. Safe mode stays on.
+
+    Accepts a .keras backbone or pretext model, a preset folder, an export or run folder, a zoo
+    name or hf:// (not a SavedModel: that is an inference graph, not a Keras architecture).
+    """
+    res = resolve_source(source)
+    if res.kind == "preset":
+        return _load_preset(res)
+    if res.kind == "keras":
+        return _load_keras_file(res.path)
+    raise LoadError(f"{source} is a SavedModel: it holds an inference graph, not a Keras architecture; "
+                    f"load the preset or .keras export to evaluate or re-initialise it")
+
+
+def load_metadata(source: str | os.PathLike) -> dict | None:
+    """The metadata.json of a preset / SavedModel export / zoo entry (None for a bare .keras file)."""
+    return resolve_source(source).metadata
+
+
+def _select(model, stages, name: str):
+    import keras
+
+    from ssl_zoo.backbones import stage_model
+
+    if stages is None:
+        return model
+    if isinstance(stages, str):
+        return keras.Model(model.input, model.get_layer(stages).output, name=f"{name}_{stages}")
+    return stage_model(model, tuple(stages))
+
+
+def _load_saved_model(res: ResolvedSource, stages, trainable: bool):
+    import keras
+    import tensorflow as tf
+
+    from ssl_zoo.backbones import STAGES
+
+    if trainable:
+        raise LoadError(f"{res.path} is a SavedModel: it loads as a frozen inference layer (keras TFSMLayer) "
+                        f"and cannot be fine-tuned. Pass trainable=False, or load the preset or .keras export")
+    layer = keras.layers.TFSMLayer(str(res.path), call_endpoint="serving_default", trainable=False, name="saved_model")
+    spec = layer.call_endpoint_fn.structured_input_signature[1]["images"]
+    size = spec.shape[1]
+    meta_size = ((res.metadata or {}).get("input") or {}).get("image_size")
+    if meta_size and size and meta_size != size:
+        raise LoadError(f"{res.path}: signature takes {size} px images, metadata says {meta_size}")
+    inputs = keras.Input((size, size, 3), dtype="float32", name="images")
+    outputs = layer(inputs)
+    available = sorted(outputs) if isinstance(outputs, dict) else []
+    wanted = ["pooled"] if stages is None else ([stages] if isinstance(stages, str) else list(stages))
+    unknown = [s for s in wanted if s not in available]
+    if unknown:
+        raise LoadError(f"{res.path}: the serving signature has no outputs {unknown}; it has {available} "
+                        f"(ssl_zoo stages: {list(STAGES)})")
+    if stages is None or isinstance(stages, str):
+        out = outputs[wanted[0]]
+    else:
+        out = {s: outputs[s] for s in wanted}
+    model = keras.Model(inputs, out, name="saved_model_backbone")
+    model.trainable = False
+    del tf
+    return model
+
+
+def load_backbone(source: str | os.PathLike, stages: str | Sequence[str] | None = None,
+                  trainable: bool | None = None, verify: bool = True):
+    """A `keras.Model` from RGB images in [0, 255] (uint8 or float, at the entry's image size) to features.
+
+    Args:
+      source: zoo name, `hf://org/name[@revision]`, preset folder, SavedModel folder, `.keras`
+        file, or an `ssl-zoo export` / `ssl-zoo train` output folder.
+      stages: None for the pooled features; a stage name for that stage's output; a list of names
+        for a dict {stage: output}. Stages: stem, stage1 … stage4, pooled.
+      trainable: whether the weights train under `fit`. None means True for Keras sources and
+        False for a SavedModel, which is wrapped in a frozen `keras.layers.TFSMLayer` (an
+        inference graph cannot be fine-tuned; `trainable=True` with a SavedModel is an error).
+        A non-trainable Keras backbone also runs its batch norm in inference mode.
+      verify: check the weight file's sha256 (on by default; turn off only to debug a file).
+
+    The model normalises its inputs itself (the preprocessing recorded in metadata.json is part
+    of the model), so callers pass raw pixels.
+    """
+    res = resolve_source(source)
+    if res.kind == "saved_model":
+        return _load_saved_model(res, stages, bool(trainable))
+    model = _load_preset(res, verify) if res.kind == "preset" else _load_keras_file(res.path)
+    model.trainable = True if trainable is None else bool(trainable)
+    return _select(model, stages, model.name)

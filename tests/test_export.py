@@ -1,0 +1,225 @@
+"""Release artefacts: preset, SavedModel (loaded without ssl_zoo), .keras; atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import release_fixtures as rf
+from ssl_zoo.backbones import STAGES
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _reference(backbone_path, images):
+    import keras
+
+    from ssl_zoo.backbones import stage_model
+
+    backbone = keras.saving.load_model(backbone_path, compile=False)
+    return {k: np.asarray(v) for k, v in stage_model(backbone, STAGES)(images.astype("float32"), training=False).items()}
+
+
+def _tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_preset_layout_and_metadata(tmp_path_factory):
+    from ssl_zoo.export import sha256_file
+
+    ex = rf.exported(tmp_path_factory)
+    preset = ex["preset"]
+    assert sorted(p.name for p in preset.iterdir()) == [
+        "README.md", "config.json", "metadata.json", "model.weights.h5", "probe_per_stage.png"]
+    meta = json.loads((preset / "metadata.json").read_text())
+    assert meta["weights"]["sha256"] == sha256_file(preset / "model.weights.h5")
+    assert meta["name"] == rf.NAME and meta["method"]["name"] == "rotnet"
+    assert meta["arch"]["width"] == 0.125
+    assert meta["input"]["image_size"] == rf.IMAGE_SIZE and meta["input"]["value_range"] == [0, 255]
+    assert meta["input"]["color"] == "RGB"
+    np.testing.assert_allclose(meta["input"]["mean"], rf.TINY_BACKBONE["mean"], rtol=1e-6)
+    np.testing.assert_allclose(meta["input"]["std"], rf.TINY_BACKBONE["std"], rtol=1e-6)
+    assert list(meta["stages"]) == list(STAGES)
+    assert meta["stages"]["pooled"] == [64] and meta["stages"]["stage4"] == [2, 2, 64]
+    assert meta["recipe"]["name"] == rf.NAME
+    assert meta["training"]["pretext_eval_accuracy"] == 0.5642
+    assert meta["evaluation"]["summary"]["best_stage"] == "stage4"
+    assert meta["parameters"] > 0
+    config = json.loads((preset / "config.json").read_text())
+    assert config["class_name"] == "Functional" and config["ssl_zoo"]["arch"]["depth"] == 18
+
+
+def test_preset_loads_with_plain_keras(tmp_path_factory):
+    """No ssl_zoo code needed: deserialize config.json, load_weights, same features."""
+    import keras
+
+    ex = rf.exported(tmp_path_factory)
+    config = json.loads((ex["preset"] / "config.json").read_text())
+    model = keras.saving.deserialize_keras_object(config)
+    model.load_weights(ex["preset"] / "model.weights.h5")
+    x = rf.images(3)
+    ref = _reference(ex["run"] / "backbone.keras", x)
+    np.testing.assert_allclose(np.asarray(model(x.astype("float32"))), ref["pooled"], atol=1e-5)
+    keras_file = keras.saving.load_model(ex["keras"], compile=False)
+    np.testing.assert_allclose(np.asarray(keras_file(x.astype("float32"))), ref["pooled"], atol=1e-5)
+
+
+_PLAIN_TF = textwrap.dedent("""
+    import sys, json
+    import numpy as np
+    import tensorflow as tf
+    path, images_path, out_path = sys.argv[1:4]
+    loaded = tf.saved_model.load(path)
+    x = np.load(images_path)
+    outs = {}
+    for key, dtype in (("serving_default", tf.float32), ("serving_uint8", tf.uint8)):
+        fn = loaded.signatures[key]
+        res = fn(images=tf.constant(x.astype(dtype.as_numpy_dtype)))
+        outs.update({f"{key}/{k}": v.numpy() for k, v in res.items()})
+    np.savez(out_path, **outs)
+    print(json.dumps({"ssl_zoo_imported": any(m.split(".")[0] == "ssl_zoo" for m in sys.modules),
+                      "keras_imported": "keras" in sys.modules,
+                      "signatures": sorted(loaded.signatures)}))
+""")
+
+
+def test_saved_model_loads_with_plain_tf_in_subprocess(tmp_path_factory, tmp_path):
+    ex = rf.exported(tmp_path_factory)
+    x = rf.images(5, seed=3)
+    np.save(tmp_path / "images.npy", x)
+    script = tmp_path / "plain_tf.py"
+    script.write_text(_PLAIN_TF)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    proc = subprocess.run([sys.executable, str(script), str(ex["saved_model"]), str(tmp_path / "images.npy"),
+                           str(tmp_path / "out.npz")], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["ssl_zoo_imported"] is False
+    assert info["signatures"] == ["serving_default", "serving_uint8"]
+    got = np.load(tmp_path / "out.npz")
+    ref = _reference(ex["run"] / "backbone.keras", x)
+    diffs = {}
+    for key in ("serving_default", "serving_uint8"):
+        for stage in STAGES:
+            out = got[f"{key}/{stage}"]
+            assert out.shape == ref[stage].shape, (key, stage)
+            diffs[f"{key}/{stage}"] = float(np.max(np.abs(out - ref[stage])))
+    worst = max(diffs.values())
+    print(f"SavedModel vs Keras max abs diff over all stages and both signatures: {worst:.3g}")
+    assert worst < 1e-4, diffs
+
+
+def test_interrupted_export_keeps_previous_preset(tmp_path, tmp_path_factory):
+    """A real export, SIGKILLed halfway through writing the preset, leaves the old one intact."""
+    from ssl_zoo.export import export, sha256_file
+    from ssl_zoo.loader import load_backbone
+
+    ex = rf.copy_export(tmp_path, tmp_path_factory)
+    before = _tree_bytes(ex["preset"])
+    new_run = rf.make_run(tmp_path / "run_b", seed=7)
+    marker = tmp_path / "stalled"
+    env = dict(os.environ, SSL_ZOO_EXPORT_STALL_AT="preset", SSL_ZOO_EXPORT_STALL_MARKER=str(marker),
+               TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.Popen([sys.executable, "-m", "ssl_zoo.cli", "export", str(new_run), "--name", rf.NAME,
+                             "--out", str(ex["out"]), "--formats", "preset"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, "export never reached the stall point"
+            time.sleep(0.2)
+        partial = Path(marker.read_text())
+        assert (partial / "model.weights.h5").exists()  # really halfway: new weights written
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _tree_bytes(ex["preset"]) == before
+    load_backbone(ex["preset"])  # still a good, verifiable artefact
+    # The next export replaces it and removes the leftovers of the killed one.
+    export(new_run, rf.NAME, ex["out"], formats=("preset",))
+    assert not partial.exists()
+    meta = json.loads((ex["preset"] / "metadata.json").read_text())
+    assert meta["weights"]["sha256"] == sha256_file(ex["preset"] / "model.weights.h5")
+    assert _tree_bytes(ex["preset"])["model.weights.h5"] != before["model.weights.h5"]
+
+
+def test_writer_error_midway_keeps_previous(tmp_path):
+    from ssl_zoo.export import atomic_dir, atomic_file
+
+    dest = tmp_path / "artefact"
+    with atomic_dir(dest) as tmp:
+        (tmp / "a.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(dest) as tmp:
+            (tmp / "a.txt").write_text("new, half")
+            raise RuntimeError("disk full")
+    assert (dest / "a.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artefact"]
+    f = tmp_path / "m.keras"
+    f.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_file(f) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert f.read_text() == "old"
+
+
+def test_swap_interrupted_between_renames_is_recovered(tmp_path):
+    """The one window directories cannot close (old moved aside, new not yet in place)."""
+    from ssl_zoo.export import atomic_dir, recover
+    from ssl_zoo.loader import LoadError, load_backbone
+
+    dest = tmp_path / "preset"
+    aside = tmp_path / ".preset.old-abc"
+    aside.mkdir()
+    (aside / "a.txt").write_text("old")
+    with pytest.raises(LoadError, match="interrupted export"):
+        load_backbone(dest)
+    recover(dest)
+    assert (dest / "a.txt").read_text() == "old" and not aside.exists()
+    with atomic_dir(dest) as tmp:
+        (tmp / "a.txt").write_text("new")
+    assert (dest / "a.txt").read_text() == "new"
+
+
+def test_cli_export_register_and_list(tmp_path, tmp_path_factory):
+    """`ssl-zoo export --register` copies the preset into the zoo, writes the card, updates the
+    registry; `ssl-zoo list` shows it; the entry then loads by name."""
+    from ssl_zoo.cli import main
+    from ssl_zoo.loader import load_backbone
+
+    ex = rf.exported(tmp_path_factory)
+    registry = tmp_path / "zoo" / "entries.json"
+    cards = tmp_path / "model_cards"
+    rc = main(["export", str(ex["run"]), "--name", rf.NAME, "--out", str(tmp_path / "out"), "--eval",
+               str(ex["run"] / "eval.json"), "--formats", "preset", "--register", "--registry", str(registry),
+               "--cards-dir", str(cards), "--hf", "hf://ssl-zoo/tiny"])
+    assert rc == 0
+    entries = json.loads(registry.read_text())["entries"]
+    assert [e["name"] for e in entries] == [rf.NAME]
+    e = entries[0]
+    assert e["preset"] == f"presets/{rf.NAME}" and (registry.parent / e["preset"] / "model.weights.h5").exists()
+    assert e["probe"]["accuracy"] == rf.eval_report()["summary"]["best_stage_probe"]
+    assert e["hf"] == "hf://ssl-zoo/tiny"
+    assert (cards / f"{rf.NAME}.md").exists() and (cards / f"{rf.NAME}_probe.png").exists()
+    os.environ["SSL_ZOO_REGISTRY"] = str(registry)
+    try:
+        assert main(["list"]) == 0
+        model = load_backbone(rf.NAME)
+        assert model.output.shape[-1] == 64
+    finally:
+        del os.environ["SSL_ZOO_REGISTRY"]
