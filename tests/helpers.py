@@ -1,0 +1,53 @@
+"""Small builders shared by the training and distribution tests."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from ssl_zoo.train.recipe import recipe_from_dict
+
+TINY_BACKBONE = {"arch": "resnet", "depth": 18, "width": 0.125, "stem": "cifar", "image_size": 16}
+
+
+def tiny_recipe(**train):
+    return recipe_from_dict(
+        {
+            "name": "tiny_rotnet",
+            "method": {"name": "rotnet", "head_hidden_units": [16], "image_size": 16},
+            "backbone": dict(TINY_BACKBONE),
+            "data": {"source": "folder:images", "image_size": 16, "eval_split": None, "shuffle_buffer": 64},
+            "train": {"epochs": 1, "global_batch": 8, "seed": 0, "log_every": 1, "checkpoint_every": 2, **train},
+            "optimizer": {"name": "sgd", "learning_rate": 0.1, "warmup_epochs": 0.0},
+        }
+    )
+
+
+def tiny_recipe_toml(path, **train) -> None:
+    """Writes `tiny_recipe` as a TOML file for CLI tests."""
+    rows = {"epochs": 1, "global_batch": 8, "seed": 0, "log_every": 1, "checkpoint_every": 2, **train}
+    path.write_text(
+        "\n".join(
+            [
+                'name = "tiny_rotnet"',
+                "[method]", 'name = "rotnet"', "head_hidden_units = [16]", "image_size = 16",
+                "[backbone]", 'arch = "resnet"', "depth = 18", "width = 0.125", 'stem = "cifar"', "image_size = 16",
+                "[data]", 'source = "folder:images"', "image_size = 16", "shuffle_buffer = 64",
+                'eval_split = "train"',
+                "[train]", *(f"{k} = {v}" for k, v in rows.items()),
+                "[optimizer]", 'name = "sgd"', "learning_rate = 0.1", "warmup_epochs = 0.0",
+            ]
+        )
+        + "\n"
+    )
+
+
+def write_image_folder(root, n: int = 32, size: int = 20, seed: int = 0) -> None:
+    """A folder of real PNG files with smooth content (so rotations are learnable)."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for i in range(n):
+        a, b, c = rng.uniform(0.2, 1.0, 3)
+        img = np.stack([a * yy, b * xx, c * yy * xx], -1) * 255
+        Image.fromarray(img.astype(np.uint8)).save(root / "images" / f"{i:03d}.png")

@@ -1,0 +1,109 @@
+"""Multi-replica correctness, tested for real: two logical CPU devices (conftest splits the CPU)
+and two worker processes on 127.0.0.1."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers import TINY_BACKBONE, tiny_recipe, write_image_folder
+from ssl_zoo import losses
+from ssl_zoo.data.sources import ArraySource
+from ssl_zoo.methods import build_method
+from ssl_zoo.pretext.rotation import rotate_batch
+from ssl_zoo.train.loop import Trainer
+
+HERE = Path(__file__).parent
+
+
+def _trainer(strategy, tmp_path, name):
+    recipe = tiny_recipe(epochs=1, steps_per_epoch=2)
+    method = build_method("rotnet", backbone=TINY_BACKBONE, head_hidden_units=(16,), image_size=16)
+    source = ArraySource(np.zeros((16, 16, 16, 3), np.uint8))
+    return Trainer(method, recipe, source, strategy, tmp_path / name)
+
+
+def test_two_replicas_match_one_replica_on_the_same_global_batch(tmp_path):
+    """With synchronized batch norm and the loss divided by the *global* example count, two
+    replicas that each see half of a global batch produce the same loss and the same updated
+    weights as one replica that sees all of it. (Plain per-replica batch norm would not: each
+    replica would normalise with the statistics of its own half.)"""
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    assert len(devices) == 2, "conftest should have split the CPU into two logical devices"
+    images = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 3)).astype(np.float32)
+
+    single = _trainer(tf.distribute.get_strategy(), tmp_path, "one")
+    mirrored = _trainer(tf.distribute.MirroredStrategy(devices), tmp_path, "two")
+    mirrored.model.set_weights(single.model.get_weights())
+
+    halves = [rotate_batch(images[:4]), rotate_batch(images[4:])]
+    per_replica = mirrored.strategy.experimental_distribute_values_from_function(
+        lambda ctx: halves[ctx.replica_id_in_sync_group]
+    )
+    whole = rotate_batch(images)
+    for _ in range(2):  # two steps: the second uses momentum and updated BN statistics
+        one = single.train_step(whole)
+        two = mirrored.train_step(per_replica)
+        np.testing.assert_allclose(float(one["loss_sum"]), float(two["loss_sum"]), rtol=1e-4)
+        assert float(one["count"]) == float(two["count"]) == 32
+    for a, b, v in zip(single.model.get_weights(), mirrored.model.get_weights(), single.model.weights):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=v.path)
+
+
+def test_global_mean_divides_by_the_global_count():
+    strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
+    values = [tf.constant([1.0, 2.0, 3.0]), tf.constant([4.0, 5.0, 6.0])]
+    per_replica = strategy.experimental_distribute_values_from_function(lambda ctx: values[ctx.replica_id_in_sync_group])
+    out = strategy.run(losses.global_mean, args=(per_replica,))
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, out, axis=None)
+    np.testing.assert_allclose(float(total), np.mean([1, 2, 3, 4, 5, 6]))
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_two_worker_processes_end_with_identical_weights(tmp_path):
+    write_image_folder(tmp_path, n=32)
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    procs = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        procs.append(subprocess.Popen(
+            [sys.executable, str(HERE / "mw_worker.py"), str(tmp_path), str(tmp_path / "run")],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        ))
+    outputs = []
+    for p in procs:
+        try:
+            out, _ = p.communicate(timeout=420)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        outputs.append(out)
+        assert p.returncode == 0, out[-4000:]
+    w0 = np.load(tmp_path / "weights_worker_0.npz")
+    w1 = np.load(tmp_path / "weights_worker_1.npz")
+    assert len(w0.files) == len(w1.files) > 0
+    for key in w0.files:
+        np.testing.assert_array_equal(w0[key], w1[key])
+    # Training happened: weights moved away from the initial ones on both workers alike.
+    assert all("WORKER DONE" in o for o in outputs)
+    # Only the chief keeps artefacts; the other worker's temporary copies are gone.
+    assert (tmp_path / "run" / "backbone.keras").exists()
+    assert not list((tmp_path / "run").glob(".worker_tmp_*"))

@@ -1,0 +1,117 @@
+"""The shared training loop: a few real steps, Keras `fit` compatibility, recipes, resumption."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers import TINY_BACKBONE, tiny_recipe, tiny_recipe_toml, write_image_folder
+from ssl_zoo.data.pipeline import build_dataset
+from ssl_zoo.data.sources import ArraySource, ImageFolderSource
+from ssl_zoo.methods import METHODS, build_method
+from ssl_zoo.train.loop import Trainer
+from ssl_zoo.train.recipe import apply_overrides, load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _arrays(n=32, size=16):
+    return ArraySource(np.random.default_rng(0).integers(0, 255, (n, size, size, 3), dtype=np.uint8))
+
+
+def test_two_step_keras_fit_on_the_pretext_model():
+    method = build_method("rotnet", backbone=TINY_BACKBONE, head_hidden_units=(16,), image_size=16)
+    model = method.build_model()
+    ds = build_dataset(_arrays(), "train", batch_size=4, image_size=16, augment=method.augment,
+                       batch_transform=method.batch_transform, training=True)
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(ds.take(2), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_trainer_runs_steps_and_saves_models(tmp_path):
+    write_image_folder(tmp_path)
+    recipe = tiny_recipe(epochs=2, steps_per_epoch=3)
+    method = build_method("rotnet", backbone=recipe.backbone, head_hidden_units=(16,), image_size=16)
+    source = ImageFolderSource(tmp_path / "images")
+    result = Trainer(method, recipe, source, tf.distribute.get_strategy(), tmp_path / "run").fit()
+    assert [h["step"] for h in result["history"]] == [3, 6]
+    assert all(np.isfinite(h["train_loss"]) for h in result["history"])
+    backbone = keras.saving.load_model(tmp_path / "run" / "backbone.keras", safe_mode=True)
+    assert backbone.get_layer("stage4") is not None
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["steps"] == 6 and run["recipe"]["name"] == "tiny_rotnet"
+    assert any((tmp_path / "run" / "tensorboard").iterdir())
+
+
+def test_rotnet_loss_decreases_on_real_images(tmp_path):
+    write_image_folder(tmp_path, n=64)
+    recipe = tiny_recipe(epochs=1, steps_per_epoch=30, global_batch=16)
+    recipe = apply_overrides(recipe, ["optimizer.learning_rate=0.4", "data.eval_split=\"train\""])
+    method = build_method("rotnet", backbone=recipe.backbone, head_hidden_units=(16,), image_size=16)
+    trainer = Trainer(method, recipe, ImageFolderSource(tmp_path / "images"), tf.distribute.get_strategy(), tmp_path / "run")
+    before = trainer.evaluate_pretext()
+    trainer.fit()
+    after = trainer.evaluate_pretext()
+    assert after["loss"] < before["loss"] - 0.2, (before, after)
+    assert after["accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("recipe_path", sorted((REPO / "training").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_recipe_builds(recipe_path):
+    recipe = load_recipe(recipe_path)
+    assert recipe.description, "a recipe states what it reaches and how to reproduce it"
+    method_cfg = dict(recipe.method)
+    method = build_method(method_cfg.pop("name"), backbone=recipe.backbone, **method_cfg)
+    model = method.build_model()
+    assert model.get_layer("backbone") is not None and model.get_layer("pretext_head") is not None
+
+
+def test_recipe_errors_are_named(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[method]\nname="rotnet"\n[backbone]\ndepth=18\n[train]\nepochz=3\n')
+    with pytest.raises(ValueError, match="unknown keys \\['epochz'\\]"):
+        load_recipe(bad)
+    assert set(METHODS) >= {"rotnet"}
+
+
+def _train_cmd(tmp_path):
+    return [sys.executable, "-m", "ssl_zoo.cli", "train", str(tmp_path / "recipe.toml"),
+            "--data-dir", str(tmp_path), "--out", str(tmp_path / "run")]
+
+
+@pytest.mark.slow
+def test_run_killed_mid_epoch_resumes_to_the_same_step_count(tmp_path):
+    write_image_folder(tmp_path, n=48)
+    tiny_recipe_toml(tmp_path / "recipe.toml", epochs=2, steps_per_epoch=12, checkpoint_every=2)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen(_train_cmd(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    deadline = time.time() + 240
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        steps = [int(p.name.split("-")[1].split(".")[0]) for p in ckpt_dir.glob("ckpt-*.index")] if ckpt_dir.exists() else []
+        if steps and max(steps) >= 4:
+            proc.send_signal(signal.SIGKILL)  # no chance to clean up: a real crash
+            killed_at = max(steps)
+            break
+        time.sleep(0.2)
+    proc.wait()
+    assert killed_at is not None and killed_at < 12, f"not killed mid-epoch: {proc.stdout.read()}"
+    assert not (tmp_path / "run" / "backbone.keras").exists()
+    done = subprocess.run(_train_cmd(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "resumed from" in done.stdout
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert run["steps"] == 24
+    assert [h["step"] for h in history] == [12, 24]
+    assert (tmp_path / "run" / "backbone.keras").exists()
