@@ -1,4 +1,4 @@
-"""`ssl-zoo` command line: train, evaluate (and, as the zoo grows, export, list, load, finetune)."""
+"""`ssl-zoo` command line: train, evaluate, export, list, card, push, finetune."""
 
 from __future__ import annotations
 
@@ -60,6 +60,68 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from ssl_zoo.cards import write_model_card
+    from ssl_zoo.export import export
+    from ssl_zoo.zoo import format_table, register_preset
+
+    written = export(args.model, args.name, args.out, eval_report=args.eval,
+                     formats=tuple(args.formats.split(",")), hardware=args.hardware)
+    for kind, path in written.items():
+        print(f"{kind}: {path}")
+    if args.register or args.cards_dir:
+        if "preset" not in written:
+            raise SystemExit("--register and --cards-dir need the preset format")
+        print(f"card: {write_model_card(written['preset'], args.cards_dir or 'model_cards')}")
+    if args.register:
+        entry = register_preset(written["preset"], registry=args.registry, hf=args.hf)
+        print(format_table([entry]))
+    return 0
+
+
+def cmd_list(args) -> int:
+    from ssl_zoo.zoo import format_table, list_entries
+
+    entries = list_entries(args.registry)
+    if args.json:
+        print(json.dumps([{k: v for k, v in e.items() if not k.startswith("_")} for e in entries], indent=2))
+    else:
+        print(format_table(entries))
+    return 0
+
+
+def cmd_card(args) -> int:
+    from ssl_zoo.cards import write_model_card
+    from ssl_zoo.loader import resolve_source
+
+    res = resolve_source(args.source)
+    if res.kind != "preset":
+        raise SystemExit(f"{args.source}: a card is generated from a preset folder (its metadata.json)")
+    print(write_model_card(res.path, args.out))
+    return 0
+
+
+def cmd_push(args) -> int:
+    from ssl_zoo.hub import push
+
+    print(push(args.source, args.repo, private=args.private, commit_message=args.message))
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from ssl_zoo.finetune import finetune
+
+    report = finetune(
+        args.source, dataset=args.dataset, data_dir=args.data_dir, epochs_frozen=args.epochs_frozen,
+        epochs_unfrozen=args.epochs_unfrozen, lr_frozen=args.lr_frozen, lr_unfrozen=args.lr_unfrozen,
+        batch_size=args.batch_size, max_train_examples=args.max_train_examples,
+        max_test_examples=args.max_test_examples, steps_per_epoch=args.steps_per_epoch,
+        random_init=not args.no_random_init, seed=args.seed, out=args.out,
+    )
+    print(json.dumps({k: report[k] for k in ("trained", "random_init") if k in report}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssl-zoo", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -91,6 +153,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the report JSON here")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="release artefacts (preset = HF checkpoint, SavedModel, .keras) of a trained model")
+    p.add_argument("model", help="a training run folder (ssl-zoo train --out) or a .keras backbone / pretext model")
+    p.add_argument("--name", required=True, help="entry name: method_backbone_data, e.g. rotnet_resnet18w025_cifar10")
+    p.add_argument("--out", required=True, help="folder receiving preset/, saved_model/ and NAME.keras")
+    p.add_argument("--eval", default=None, help="the `ssl-zoo evaluate --out` report of this model (numbers for the card)")
+    p.add_argument("--formats", default="preset,saved_model,keras")
+    p.add_argument("--hardware", default=None, help="what the run trained on, if run.json does not record it")
+    p.add_argument("--register", action="store_true",
+                   help="copy the preset into the zoo (ssl_zoo/zoo/presets/NAME), add/update its registry entry "
+                        "and write the card to --cards-dir")
+    p.add_argument("--registry", default=None, help="registry file (default: $SSL_ZOO_REGISTRY or the packaged one)")
+    p.add_argument("--cards-dir", default=None, help="write NAME.md + plot here (default with --register: model_cards)")
+    p.add_argument("--hf", default=None, help="hf://org/name the entry is (or will be) pushed to")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("list", help="the zoo's released entries")
+    p.add_argument("--registry", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("card", help="(re)generate the model card of a preset / zoo entry from its metadata")
+    p.add_argument("source", help="preset folder, export folder or zoo name")
+    p.add_argument("--out", default="model_cards", help="cards folder (default model_cards)")
+    p.set_defaults(func=cmd_card)
+
+    p = sub.add_parser("push", help="upload a preset folder or zoo entry to the Hugging Face Hub")
+    p.add_argument("source", help="preset folder, export folder's preset/, or zoo name")
+    p.add_argument("repo", help="hf://org/name[@branch]")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--message", default=None, help="commit message")
+    p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("finetune", help="fine-tune a backbone (frozen, then unfrozen) next to random init")
+    p.add_argument("source", help="zoo name, hf://org/name, preset / SavedModel folder or .keras file")
+    _add_data_dir(p)
+    p.add_argument("--dataset", default="tfds:cifar10")
+    p.add_argument("--epochs-frozen", type=int, default=2)
+    p.add_argument("--epochs-unfrozen", type=int, default=2)
+    p.add_argument("--lr-frozen", type=float, default=1e-3)
+    p.add_argument("--lr-unfrozen", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--max-train-examples", type=int, default=None, help="train on the first K shuffled examples")
+    p.add_argument("--max-test-examples", type=int, default=None)
+    p.add_argument("--steps-per-epoch", type=int, default=None)
+    p.add_argument("--no-random-init", action="store_true", help="skip the random-init floor")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the report JSON here")
+    p.set_defaults(func=cmd_finetune)
     return parser
 
 
@@ -104,6 +215,16 @@ def main(argv=None) -> int:
     except DataError as e:
         logging.getLogger("ssl_zoo").error("%s", e)
         return 2
+    except Exception as e:  # release-path errors carry a complete message; no traceback needed
+        from ssl_zoo.export import ExportError
+        from ssl_zoo.hub import HubError
+        from ssl_zoo.loader import LoadError
+        from ssl_zoo.zoo import ZooError
+
+        if isinstance(e, (LoadError, ExportError, HubError, ZooError)):
+            logging.getLogger("ssl_zoo").error("%s", e)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -21,8 +21,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
+
+
+_PARTIAL_LOAD_WARNINGS = ("Skipping", "freshly-initialized", "could not be loaded", "did not load")
 
 
 class LoadError(ValueError):
@@ -165,10 +169,19 @@ def _load_preset(res: ResolvedSource, verify: bool = True):
     if n_arrays != n_vars:
         raise LoadError(f"{weights} holds {n_arrays} arrays but the architecture in config.json has {n_vars} "
                         f"variables: refusing a partial load")
-    try:
-        model.load_weights(weights)
-    except Exception as e:
-        raise LoadError(f"{weights} does not match the architecture in config.json: {str(e).splitlines()[0]}") from e
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.load_weights(weights)
+        except Exception as e:
+            raise LoadError(f"{weights} does not match the architecture in config.json: {str(e).splitlines()[0]}") from e
+    # Keras reports some skipped (left freshly initialised) variables only as warnings.
+    skipped = [str(w.message) for w in caught if any(t in str(w.message) for t in _PARTIAL_LOAD_WARNINGS)]
+    if skipped:
+        raise LoadError(f"{weights}: Keras skipped part of the weights ({skipped[0]}): refusing a partial load")
+    for w in caught:
+        if not any(t in str(w.message) for t in _PARTIAL_LOAD_WARNINGS):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     _check_stages(model, meta, res.path)
     return model
 
@@ -232,13 +245,15 @@ def _select(model, stages, name: str):
     if stages is None:
         return model
     if isinstance(stages, str):
-        return keras.Model(model.input, model.get_layer(stages).output, name=f"{name}_{stages}")
-    return stage_model(model, tuple(stages))
+        selected = keras.Model(model.input, model.get_layer(stages).output, name=f"{name}_{stages}")
+    else:
+        selected = stage_model(model, tuple(stages))
+    selected.trainable = model.trainable  # the wrapper shares the layers; its flag is what fit reads
+    return selected
 
 
 def _load_saved_model(res: ResolvedSource, stages, trainable: bool):
     import keras
-    import tensorflow as tf
 
     from ssl_zoo.backbones import STAGES
 
@@ -246,7 +261,7 @@ def _load_saved_model(res: ResolvedSource, stages, trainable: bool):
         raise LoadError(f"{res.path} is a SavedModel: it loads as a frozen inference layer (keras TFSMLayer) "
                         f"and cannot be fine-tuned. Pass trainable=False, or load the preset or .keras export")
     layer = keras.layers.TFSMLayer(str(res.path), call_endpoint="serving_default", trainable=False, name="saved_model")
-    spec = layer.call_endpoint_fn.structured_input_signature[1]["images"]
+    spec = layer._reloaded_obj.signatures["serving_default"].structured_input_signature[1]["images"]
     size = spec.shape[1]
     meta_size = ((res.metadata or {}).get("input") or {}).get("image_size")
     if meta_size and size and meta_size != size:
@@ -265,7 +280,6 @@ def _load_saved_model(res: ResolvedSource, stages, trainable: bool):
         out = {s: outputs[s] for s in wanted}
     model = keras.Model(inputs, out, name="saved_model_backbone")
     model.trainable = False
-    del tf
     return model
 
 
