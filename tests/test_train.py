@@ -30,7 +30,7 @@ def _arrays(n=32, size=16):
 def test_two_step_keras_fit_on_the_pretext_model():
     method = build_method("rotnet", backbone=TINY_BACKBONE, head_hidden_units=(16,), image_size=16)
     model = method.build_model()
-    ds = build_dataset(_arrays(), "train", batch_size=4, image_size=16, augment=method.augment,
+    ds = build_dataset(_arrays(), "train", batch_size=4, image_size=16, augment=method.example_transform,
                        batch_transform=method.batch_transform, training=True)
     model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     history = model.fit(ds.take(2), epochs=1, verbose=0)

@@ -68,8 +68,9 @@ def build_dataset(
         example_seed = tf.stack(
             [tf.constant(epoch_seed, tf.int64), tf.cast(pipeline_id, tf.int64) * (1 << 40) + index]
         )
-        image = augment_fn(ex["image"], image_size, example_seed)
-        return image, ex["label"]
+        out = augment_fn(ex["image"], image_size, example_seed)
+        # A per-example pretext transform returns its own (inputs, target); a view keeps the label.
+        return out if isinstance(out, tuple) else (out, ex["label"])
 
     ds = ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=training if drop_remainder is None else drop_remainder)

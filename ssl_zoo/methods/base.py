@@ -9,13 +9,14 @@ encoders, queues, pseudo-labels) override `train_step` and keep that state on th
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import keras
 import tensorflow as tf
 
 from ssl_zoo import losses
 from ssl_zoo.backbones import build_backbone
+from ssl_zoo.data.augment import AUGMENTATIONS
 from ssl_zoo.heads import PRETEXT_HEAD
 
 BACKBONE = "backbone"
@@ -33,11 +34,18 @@ class PretextMethod:
     def build_backbone(self) -> keras.Model:
         return build_backbone(self.backbone, name=BACKBONE)
 
+    # Optional transform of a whole batch `(images, labels) -> (inputs, targets)`, for pretexts that
+    # need every variant of an image in the same batch (RotNet). None: the batch is used as is.
+    batch_transform: Callable | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+
     def build_model(self) -> keras.Model:
         raise NotImplementedError
 
-    def batch_transform(self, images, labels):
-        raise NotImplementedError
+    def example_transform(self, image, size: int, seed, training: bool = True):
+        """Per-example transform, before batching: an image -> a view (float32 [size, size, 3]),
+        or -> `(inputs, target)` for pretexts whose label is made per example (jigsaw, …).
+        `seed` is a stateless seed; at evaluation (`training=False`) the view is the centre crop."""
+        return AUGMENTATIONS[self.augment if training else "center"](image, size, seed)
 
     def loss(self, targets, outputs):
         """Per-example loss; reduced to the global mean by the loop."""
@@ -68,7 +76,7 @@ class PretextMethod:
         }
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, **dataclasses.asdict(self)}
+        return {"name": self.name, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}}
 
 
 def extract_backbone(model: keras.Model) -> keras.Model:

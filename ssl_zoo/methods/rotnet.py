@@ -29,5 +29,5 @@ class RotNet(PretextMethod):
         head = classification_head(NUM_ROTATIONS, tuple(self.head_hidden_units))
         return single_view_classifier(backbone, head, self.image_size)
 
-    def batch_transform(self, images, labels):
-        return rotate_batch(images, labels)
+    def __post_init__(self):
+        self.batch_transform = rotate_batch

@@ -9,6 +9,7 @@ resumption, logs and progress; a method owns only its step (`PretextMethod.train
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -129,7 +130,7 @@ class Trainer:
             ds = build_dataset(
                 self.source, data.train_split,
                 batch_size=ctx.get_per_replica_batch_size(self.global_batch),
-                image_size=data.image_size, augment=self.method.augment,
+                image_size=data.image_size, augment=functools.partial(self.method.example_transform, training=True),
                 batch_transform=self.method.batch_transform, training=True, seed=train.seed,
                 epoch=epoch, skip_batches=skip, shuffle_buffer=data.shuffle_buffer,
                 cache=data.cache, input_context=ctx, repeat=True,
@@ -145,7 +146,7 @@ class Trainer:
             return build_dataset(
                 self.source, data.eval_split,
                 batch_size=ctx.get_per_replica_batch_size(self.global_batch),
-                image_size=data.image_size, augment="center",
+                image_size=data.image_size, augment=functools.partial(self.method.example_transform, training=False),
                 batch_transform=self.method.batch_transform, input_context=ctx,
             )
 
@@ -197,7 +198,7 @@ class Trainer:
         if start == 0:
             probe = build_dataset(
                 self.source, recipe.data.train_split, batch_size=self.per_replica_batch,
-                image_size=recipe.data.image_size, augment=self.method.augment, training=True,
+                image_size=recipe.data.image_size, augment=functools.partial(self.method.example_transform, training=True), training=True,
                 seed=train.seed,
             )
             check_not_empty(probe, self.source, recipe.data.train_split)

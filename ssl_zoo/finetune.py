@@ -1,0 +1,137 @@
+"""Fine-tuning a zoo backbone with plain Keras `fit`, next to the same architecture at random init.
+
+Two phases, the usual transfer-learning schedule (Keras guide "Transfer learning & fine-tuning"):
+1. frozen: `backbone.trainable = False` and a new Dense head trained at `lr_frozen`. A
+   non-trainable Keras BatchNormalization runs in inference mode, so the pretrained statistics
+   are used as they are;
+2. unfrozen: everything trains at the lower `lr_unfrozen` (batch norm back in training mode).
+Test accuracy is measured after each phase. The random-init run (same architecture, fresh
+weights, same schedule) is the floor the pretrained numbers should be read against.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def build_classifier(backbone, num_classes: int, image_size: int, seed: int = 0):
+    import keras
+
+    inputs = keras.Input((image_size, image_size, 3), name="images")
+    features = backbone(inputs)
+    if isinstance(features, dict):
+        raise ValueError("fine-tuning needs the pooled features: load the backbone with stages=None")
+    logits = keras.layers.Dense(num_classes, kernel_initializer=keras.initializers.GlorotUniform(seed), name="classifier")(features)
+    return keras.Model(inputs, logits, name="finetune_classifier")
+
+
+def _datasets(source, image_size, batch_size, max_train, max_test, seed):
+    from ssl_zoo.data.pipeline import build_dataset
+
+    train = build_dataset(source, "train", batch_size=batch_size, image_size=image_size, augment="crop_flip",
+                          training=True, seed=seed, drop_remainder=False)
+    if max_train:
+        train = train.unbatch().take(max_train).batch(batch_size)
+    test = build_dataset(source, "test", batch_size=batch_size, image_size=image_size, augment="center")
+    if max_test:
+        test = test.unbatch().take(max_test).batch(batch_size)
+    return train, test
+
+
+def _run(backbone, train, test, num_classes, image_size, *, epochs_frozen, epochs_unfrozen, lr_frozen,
+         lr_unfrozen, steps_per_epoch, seed, can_unfreeze=True) -> dict:
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = build_classifier(backbone, num_classes, image_size, seed)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    out: dict = {}
+    t0 = time.time()
+    backbone.trainable = False
+    model.compile(keras.optimizers.Adam(lr_frozen), loss, ["accuracy"])
+    h = model.fit(train, epochs=epochs_frozen, steps_per_epoch=steps_per_epoch, verbose=0) if epochs_frozen else None
+    out["frozen"] = {
+        "epochs": epochs_frozen, "learning_rate": lr_frozen,
+        "train_loss": [round(v, 5) for v in h.history["loss"]] if h else [],
+        "test_accuracy": float(model.evaluate(test, verbose=0, return_dict=True)["accuracy"]),
+    }
+    if epochs_unfrozen and can_unfreeze:
+        backbone.trainable = True
+        model.compile(keras.optimizers.Adam(lr_unfrozen), loss, ["accuracy"])
+        h = model.fit(train, epochs=epochs_unfrozen, steps_per_epoch=steps_per_epoch, verbose=0)
+        out["unfrozen"] = {
+            "epochs": epochs_unfrozen, "learning_rate": lr_unfrozen,
+            "train_loss": [round(v, 5) for v in h.history["loss"]],
+            "test_accuracy": float(model.evaluate(test, verbose=0, return_dict=True)["accuracy"]),
+        }
+    elif epochs_unfrozen:
+        out["unfrozen"] = {"skipped": "a SavedModel backbone is an inference graph and cannot be unfrozen"}
+    out["seconds"] = round(time.time() - t0, 1)
+    return out
+
+
+def finetune(source, *, dataset: str = "tfds:cifar10", data_dir=None, epochs_frozen: int = 1,
+             epochs_unfrozen: int = 1, lr_frozen: float = 1e-3, lr_unfrozen: float = 1e-4,
+             batch_size: int = 128, max_train_examples: int | None = None, max_test_examples: int | None = None,
+             steps_per_epoch: int | None = None, random_init: bool = True, seed: int = 0,
+             out: str | None = None) -> dict:
+    """Fine-tunes `source` (anything `load_backbone` accepts, or a keras.Model) on `dataset`
+    (a source spec such as "tfds:cifar10", or an `ssl_zoo.data.sources.Source`).
+
+    Returns (and with `out`, writes as JSON) {"trained": {...}, "random_init": {...}} with the
+    test accuracy after the frozen and after the unfrozen phase.
+    """
+    import keras
+
+    from ssl_zoo.data.sources import open_source
+    from ssl_zoo.evaluation.run import random_init_like
+    from ssl_zoo.loader import load_backbone, resolve_source
+
+    t0 = time.time()
+    if isinstance(source, keras.Model):
+        backbone, kind, name = source, "keras", source.name
+    else:
+        kind = resolve_source(source).kind
+        backbone = load_backbone(source, trainable=kind != "saved_model")
+        name = str(source)
+    image_size = backbone.input.shape[1]
+    if not image_size:
+        raise ValueError(f"{name}: backbone has no fixed input size")
+    data = open_source(dataset, data_dir) if isinstance(dataset, str) else dataset
+    num_classes = data.num_classes()
+    if not num_classes:
+        raise ValueError(f"{dataset} has no class labels to fine-tune on")
+    train, test = _datasets(data, image_size, batch_size, max_train_examples, max_test_examples, seed)
+    common = dict(epochs_frozen=epochs_frozen, epochs_unfrozen=epochs_unfrozen, lr_frozen=lr_frozen,
+                  lr_unfrozen=lr_unfrozen, steps_per_epoch=steps_per_epoch, seed=seed)
+    report = {
+        "model": name,
+        "dataset": dataset if isinstance(dataset, str) else data.name,
+        "protocol": {
+            "image_size": image_size, "batch_size": batch_size, "max_train_examples": max_train_examples,
+            "max_test_examples": max_test_examples, "steps_per_epoch": steps_per_epoch, "seed": seed,
+            "optimizer": "Adam", "loss": "sparse categorical cross-entropy (logits)",
+            "augmentation": "random crop + flip (train), centre (test)",
+            "schedule": "Dense head on the frozen backbone (batch norm in inference mode), then all layers "
+                        "at the lower learning rate",
+        },
+    }
+    log.info("fine-tuning %s on %s", name, dataset)
+    report["trained"] = _run(backbone, train, test, num_classes, image_size, can_unfreeze=kind != "saved_model", **common)
+    if random_init:
+        if kind == "saved_model":
+            report["random_init"] = {"skipped": "a SavedModel carries no Keras architecture to re-initialise"}
+        else:
+            report["random_init"] = _run(random_init_like(backbone, seed), train, test, num_classes, image_size, **common)
+    report["seconds"] = round(time.time() - t0, 1)
+    if out:
+        from ssl_zoo.export import atomic_file
+
+        with atomic_file(out) as tmp:
+            Path(tmp).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    return report

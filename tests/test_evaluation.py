@@ -1,0 +1,86 @@
+import json
+
+import numpy as np
+import pytest
+
+from ssl_zoo.backbones import resnet
+from ssl_zoo.data.sources import ArraySource
+from ssl_zoo.evaluation.features import extract, grid_for
+from ssl_zoo.evaluation.knn import knn_accuracy
+from ssl_zoo.evaluation.linear_probe import linear_probe
+from ssl_zoo.evaluation.run import evaluate_model, random_init_like
+
+
+def _numpy_knn(train_x, train_y, test_x, num_classes, k, t=0.07):
+    a = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
+    b = test_x / np.linalg.norm(test_x, axis=1, keepdims=True)
+    sim = b @ a.T
+    preds = []
+    for row in sim:
+        idx = np.argsort(-row)[:k]
+        votes = np.zeros(num_classes)
+        for i in idx:
+            votes[train_y[i]] += np.exp(row[i] / t)
+        preds.append(votes.argmax())
+    return np.array(preds)
+
+
+def test_knn_matches_numpy_reference():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 8))
+    train_y = rng.integers(0, 3, 120)
+    test_y = rng.integers(0, 3, 50)
+    train_x = centers[train_y] + rng.normal(scale=1.0, size=(120, 8))
+    test_x = centers[test_y] + rng.normal(scale=1.0, size=(50, 8))
+    expected = np.mean(_numpy_knn(train_x, train_y, test_x, 3, k=7) == test_y)
+    got = knn_accuracy(train_x, train_y, test_x, test_y, 3, k=7, chunk=16)
+    assert got == pytest.approx(expected)
+
+
+def test_linear_probe_learns_separable_features_and_not_noise():
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(16, 4))
+    x = rng.normal(size=(600, 16)).astype(np.float32)
+    y = (x @ w).argmax(1)
+    good = linear_probe(x[:400], y[:400], x[400:], y[400:], 4, epochs=40, batch_size=64, learning_rate=1e-2)
+    assert good["test_accuracy"] > 0.85
+    noise = rng.normal(size=(600, 16)).astype(np.float32)
+    bad = linear_probe(noise[:400], y[:400], noise[400:], y[400:], 4, epochs=40, batch_size=64, learning_rate=1e-2)
+    assert bad["test_accuracy"] < 0.5
+
+
+def test_grid_for_respects_the_budget():
+    assert grid_for(32, 16, 4096) == 16
+    assert grid_for(16, 32, 4096) == 8
+    assert grid_for(4, 512, 4096) == 2
+    assert grid_for(4, 4096, 1024) == 1
+
+
+def test_extract_stage_features_shapes():
+    backbone = resnet(18, 0.125, "cifar", 16)
+    source = ArraySource(np.zeros((10, 16, 16, 3), np.uint8), labels=np.arange(10) % 2)
+    feats, labels = extract(backbone, source, "train", ["stem", "stage4", "pooled"], 16, batch_size=4, max_dims=512)
+    assert feats["stem"].shape == (10, 8 * 8 * 8)  # 16x16x8 pooled to 8x8 (512 dims)
+    assert feats["pooled"].shape == (10, 64)
+    assert labels.tolist() == (np.arange(10) % 2).tolist()
+
+
+def test_random_init_has_same_architecture_other_weights():
+    backbone = resnet(18, 0.125, "cifar", 16)
+    floor = random_init_like(backbone, seed=5)
+    assert [w.shape for w in floor.weights] == [w.shape for w in backbone.weights]
+    conv = [i for i, w in enumerate(backbone.weights) if "kernel" in w.path][0]
+    assert not np.allclose(floor.weights[conv].numpy(), backbone.weights[conv].numpy())
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_evaluate_reports_trained_and_floor(tmp_path, data_dir):
+    backbone = resnet(18, 0.125, "cifar", 32)
+    report = evaluate_model(backbone, data_dir=data_dir, stages=["stage2", "pooled"], knn_k=20,
+                            max_train_examples=500, probe_epochs=2, out=str(tmp_path / "eval.json"))
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["linear_probe"]["stage2"].keys() == {"trained", "random_init", "dims"}
+    assert saved["protocol"]["num_train"] == 500 and saved["protocol"]["num_test"] == 10_000
+    assert 0.0 <= saved["summary"]["best_stage_probe"] <= 1.0
+    assert report["knn"]["k"] == 20
