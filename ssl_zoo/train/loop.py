@@ -9,13 +9,16 @@ resumption, logs and progress; a method owns only its step (`PretextMethod.train
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -210,6 +213,17 @@ class Trainer:
                 self.method.name, train.epochs, self.steps_per_epoch, self.global_batch,
                 self.strategy.num_replicas_in_sync,
             )
+        with _checkpoint_on_interrupt(self):
+            history = self._epochs(start, history, history_path, writer)
+        writer.flush()
+        skipped = self.source.stats.summary()
+        if self.source.stats.total:
+            log.warning("%s: %s", self.source.name, skipped)
+        self._save_final()
+        return {"history": history, "skipped": self.source.stats.counts()}
+
+    def _epochs(self, start, history, history_path, writer):
+        recipe, train = self.recipe, self.recipe.train
         for epoch in range(start // self.steps_per_epoch, train.epochs):
             skip = int(self.step.numpy()) - epoch * self.steps_per_epoch
             totals: dict[str, float] = {}
@@ -253,12 +267,7 @@ class Trainer:
                         if k.startswith("eval_"):
                             tf.summary.scalar(f"eval/{k[5:]}", v)
                 write_json_atomic(history, history_path)
-        writer.flush()
-        skipped = self.source.stats.summary()
-        if self.source.stats.total:
-            log.warning("%s: %s", self.source.name, skipped)
-        self._save_final()
-        return {"history": history, "skipped": self.source.stats.counts()}
+        return history
 
     def _save_final(self) -> None:
         target = worker_dir(str(self.out_dir), self.strategy)
@@ -272,6 +281,29 @@ class Trainer:
             )
         else:
             shutil.rmtree(target, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _checkpoint_on_interrupt(trainer: Trainer):
+    """Ctrl-C or SIGTERM (a scheduler's preemption) on a single host: save a checkpoint, then stop.
+    Multi-worker runs use TF's PreemptionCheckpointHandler instead, which coordinates workers."""
+    previous = None
+    if trainer.preemption is None and threading.current_thread() is threading.main_thread():
+        def on_sigterm(signum, frame):
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    except KeyboardInterrupt:
+        if trainer.preemption is None:
+            path = trainer.manager.save(checkpoint_number=int(trainer.step.numpy()))
+            log.warning("interrupted at step %d; checkpoint saved to %s; rerun the same command to resume",
+                        int(trainer.step.numpy()), path)
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _averages(totals: dict[str, float]) -> dict[str, float]:
