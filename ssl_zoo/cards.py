@@ -166,19 +166,20 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None) -> str:
     add("## How to use\n")
     add(f"Inputs: RGB images, {size}x{size}, values in [0, 255] (uint8 or float). The model normalises "
         f"them itself (mean {inp['mean']}, std {inp['std']} on [0, 1] pixels), so no preprocessing is needed.\n")
+    num_classes = 10
     add("```python\nimport keras\nimport ssl_zoo\n\n"
         f"backbone = ssl_zoo.load_backbone(\"{name}\")  # or a preset folder, a SavedModel, a .keras file, hf://org/name\n"
         f"stages = ssl_zoo.load_backbone(\"{name}\", stages=[\"stage3\", \"pooled\"])  # dict of stage outputs\n\n"
-        "# Fine-tune: a linear head on frozen features first, then everything at a lower learning rate.\n"
+        f"# train_ds: batches of (RGB images {size}x{size} in [0, 255], integer labels), e.g. a tf.data.Dataset\n"
         f"inputs = keras.Input(({size}, {size}, 3))\n"
-        "outputs = keras.layers.Dense(10)(backbone(inputs))\n"
-        "classifier = keras.Model(inputs, outputs)\n"
-        "backbone.trainable = False  # frozen: batch norm also runs in inference mode\n"
-        "classifier.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True), [\"accuracy\"])\n"
-        "# classifier.fit(train_ds, epochs=...)\n"
-        "backbone.trainable = True\n"
-        "classifier.compile(keras.optimizers.Adam(1e-4), keras.losses.SparseCategoricalCrossentropy(from_logits=True), [\"accuracy\"])\n"
-        "# classifier.fit(train_ds, epochs=...)\n```\n")
+        f"classifier = keras.Model(inputs, keras.layers.Dense({num_classes})(backbone(inputs)))\n"
+        "loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)\n"
+        "backbone.trainable = False  # 1: linear head on frozen features (batch norm in inference mode)\n"
+        "classifier.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, metrics=[\"accuracy\"])\n"
+        "classifier.fit(train_ds, epochs=2)\n"
+        "backbone.trainable = True  # 2: everything, at a lower learning rate\n"
+        "classifier.compile(optimizer=keras.optimizers.Adam(1e-4), loss=loss, metrics=[\"accuracy\"])\n"
+        "classifier.fit(train_ds, epochs=2)\n```\n")
     add(f"Or from the command line: `ssl-zoo finetune {name} --dataset tfds:cifar10 --data-dir DATA "
         f"--max-train-examples 5000` (frozen, then unfrozen, next to the random-init floor).\n")
     add("Without ssl_zoo: the preset is `config.json` + `model.weights.h5` "

@@ -44,7 +44,7 @@ def _datasets(source, image_size, batch_size, max_train, max_test, seed):
 
 
 def _run(backbone, train, test, num_classes, image_size, *, epochs_frozen, epochs_unfrozen, lr_frozen,
-         lr_unfrozen, steps_per_epoch, seed, can_unfreeze=True) -> dict:
+         lr_unfrozen, steps_per_epoch, seed, can_unfreeze=True, run_eagerly=False) -> dict:
     import keras
 
     keras.utils.set_random_seed(seed)
@@ -53,7 +53,9 @@ def _run(backbone, train, test, num_classes, image_size, *, epochs_frozen, epoch
     out: dict = {}
     t0 = time.time()
     backbone.trainable = False
-    model.compile(keras.optimizers.Adam(lr_frozen), loss, ["accuracy"])
+    # XLA (jit_compile="auto") spends longer compiling a ResNet on CPU than short fine-tunes run.
+    model.compile(optimizer=keras.optimizers.Adam(lr_frozen), loss=loss, metrics=["accuracy"], jit_compile=False,
+                  run_eagerly=run_eagerly)
     h = model.fit(train, epochs=epochs_frozen, steps_per_epoch=steps_per_epoch, verbose=0) if epochs_frozen else None
     out["frozen"] = {
         "epochs": epochs_frozen, "learning_rate": lr_frozen,
@@ -62,7 +64,8 @@ def _run(backbone, train, test, num_classes, image_size, *, epochs_frozen, epoch
     }
     if epochs_unfrozen and can_unfreeze:
         backbone.trainable = True
-        model.compile(keras.optimizers.Adam(lr_unfrozen), loss, ["accuracy"])
+        model.compile(optimizer=keras.optimizers.Adam(lr_unfrozen), loss=loss, metrics=["accuracy"], jit_compile=False,
+                  run_eagerly=run_eagerly)
         h = model.fit(train, epochs=epochs_unfrozen, steps_per_epoch=steps_per_epoch, verbose=0)
         out["unfrozen"] = {
             "epochs": epochs_unfrozen, "learning_rate": lr_unfrozen,
@@ -79,9 +82,12 @@ def finetune(source, *, dataset: str = "tfds:cifar10", data_dir=None, epochs_fro
              epochs_unfrozen: int = 1, lr_frozen: float = 1e-3, lr_unfrozen: float = 1e-4,
              batch_size: int = 128, max_train_examples: int | None = None, max_test_examples: int | None = None,
              steps_per_epoch: int | None = None, random_init: bool = True, seed: int = 0,
-             out: str | None = None) -> dict:
+             out: str | None = None, run_eagerly: bool = False) -> dict:
     """Fine-tunes `source` (anything `load_backbone` accepts, or a keras.Model) on `dataset`
     (a source spec such as "tfds:cifar10", or an `ssl_zoo.data.sources.Source`).
+
+    `run_eagerly` skips tracing the training graph (tens of seconds for a ResNet on CPU): faster
+    for a handful of steps (tests, smoke runs), slower for real fine-tuning.
 
     Returns (and with `out`, writes as JSON) {"trained": {...}, "random_init": {...}} with the
     test accuracy after the frozen and after the unfrozen phase.
@@ -108,7 +114,7 @@ def finetune(source, *, dataset: str = "tfds:cifar10", data_dir=None, epochs_fro
         raise ValueError(f"{dataset} has no class labels to fine-tune on")
     train, test = _datasets(data, image_size, batch_size, max_train_examples, max_test_examples, seed)
     common = dict(epochs_frozen=epochs_frozen, epochs_unfrozen=epochs_unfrozen, lr_frozen=lr_frozen,
-                  lr_unfrozen=lr_unfrozen, steps_per_epoch=steps_per_epoch, seed=seed)
+                  lr_unfrozen=lr_unfrozen, steps_per_epoch=steps_per_epoch, seed=seed, run_eagerly=run_eagerly)
     report = {
         "model": name,
         "dataset": dataset if isinstance(dataset, str) else data.name,

@@ -1,0 +1,117 @@
+"""Generated model cards: Hugging Face metadata that parses, numbers equal to the evaluation JSON,
+commands that the CLI accepts, a recipe that round-trips."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import tomllib
+
+import pytest
+from huggingface_hub import ModelCard
+
+import release_fixtures as rf
+
+
+@pytest.fixture
+def preset(tmp_path_factory):
+    return rf.exported(tmp_path_factory)["preset"]
+
+
+def test_card_parses_and_model_index_equals_eval_json(preset):
+    report = rf.eval_report()
+    card = ModelCard.load(preset / "README.md")
+    data = card.data
+    assert data.library_name == "keras" and data.license == "apache-2.0"
+    assert data.datasets == ["cifar10"] and "self-supervised-learning" in data.tags and "rotnet" in data.tags
+    assert data.model_name == rf.NAME
+    values = {r.metric_name: r.metric_value for r in data.eval_results}
+    s = report["summary"]
+    assert values[f"linear probe top-1 ({s['best_stage']})"] == s["best_stage_probe"]
+    assert values[f"random-init floor, best stage ({s['random_init_best_stage']})"] == s["random_init_best_probe"]
+    assert values[f"kNN top-1 (k={report['knn']['k']}, {report['knn']['stage']})"] == report["knn"]["trained"]
+    assert {r.dataset_type for r in data.eval_results} == {"cifar10"}
+    assert {r.dataset_split for r in data.eval_results} == {"test"}
+
+
+def test_card_table_equals_eval_json(preset):
+    report = rf.eval_report()
+    text = (preset / "README.md").read_text()
+    rows = re.findall(r"^\| (\w+) \| (\d+) \| ([\d.]+) % \| ([\d.]+) % \| ([+-][\d.]+) pt \|$", text, re.M)
+    assert [r[0] for r in rows] == list(report["linear_probe"])
+    for stage, dims, trained, floor, gain in rows:
+        r = report["linear_probe"][stage]
+        assert int(dims) == r["dims"]
+        assert float(trained) == round(100 * r["trained"], 2)
+        assert float(floor) == round(100 * r["random_init"], 2)
+        assert float(gain) == round(100 * (r["trained"] - r["random_init"]), 2)
+    knn = report["knn"]
+    assert f"kNN (k={knn['k']}, {knn['stage']} features): {100 * knn['trained']:.2f} %" in text
+    assert "56.42 %" in text  # pretext (rotation) accuracy on held-out data, from history.json
+    assert "Gidaris" in text and "load_backbone" in text and "## Limitations" in text
+    assert "test fixture (no training)" in text  # hardware as recorded, with its source
+    assert (preset / "probe_per_stage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_card_commands_parse_and_recipe_round_trips(preset):
+    from ssl_zoo.cli import build_parser
+    from ssl_zoo.train.recipe import recipe_from_dict
+
+    text = (preset / "README.md").read_text()
+    commands = [line for line in text.splitlines() if line.startswith("ssl-zoo ")]
+    assert [c.split()[1] for c in commands] == ["train", "evaluate", "export"]
+    parser = build_parser()
+    evaluate = parser.parse_args(shlex.split(commands[1])[1:])
+    protocol = rf.eval_report()["protocol"]
+    assert evaluate.probe_epochs == 30 and evaluate.max_train_examples == protocol["num_train"]
+    assert evaluate.image_size == protocol["image_size"] and evaluate.knn_k == 200
+    export = parser.parse_args(shlex.split(commands[2])[1:])
+    assert export.register and export.name == rf.NAME
+    toml = re.search(r"```toml\n(.*?)```", text, re.S).group(1)
+    recipe = recipe_from_dict(tomllib.loads(toml)).to_dict()
+    recorded = json.loads((preset / "metadata.json").read_text())["recipe"]
+    recipe["description"] = recorded["description"]
+    assert json.loads(json.dumps(recipe)) == recorded
+
+
+def test_model_cards_folder_and_cli(preset, tmp_path):
+    from ssl_zoo.cli import main
+
+    assert main(["card", str(preset), "--out", str(tmp_path / "model_cards")]) == 0
+    card = tmp_path / "model_cards" / f"{rf.NAME}.md"
+    assert (tmp_path / "model_cards" / f"{rf.NAME}_probe.png").exists()
+    text = card.read_text()
+    assert f"({rf.NAME}_probe.png)" in text
+    assert text.replace(f"{rf.NAME}_probe.png", "probe_per_stage.png") == (preset / "README.md").read_text()
+
+
+def test_card_without_evaluation_states_it(preset):
+    from ssl_zoo.cards import render_card
+
+    meta = json.loads((preset / "metadata.json").read_text())
+    meta["evaluation"] = None
+    meta["hardware"] = None
+    text = render_card(meta)
+    card = ModelCard(text)
+    assert card.data.eval_results is None
+    assert "no measured downstream numbers" in text
+    assert "Hardware: not recorded" in text
+    assert "%" not in text.split("## Results")[1].split("## Method")[0].replace("56.42 %", "")
+
+
+@pytest.mark.slow  # traces two ResNet training graphs (~1 min on 2 busy cores)
+def test_card_code_block_runs(preset, tmp_path, monkeypatch):
+    """The 'How to use' snippet, run as written against a registry holding the entry."""
+    import tensorflow as tf
+
+    from ssl_zoo.zoo import register_preset
+
+    registry = tmp_path / "zoo" / "entries.json"
+    register_preset(preset, registry=registry)
+    monkeypatch.setenv("SSL_ZOO_REGISTRY", str(registry))
+    code = re.search(r"```python\n(.*?)```", (preset / "README.md").read_text(), re.S).group(1)
+    train_ds = tf.data.Dataset.from_tensor_slices((rf.images(8, seed=2), tf.range(8) % 10)).batch(8)
+    scope = {"train_ds": train_ds}
+    exec(compile(code, "card-snippet", "exec"), scope)
+    assert scope["classifier"].output.shape[-1] == 10

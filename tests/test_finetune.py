@@ -1,0 +1,80 @@
+"""Fine-tuning with plain Keras fit: frozen (batch norm in inference mode), then unfrozen."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import release_fixtures as rf
+
+
+def _arrays(n=24, seed=0):
+    from ssl_zoo.data.sources import ArraySource
+
+    rng = np.random.default_rng(seed)
+    return ArraySource(rf.images(n, seed=seed), labels=rng.integers(0, 3, n), name="tiny_arrays")
+
+
+def _weights(model):
+    return [np.array(w) for w in model.weights]
+
+
+def test_frozen_phase_keeps_backbone_and_bn_statistics(tmp_path_factory):
+    """trainable=False freezes the weights *and* runs BN in inference mode (moving stats fixed)."""
+    import keras
+
+    from ssl_zoo.finetune import build_classifier
+    from ssl_zoo.loader import load_backbone
+
+    backbone = load_backbone(rf.exported(tmp_path_factory)["preset"])
+    model = build_classifier(backbone, 3, rf.IMAGE_SIZE)
+    x, y = rf.images(8, seed=9).astype("float32"), np.arange(8) % 3
+    before = _weights(backbone)
+    backbone.trainable = False
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), run_eagerly=True)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(before, _weights(backbone)))
+    backbone.trainable = True
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), run_eagerly=True)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    assert not all(np.array_equal(a, b) for a, b in zip(before, _weights(backbone)))
+
+
+def test_finetune_report_trained_and_random_init(tmp_path, tmp_path_factory):
+    from ssl_zoo.finetune import finetune
+
+    out = tmp_path / "finetune.json"
+    report = finetune(rf.exported(tmp_path_factory)["preset"], dataset=_arrays(), epochs_frozen=1, epochs_unfrozen=1,
+                      batch_size=8, steps_per_epoch=1, max_test_examples=8, out=str(out), run_eagerly=True)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    for run in ("trained", "random_init"):
+        for phase in ("frozen", "unfrozen"):
+            acc = report[run][phase]["test_accuracy"]
+            assert 0.0 <= acc <= 1.0
+            assert len(report[run][phase]["train_loss"]) == 1
+    assert report["protocol"]["image_size"] == rf.IMAGE_SIZE and report["dataset"] == "tiny_arrays"
+
+
+def test_finetune_saved_model_is_frozen_only(tmp_path_factory):
+    from ssl_zoo.finetune import finetune
+
+    report = finetune(rf.exported(tmp_path_factory)["saved_model"], dataset=_arrays(16), epochs_frozen=1,
+                      epochs_unfrozen=1, batch_size=8, steps_per_epoch=1, max_test_examples=8, run_eagerly=True)
+    assert 0.0 <= report["trained"]["frozen"]["test_accuracy"] <= 1.0
+    assert "skipped" in report["trained"]["unfrozen"] and "skipped" in report["random_init"]
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_cli_finetune_on_cifar10(data_dir, tmp_path, tmp_path_factory):
+    from ssl_zoo.cli import main
+
+    out = tmp_path / "ft.json"
+    rc = main(["finetune", str(rf.exported(tmp_path_factory)["preset"]), "--dataset", "tfds:cifar10",
+               "--data-dir", str(data_dir), "--epochs-frozen", "1", "--epochs-unfrozen", "1", "--batch-size", "32",
+               "--steps-per-epoch", "2", "--max-train-examples", "64", "--max-test-examples", "64", "--out", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["protocol"]["max_train_examples"] == 64 and "random_init" in report
