@@ -1,9 +1,10 @@
 """Method registry: name -> method class (one file per method)."""
 
 from ssl_zoo.methods.base import PretextMethod, extract_backbone
+from ssl_zoo.methods.jigsaw import Jigsaw
 from ssl_zoo.methods.rotnet import RotNet
 
-METHODS: dict[str, type[PretextMethod]] = {cls.name: cls for cls in (RotNet,)}
+METHODS: dict[str, type[PretextMethod]] = {cls.name: cls for cls in (RotNet, Jigsaw)}
 
 
 def build_method(name: str, **kwargs) -> PretextMethod:

@@ -1,0 +1,89 @@
+"""Jigsaw puzzles (Noroozi & Favaro, ECCV 2016): predict which permutation of a fixed set shuffled
+the nine tiles of a crop. "The CFN ... is a siamese-ennead CNN ... the tiles are processed
+independently ... up to the first fully connected layer" and only then combined (Sec. 3.1): a
+context-free network, so no layer can compare pixels across tile borders.
+
+Composition only: the per-example transform `ssl_zoo.pretext.jigsaw.jigsaw_example` (crop ->
+3x3 grid of jittered, per-tile normalised and colour-jittered tiles in permuted order, label =
+permutation index), one backbone shared by the nine tiles, their pooled features concatenated in
+tile order, an MLP classifier over the N permutations, cross-entropy; the default step trains it.
+
+The permutation set is part of the method's configuration: `permutations` holds it (one
+9-digit string per class, in class order), generated deterministically from
+(`num_permutations`, `permutation_seed`) when not given. It is therefore written with the run
+(`run.json`), and a model can be re-paired with exactly the set it was trained on even if the
+generator changed; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import keras
+
+from ssl_zoo.backbones.resnet import IMAGENET_MEAN, IMAGENET_STD
+from ssl_zoo.heads import classification_head
+from ssl_zoo.methods.base import PretextMethod
+from ssl_zoo.methods.views import shared_backbone_over_views
+from ssl_zoo.pretext.jigsaw import (
+    NUM_TILES,
+    decode_permutations,
+    encode_permutations,
+    jigsaw_example,
+    maximal_hamming_permutations,
+)
+
+
+@dataclasses.dataclass
+class Jigsaw(PretextMethod):
+    name: ClassVar[str] = "jigsaw"
+    # "we use ... a set of 1000 permutations" is the paper's default; 100 is its cheaper setting
+    # with a larger minimum Hamming distance (Table 3); both work here.
+    num_permutations: int = 100
+    permutation_seed: int = 0
+    # The set itself, filled from the two fields above when None; see the module docstring.
+    permutations: tuple[str, ...] | None = None
+    # Tiles are cut inside cells of crop_size // 3 (crop_size = the data's image_size). The paper
+    # cuts 64 px tiles in 75 px cells (a gap of 11 px on average); 28 in 32 keeps that ratio.
+    tile_size: int = 28
+    jitter: bool = True
+    grey_probability: float = 0.3
+    saturation: tuple[float, float] = (0.4, 1.6)
+    head_hidden_units: tuple[int, ...] = (512,)
+
+    def __post_init__(self):
+        if self.permutations is None:
+            perms = maximal_hamming_permutations(self.num_permutations, self.permutation_seed)
+            self.permutations = encode_permutations(perms)
+        else:
+            perms = decode_permutations(self.permutations)
+            if len(perms) != self.num_permutations:
+                raise ValueError(
+                    f"{len(perms)} permutations given but num_permutations={self.num_permutations}"
+                )
+            self.permutations = encode_permutations(perms)
+        self._perms = perms
+        size = self.backbone.get("image_size")
+        if size is not None and size != self.tile_size:
+            raise ValueError(f"backbone image_size {size} must equal the jigsaw tile_size {self.tile_size}")
+        self.saturation = tuple(self.saturation)
+        self.head_hidden_units = tuple(self.head_hidden_units)
+
+    @property
+    def permutation_array(self):
+        """The permutation set as int32 [num_permutations, 9]; row = class index."""
+        return self._perms
+
+    def build_model(self) -> keras.Model:
+        backbone = self.build_backbone()
+        head = classification_head(self.num_permutations, self.head_hidden_units)
+        return shared_backbone_over_views(backbone, head, NUM_TILES, self.tile_size, input_name="tiles")
+
+    def example_transform(self, image, size: int, seed, training: bool = True):
+        return jigsaw_example(
+            image, seed, self._perms, crop_size=size, tile_size=self.tile_size, training=training,
+            jitter=self.jitter, grey_probability=self.grey_probability, saturation=self.saturation,
+            mean=tuple(self.backbone.get("mean", IMAGENET_MEAN)),
+            std=tuple(self.backbone.get("std", IMAGENET_STD)),
+        )
