@@ -30,13 +30,15 @@ def build_classifier(backbone, num_classes: int, image_size: int, seed: int = 0)
     return keras.Model(inputs, logits, name="finetune_classifier")
 
 
-def _datasets(source, image_size, batch_size, max_train, max_test, seed):
+def _datasets(source, image_size, batch_size, max_train, max_test, seed, steps_per_epoch=None):
     from ssl_zoo.data.pipeline import build_dataset
 
     train = build_dataset(source, "train", batch_size=batch_size, image_size=image_size, augment="crop_flip",
                           training=True, seed=seed, drop_remainder=False)
     if max_train:
         train = train.unbatch().take(max_train).batch(batch_size)
+    if steps_per_epoch:  # epochs of a fixed number of steps: the data wraps around
+        train = train.repeat()
     test = build_dataset(source, "test", batch_size=batch_size, image_size=image_size, augment="center")
     if max_test:
         test = test.unbatch().take(max_test).batch(batch_size)
@@ -56,7 +58,7 @@ def _run(backbone, train, test, num_classes, image_size, *, epochs_frozen, epoch
     # XLA (jit_compile="auto") spends longer compiling a ResNet on CPU than short fine-tunes run.
     model.compile(optimizer=keras.optimizers.Adam(lr_frozen), loss=loss, metrics=["accuracy"], jit_compile=False,
                   run_eagerly=run_eagerly)
-    h = model.fit(train, epochs=epochs_frozen, steps_per_epoch=steps_per_epoch, verbose=0) if epochs_frozen else None
+    h = model.fit(train, epochs=epochs_frozen, steps_per_epoch=steps_per_epoch, shuffle=False, verbose=0) if epochs_frozen else None
     out["frozen"] = {
         "epochs": epochs_frozen, "learning_rate": lr_frozen,
         "train_loss": [round(v, 5) for v in h.history["loss"]] if h else [],
@@ -66,7 +68,7 @@ def _run(backbone, train, test, num_classes, image_size, *, epochs_frozen, epoch
         backbone.trainable = True
         model.compile(optimizer=keras.optimizers.Adam(lr_unfrozen), loss=loss, metrics=["accuracy"], jit_compile=False,
                   run_eagerly=run_eagerly)
-        h = model.fit(train, epochs=epochs_unfrozen, steps_per_epoch=steps_per_epoch, verbose=0)
+        h = model.fit(train, epochs=epochs_unfrozen, steps_per_epoch=steps_per_epoch, shuffle=False, verbose=0)
         out["unfrozen"] = {
             "epochs": epochs_unfrozen, "learning_rate": lr_unfrozen,
             "train_loss": [round(v, 5) for v in h.history["loss"]],
@@ -112,7 +114,7 @@ def finetune(source, *, dataset: str = "tfds:cifar10", data_dir=None, epochs_fro
     num_classes = data.num_classes()
     if not num_classes:
         raise ValueError(f"{dataset} has no class labels to fine-tune on")
-    train, test = _datasets(data, image_size, batch_size, max_train_examples, max_test_examples, seed)
+    train, test = _datasets(data, image_size, batch_size, max_train_examples, max_test_examples, seed, steps_per_epoch)
     common = dict(epochs_frozen=epochs_frozen, epochs_unfrozen=epochs_unfrozen, lr_frozen=lr_frozen,
                   lr_unfrozen=lr_unfrozen, steps_per_epoch=steps_per_epoch, seed=seed, run_eagerly=run_eagerly)
     report = {

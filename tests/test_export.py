@@ -223,3 +223,18 @@ def test_cli_export_register_and_list(tmp_path, tmp_path_factory):
         assert model.output.shape[-1] == 64
     finally:
         del os.environ["SSL_ZOO_REGISTRY"]
+
+
+@pytest.mark.slow
+def test_release_entry_script(tmp_path, tmp_path_factory):
+    """export/release_entry.py: export + register + reload every artefact, compare features."""
+    ex = rf.exported(tmp_path_factory)
+    env = dict(os.environ, SSL_ZOO_REGISTRY=str(tmp_path / "zoo" / "entries.json"), TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, str(REPO / "export" / "release_entry.py"), str(ex["run"]), "--name", rf.NAME,
+                           "--eval", str(ex["run"] / "eval.json"), "--out", str(tmp_path / "out")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    report = json.loads(proc.stdout[proc.stdout.index("{\n"):])
+    print(report)
+    assert set(report["max_abs_diff"]) == {"preset", "keras", "saved_model"}
+    assert (tmp_path / "model_cards" / f"{rf.NAME}.md").exists()

@@ -24,6 +24,7 @@ REPO_ID = "ssl-zoo/tiny"
 def _push_cli(folder, uri, endpoint, extra=()):
     """`ssl-zoo push` in a fresh process: huggingface_hub reads HF_HUB_DISABLE_XET at import."""
     env = dict(os.environ, HF_ENDPOINT=endpoint, HF_TOKEN="hf_standin_token", HF_HUB_DISABLE_XET="1",
+               NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
                HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1", TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run([sys.executable, "-m", "ssl_zoo.cli", "push", str(folder), uri, *extra],
                           env=env, capture_output=True, text=True, timeout=180)
@@ -45,6 +46,8 @@ def hf_env(hub, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_cache"))
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for var in ("NO_PROXY", "no_proxy"):  # the stand-in is local even where a proxy is configured
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     return tmp_path / "hf_cache"
 
