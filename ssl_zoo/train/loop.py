@@ -256,9 +256,10 @@ class Trainer:
             record = {"epoch": epoch + 1, "step": int(self.step.numpy()), "seconds": round(seconds, 1),
                       "images_per_second": round(steps_run * self.global_batch / seconds, 1),
                       **{f"train_{k}": round(v, 5) for k, v in _averages(totals).items()}}
+            # Checkpoint first: nothing after the epoch's last step may cost the epoch.
+            self.manager.save(checkpoint_number=int(self.step.numpy()))
             if recipe.data.eval_split and ((epoch + 1) % train.eval_every_epochs == 0 or epoch + 1 == train.epochs):
                 record.update({f"eval_{k}": round(v, 5) for k, v in self.evaluate_pretext().items()})
-            self.manager.save(checkpoint_number=int(self.step.numpy()))
             history.append(record)
             if self.chief:
                 log.info("epoch %d done: %s", epoch + 1, record)
