@@ -222,7 +222,7 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None) -> str:
     else:
         add("- No training history was available at export time.")
     if meta.get("hardware"):
-        add(f"- Hardware: {meta['hardware']} (source: {meta.get('hardware_source')}).")
+        add(f"- Hardware: {_hardware_text(meta['hardware'])} (source: {meta.get('hardware_source')}).")
     else:
         add("- Hardware: not recorded by the training run.")
     if report.get("seconds") is not None:
@@ -308,3 +308,12 @@ def write_model_card(preset: str | os.PathLike, cards_dir: str | os.PathLike = "
     with atomic_file(cards_dir / f"{name}.md") as tmp:
         tmp.write_text(render_card(meta, plot))
     return cards_dir / f"{name}.md"
+
+
+def _hardware_text(hw) -> str:
+    """run.json records hardware as a dict (see train.loop.describe_hardware); --hardware as text."""
+    if not isinstance(hw, dict):
+        return str(hw)
+    accel = ", ".join(f"{n} {t}" for t, n in (hw.get("accelerators") or {}).items()) or "no accelerator"
+    return (f"{hw.get('cpu')} ({hw.get('cpu_count')} cores), {accel}; {hw.get('strategy')} with "
+            f"{hw.get('replicas')} replica(s); TensorFlow {hw.get('tensorflow')}, Keras {hw.get('keras')}")

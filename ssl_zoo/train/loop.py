@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import platform
 import shutil
 import signal
 import sys
@@ -277,7 +278,8 @@ class Trainer:
         if self.chief:
             write_json_atomic(
                 {"recipe": self.recipe.to_dict(), "method": self.method.config(),
-                 "steps": int(self.step.numpy()), "replicas": self.strategy.num_replicas_in_sync},
+                 "steps": int(self.step.numpy()), "replicas": self.strategy.num_replicas_in_sync,
+                 "hardware": describe_hardware(self.strategy)},
                 self.out_dir / "run.json",
             )
         else:
@@ -305,6 +307,28 @@ def _checkpoint_on_interrupt(trainer: Trainer):
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def describe_hardware(strategy) -> dict:
+    """What the run trained on, for the model card."""
+    devices = tf.config.list_logical_devices()
+    accelerators = sorted({d.device_type for d in devices} - {"CPU"})
+    cpu_model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu_model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "strategy": type(strategy).__name__,
+        "replicas": strategy.num_replicas_in_sync,
+        "accelerators": {t: sum(d.device_type == t for d in devices) for t in accelerators},
+        "cpu": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
 
 
 def _averages(totals: dict[str, float]) -> dict[str, float]:
