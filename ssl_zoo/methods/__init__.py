@@ -2,9 +2,10 @@
 
 from ssl_zoo.methods.base import PretextMethod, extract_backbone
 from ssl_zoo.methods.jigsaw import Jigsaw
+from ssl_zoo.methods.relative_patch import RelativePatch
 from ssl_zoo.methods.rotnet import RotNet
 
-METHODS: dict[str, type[PretextMethod]] = {cls.name: cls for cls in (RotNet, Jigsaw)}
+METHODS: dict[str, type[PretextMethod]] = {cls.name: cls for cls in (RotNet, Jigsaw, RelativePatch)}
 
 
 def build_method(name: str, **kwargs) -> PretextMethod:

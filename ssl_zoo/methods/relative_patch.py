@@ -1,0 +1,55 @@
+"""Relative patch location, "context prediction" (Doersch, Gupta & Efros, ICCV 2015): given a centre
+patch and one of its eight neighbours, predict which neighbour it is. "We argue that doing well on
+this task requires the model to learn to recognize objects and their parts" (Sec. 1).
+
+Composition only: the per-example transform `ssl_zoo.pretext.relative_patch.relative_patch_example`
+(two patches with a gap and jitter, chromatic-aberration defence, label = neighbour index), a
+siamese backbone (one backbone, shared weights, over both patches; "the two patches are processed
+by ... networks with tied weights ... fused" after fc6, Fig. 3), fusion = concatenation of the two
+pooled features followed by an MLP, an 8-way softmax, cross-entropy; the default step trains it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import keras
+
+from ssl_zoo.backbones.resnet import IMAGENET_MEAN
+from ssl_zoo.heads import classification_head
+from ssl_zoo.methods.base import PretextMethod
+from ssl_zoo.methods.views import shared_backbone_over_views
+from ssl_zoo.pretext.relative_patch import CHROMA_DEFENCES, NUM_NEIGHBOURS, relative_patch_example
+
+
+@dataclasses.dataclass
+class RelativePatch(PretextMethod):
+    name: ClassVar[str] = "relative_patch"
+    # The paper: 96 px patches, a gap of 48 px, jitter up to 7 px, in images of 150k-450k pixels.
+    # On 96 px images: 3 x 24 + 2 x 8 + 2 x 3 = 94 px; the gap stays a third of a patch.
+    patch_size: int = 24
+    gap: int = 8
+    jitter: int = 3
+    chroma_defence: str = "channel_drop"  # "channel_drop" | "grey" | "none"
+    head_hidden_units: tuple[int, ...] = (512, 512)
+
+    def __post_init__(self):
+        if self.chroma_defence not in CHROMA_DEFENCES:
+            raise ValueError(f"chroma_defence must be one of {CHROMA_DEFENCES}, got {self.chroma_defence!r}")
+        size = self.backbone.get("image_size")
+        if size is not None and size != self.patch_size:
+            raise ValueError(f"backbone image_size {size} must equal patch_size {self.patch_size}")
+        self.head_hidden_units = tuple(self.head_hidden_units)
+
+    def build_model(self) -> keras.Model:
+        backbone = self.build_backbone()
+        head = classification_head(NUM_NEIGHBOURS, self.head_hidden_units)
+        return shared_backbone_over_views(backbone, head, 2, self.patch_size, input_name="patches")
+
+    def example_transform(self, image, size: int, seed, training: bool = True):
+        return relative_patch_example(
+            image, seed, crop_size=size, patch_size=self.patch_size, gap=self.gap, jitter=self.jitter,
+            training=training, chroma_defence=self.chroma_defence,
+            mean=tuple(self.backbone.get("mean", IMAGENET_MEAN)),
+        )

@@ -1,0 +1,122 @@
+"""Relative patch location pretext (Doersch, Gupta & Efros, ICCV 2015, "Unsupervised Visual
+Representation Learning by Context Prediction").
+
+A centre patch and one of its eight neighbours in a 3x3 grid; the label is which neighbour.
+The details that keep it from being solved by low-level cues (Sec. 3 and 4 of the paper):
+
+- "we include a gap in between the patches ... [and] randomly jitter each patch location": no
+  continuing line or texture across the border tells the answer. The paper used 96 px patches,
+  a gap of half a patch and jitter of up to 7 px; `patch_size`, `gap` and `jitter` say the
+  same for our small images.
+- Chromatic aberration: lenses shift green relative to magenta towards the image border, which a
+  network can read to find where a patch lies ("the network can ... detect the separation between
+  green and magenta"). Two defences, both from the paper:
+    * "channel_drop": "randomly drop 2 of the 3 color channels from each patch, replacing the
+      dropped colors with Gaussian noise (standard deviation ~1/100 the standard deviation of the
+      remaining channel)". We fill the dropped channels at the dataset mean (what the backbone's
+      normalisation maps to 0) plus that noise, chosen independently per patch.
+    * "grey": "projection, shift green and magenta toward gray": the component of every pixel
+      along the green-magenta axis (-1, 2, -1)/sqrt(6) is removed.
+  "none" switches the defence off (for tests and ablations).
+
+Patches are returned in [0, 255] space as the backbone expects (see `ssl_zoo.backbones.resnet`).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from ssl_zoo.backbones.resnet import IMAGENET_MEAN
+from ssl_zoo.data.augment import center_crop, resize_shorter
+
+NUM_NEIGHBOURS = 8
+# Label k -> (row, col) offset of the neighbour from the centre patch, in raster order.
+OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+CHROMA_DEFENCES = ("channel_drop", "grey", "none")
+_GREEN_MAGENTA = (-1.0 / 6**0.5, 2.0 / 6**0.5, -1.0 / 6**0.5)
+
+
+def grid_extent(patch_size: int, gap: int, jitter: int) -> int:
+    """Side of the square the 3x3 arrangement (with the largest jitter) occupies."""
+    return 3 * patch_size + 2 * gap + 2 * jitter
+
+
+def drop_channels(patches, seed, mean=IMAGENET_MEAN, noise_fraction: float = 0.01):
+    """Per patch [n, s, s, 3]: keep one random channel; the others become the dataset mean plus
+    Gaussian noise with 1/100 of the kept channel's standard deviation (Doersch et al. 2015)."""
+    keep_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    n = tf.shape(patches)[0]
+    keep = tf.random.stateless_uniform([n], keep_seed, 0, 3, dtype=tf.int32)
+    mask = tf.one_hot(keep, 3, dtype=patches.dtype)[:, None, None, :]  # [n, 1, 1, 3]
+    kept = tf.reduce_sum(patches * mask, axis=-1, keepdims=True)
+    _, var = tf.nn.moments(kept, axes=[1, 2, 3], keepdims=True)
+    noise = tf.random.stateless_normal(tf.shape(patches), noise_seed) * noise_fraction * tf.sqrt(var)
+    fill = 255.0 * tf.constant(mean, patches.dtype) + noise
+    return mask * patches + (1.0 - mask) * fill
+
+
+def remove_green_magenta(patches):
+    """Projects every pixel onto the plane orthogonal to the green-magenta axis."""
+    axis = tf.constant(_GREEN_MAGENTA, patches.dtype)
+    return patches - tf.reduce_sum(patches * axis, axis=-1, keepdims=True) * axis
+
+
+def relative_patch_example(
+    image,
+    seed,
+    *,
+    crop_size: int,
+    patch_size: int,
+    gap: int,
+    jitter: int,
+    training: bool = True,
+    chroma_defence: str = "channel_drop",
+    mean=IMAGENET_MEAN,
+    return_debug: bool = False,
+):
+    """One image -> (patches [2, P, P, 3] float32: centre then neighbour, label int32 in [0, 8)).
+
+    The neighbour's nominal top-left corner is the centre's plus `OFFSETS[label] * (P + gap)`; each
+    patch is then moved by up to `jitter` px in each direction (training only). At training the
+    3x3 arrangement is placed at a random position of a `crop_size` crop (after resizing the
+    shorter side to `crop_size`); at evaluation it is centred and not jittered. With
+    `return_debug` a third element {"crop", "positions" [2, 2] (row, col) top-left corners} is
+    returned.
+    """
+    if chroma_defence not in CHROMA_DEFENCES:
+        raise ValueError(f"chroma_defence must be one of {CHROMA_DEFENCES}, got {chroma_defence!r}")
+    extent = grid_extent(patch_size, gap, jitter)
+    if extent > crop_size:
+        raise ValueError(
+            f"3 patches of {patch_size} + 2 gaps of {gap} + 2 x jitter {jitter} = {extent} px do not fit in {crop_size}"
+        )
+    crop_seed, place_seed, label_seed, jitter_seed, chroma_seed = tf.unstack(
+        tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 5)
+    )
+    if training:
+        crop = resize_shorter(image, crop_size)
+        crop = tf.image.stateless_random_crop(crop, [crop_size, crop_size, 3], seed=crop_seed)
+        origin = tf.random.stateless_uniform([2], place_seed, 0, crop_size - extent + 1, dtype=tf.int32)
+        shifts = tf.random.stateless_uniform([2, 2], jitter_seed, -jitter, jitter + 1, dtype=tf.int32)
+    else:
+        crop = center_crop(image, crop_size)
+        origin = tf.fill([2], (crop_size - extent) // 2)
+        shifts = tf.zeros([2, 2], tf.int32)
+    crop = tf.ensure_shape(tf.cast(crop, tf.float32), [crop_size, crop_size, 3])
+
+    label = tf.random.stateless_uniform([], label_seed, 0, NUM_NEIGHBOURS, dtype=tf.int32)
+    step = patch_size + gap
+    centre = origin + jitter + step
+    neighbour = centre + tf.gather(tf.constant(OFFSETS, tf.int32), label) * step
+    positions = tf.stack([centre, neighbour]) + shifts  # [2, 2]
+    patches = tf.stack(
+        [tf.slice(crop, [positions[i, 0], positions[i, 1], 0], [patch_size, patch_size, 3]) for i in range(2)]
+    )
+    if chroma_defence == "channel_drop":
+        patches = drop_channels(patches, chroma_seed, mean)
+    elif chroma_defence == "grey":
+        patches = remove_green_magenta(patches)
+    patches = tf.ensure_shape(patches, [2, patch_size, patch_size, 3])
+    if return_debug:
+        return patches, label, {"crop": crop, "positions": positions}
+    return patches, label
