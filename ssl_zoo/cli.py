@@ -55,6 +55,7 @@ def cmd_evaluate(args) -> int:
         args.model, data_dir=args.data_dir, source=args.dataset, stages=args.stages.split(","),
         knn_k=args.knn_k, out=args.out, seed=args.seed, max_train_examples=args.max_train_examples,
         image_size=args.image_size, probe_epochs=args.probe_epochs,
+        train_split=args.train_split, test_split=args.test_split,
     )
     print(json.dumps(report["summary"], indent=2))
     return 0
@@ -145,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a .keras backbone or pretext model, a preset folder, or a zoo name")
     _add_data_dir(p)
     p.add_argument("--dataset", default="tfds:cifar10")
+    p.add_argument("--train-split", default="train", help="split the probe is trained on")
+    p.add_argument("--test-split", default="test", help="split the accuracy is reported on (e.g. val for image folders)")
     p.add_argument("--stages", default="stem,stage1,stage2,stage3,stage4,pooled")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--knn-k", type=int, default=200)
