@@ -78,6 +78,10 @@ class PretextMethod:
     def config(self) -> dict[str, Any]:
         return {"name": self.name, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}}
 
+    def prepare(self, source, split: str, image_size: int) -> None:
+        """Called once by the trainer with the training data before any dataset is built, for
+        methods whose pretext classes come from the data (Exemplar CNN's seed patches). No-op."""
+
 
 def extract_backbone(model: keras.Model) -> keras.Model:
     """The backbone inside a pretext model, found by name (the head is dropped by name too)."""

@@ -109,6 +109,7 @@ class Trainer:
                 f"{source.name}/{recipe.data.train_split} has {n} examples: fewer than one global batch of {train.global_batch}"
             )
         self.total_steps = self.steps_per_epoch * train.epochs
+        method.prepare(source, recipe.data.train_split, recipe.data.image_size)
         with strategy.scope():
             self.model = method.build_model()
             self.optimizer = build_optimizer(recipe.optimizer, train.global_batch, self.total_steps, self.steps_per_epoch)
