@@ -1,11 +1,12 @@
 """Method registry: name -> method class (one file per method)."""
 
 from ssl_zoo.methods.base import PretextMethod, extract_backbone
+from ssl_zoo.methods.exemplar import Exemplar
 from ssl_zoo.methods.jigsaw import Jigsaw
 from ssl_zoo.methods.relative_patch import RelativePatch
 from ssl_zoo.methods.rotnet import RotNet
 
-METHODS: dict[str, type[PretextMethod]] = {cls.name: cls for cls in (RotNet, Jigsaw, RelativePatch)}
+METHODS: dict[str, type[PretextMethod]] = {cls.name: cls for cls in (RotNet, Jigsaw, RelativePatch, Exemplar)}
 
 
 def build_method(name: str, **kwargs) -> PretextMethod:

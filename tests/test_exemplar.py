@@ -1,0 +1,192 @@
+"""Exemplar CNN: seed selection, seed bank, transform (eager and in tf.data), model, fit,
+trainer integration, replicas, saving."""
+
+import functools
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers import tiny_recipe, write_image_folder
+from ssl_zoo.data.pipeline import build_dataset
+from ssl_zoo.data.sources import ArraySource, ImageFolderSource
+from ssl_zoo.methods import build_method, extract_backbone
+from ssl_zoo.pretext.exemplar import exemplar_example, select_seed_box, transform_seed
+from ssl_zoo.train.loop import Trainer
+
+P, C, IMG = 8, 12, 24
+BACKBONE = {"arch": "resnet", "depth": 18, "width": 0.125, "stem": "cifar", "image_size": P}
+
+
+def _images(n=6, size=IMG, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def _method(n=6, images=None, **kw):
+    kw = {"num_classes": n, "patch_size": P, "context_size": C, "candidates": 8, "head_hidden_units": (16,), **kw}
+    method = build_method("exemplar", backbone=dict(BACKBONE), **kw)
+    method.set_bank_from_images(_images(n) if images is None else images, IMG)
+    return method
+
+
+def test_seed_box_is_the_candidate_with_the_strongest_gradient():
+    image = np.full((40, 40, 3), 120, np.uint8)
+    image[24:34, 4:14] = np.random.default_rng(0).integers(0, 256, (10, 10, 3))  # the only texture
+    corner, score = select_seed_box(tf.constant(image), tf.constant([0, 0], tf.int64), 10, candidates=64)
+    y, x = corner.numpy()
+    assert abs(y - 24) <= 4 and abs(x - 4) <= 4 and float(score) > 0
+    # A pure function of (image, seed).
+    again, _ = select_seed_box(tf.constant(image), tf.constant([0, 0], tf.int64), 10, candidates=64)
+    np.testing.assert_array_equal(corner, again)
+
+
+def test_bank_is_deterministic_and_each_class_is_one_seed_of_one_image():
+    a, b = _method(), _method()
+    np.testing.assert_array_equal(a.bank, b.bank)
+    assert a.bank.shape == (6, C, C, 3) and a.bank.dtype == np.uint8
+    images = _images(6)
+    off = (C - P) // 2
+    for i in range(6):
+        # The seed patch (centre of the context) is a patch of source image i.
+        seed = a.bank[i, off : off + P, off : off + P]
+        found = any(np.array_equal(images[i, y : y + P, x : x + P], seed)
+                    for y in range(IMG - P + 1) for x in range(IMG - P + 1))
+        assert found, i
+    with pytest.raises(ValueError, match="need as many images"):
+        _method(n=8, images=_images(5))
+
+
+def test_two_samples_of_one_class_come_from_the_same_seed_patch():
+    method = _method()
+    off = (C - P) // 2
+    views = {}
+    for s in range(40):
+        view, label, seed_patch = exemplar_example(method.bank, tf.constant([s, 0], tf.int64), patch_size=P,
+                                                   return_debug=True, geometric=False, colour=False)
+        label = int(label)
+        assert 0 <= label < 6
+        # Untransformed, the view is exactly the class's seed patch ...
+        np.testing.assert_array_equal(view.numpy(), method.bank[label, off : off + P, off : off + P])
+        np.testing.assert_array_equal(view.numpy(), seed_patch.numpy())
+        views.setdefault(label, []).append(view.numpy())
+    assert len(views) == 6  # every class drawn
+    # ... so any two samples of one class are the same patch.
+    for vs in views.values():
+        for v in vs[1:]:
+            np.testing.assert_array_equal(v, vs[0])
+
+
+def test_transformed_views_are_nearest_to_their_own_seed():
+    """Under translation/scale/rotation only, a view stays closer to its own seed patch than to any
+    other class's: the label still describes where the view came from."""
+    images = np.stack([np.full((IMG, IMG, 3), v, np.uint8) for v in (20, 70, 120, 170, 220, 250)])
+    images[..., 0] = np.random.default_rng(0).integers(0, 40, (6, IMG, IMG))  # a little texture
+    method = _method(images=images)
+    off = (C - P) // 2
+    seeds = method.bank[:, off : off + P, off : off + P].astype(np.float32)
+    for s in range(12):
+        view, label = exemplar_example(method.bank, tf.constant([s, 1], tf.int64), patch_size=P, colour=False)
+        d = ((seeds - view.numpy()) ** 2).mean(axis=(1, 2, 3))
+        assert int(np.argmin(d)) == int(label)
+
+
+def test_transforms_change_the_view_and_stay_in_range():
+    method = _method()
+    a = transform_seed(method.bank[0], tf.constant([1, 0], tf.int64), patch_size=P).numpy()
+    b = transform_seed(method.bank[0], tf.constant([2, 0], tf.int64), patch_size=P).numpy()
+    a2 = transform_seed(method.bank[0], tf.constant([1, 0], tf.int64), patch_size=P).numpy()
+    assert a.shape == (P, P, 3) and 0 <= a.min() and a.max() <= 255
+    assert not np.allclose(a, b)
+    np.testing.assert_array_equal(a, a2)
+
+
+def test_transform_inside_tf_data_through_the_pipeline():
+    method = _method()
+    ds = build_dataset(ArraySource(_images(12)), "train", batch_size=4, image_size=IMG,
+                       augment=functools.partial(method.example_transform, training=True), training=True)
+    batches = list(ds.as_numpy_iterator())
+    assert len(batches) == 3
+    for views, labels in batches:
+        assert views.shape == (4, P, P, 3) and views.dtype == np.float32
+        assert labels.dtype == np.int32 and ((labels >= 0) & (labels < 6)).all()
+    off = (C - P) // 2
+    debug = tf.data.Dataset.range(16).map(
+        lambda i: exemplar_example(method.bank, tf.stack([tf.constant(4, tf.int64), i]), patch_size=P,
+                                   return_debug=True, geometric=False, colour=False))
+    for view, label, _ in debug.as_numpy_iterator():
+        np.testing.assert_array_equal(view, method.bank[label, off : off + P, off : off + P])
+    with pytest.raises(RuntimeError, match="prepare"):
+        build_method("exemplar", backbone=dict(BACKBONE), num_classes=3, patch_size=P, context_size=C) \
+            .example_transform(tf.zeros([IMG, IMG, 3]), IMG, tf.constant([0, 0], tf.int64))
+
+
+def test_two_step_keras_fit_on_the_pretext_model():
+    method = _method()
+    model = method.build_model()
+    assert model.output_shape == (None, 6)
+    ds = build_dataset(ArraySource(_images(8)), "train", batch_size=4, image_size=IMG,
+                       augment=method.example_transform, training=True)
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(ds.take(2), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_prepare_builds_the_bank_from_a_seeded_choice_of_the_split():
+    images = _images(9)
+    method = build_method("exemplar", backbone=dict(BACKBONE), num_classes=5, patch_size=P, context_size=C)
+    method.prepare(ArraySource(images), "train", IMG)
+    again = build_method("exemplar", backbone=dict(BACKBONE), num_classes=5, patch_size=P, context_size=C)
+    again.prepare(ArraySource(images), "train", IMG)
+    np.testing.assert_array_equal(method.bank, again.bank)
+    assert method.bank.shape == (5, C, C, 3) and (method.bank_scores > 0).all()
+
+
+@pytest.mark.slow  # ~100 s on the busy 2-core CPU where it was written (a full Trainer.fit)
+def test_trainer_prepares_the_bank_from_the_training_split(tmp_path):
+    write_image_folder(tmp_path, n=16, size=IMG)
+    recipe = tiny_recipe(epochs=1, steps_per_epoch=2)
+    method = build_method("exemplar", backbone=dict(BACKBONE), num_classes=10, patch_size=P, context_size=C,
+                          head_hidden_units=(16,))
+    trainer = Trainer(method, recipe, ImageFolderSource(tmp_path / "images"), tf.distribute.get_strategy(), tmp_path / "run")
+    assert method.bank.shape == (10, C, C, 3)
+    result = trainer.fit()
+    assert np.isfinite(result["history"][-1]["train_loss"])
+    keras.saving.load_model(tmp_path / "run" / "backbone.keras", safe_mode=True)
+
+
+@pytest.mark.slow  # ~45 s on a busy 2-core CPU (tracing two ResNet steps), as in test_distribute
+def test_two_replicas_match_one_replica_on_the_same_global_batch(tmp_path):
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    assert len(devices) == 2
+    recipe = tiny_recipe(epochs=1, steps_per_epoch=2)
+    source = ArraySource(_images(16))
+    single = Trainer(_method(), recipe, source, tf.distribute.get_strategy(), tmp_path / "one")
+    mirrored = Trainer(_method(), recipe, source, tf.distribute.MirroredStrategy(devices), tmp_path / "two")
+    mirrored.model.set_weights(single.model.get_weights())
+    method = _method()
+    examples = [method.example_transform(None, IMG, tf.constant([0, i], tf.int64)) for i in range(8)]
+    views, labels = tf.stack([e[0] for e in examples]), tf.stack([e[1] for e in examples])
+    halves = [(views[:4], labels[:4]), (views[4:], labels[4:])]
+    per_replica = mirrored.strategy.experimental_distribute_values_from_function(
+        lambda ctx: halves[ctx.replica_id_in_sync_group]
+    )
+    for _ in range(2):
+        one = single.train_step((views, labels))
+        two = mirrored.train_step(per_replica)
+        np.testing.assert_allclose(float(one["loss_sum"]), float(two["loss_sum"]), rtol=1e-4)
+        assert float(one["count"]) == float(two["count"]) == 8
+    for a, b, v in zip(single.model.get_weights(), mirrored.model.get_weights(), single.model.weights):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=v.path)
+
+
+def test_saved_pretext_model_round_trips_with_safe_mode_and_the_backbone_extracts(tmp_path):
+    model = _method().build_model()
+    x = np.random.default_rng(2).uniform(0, 255, (3, P, P, 3)).astype(np.float32)
+    model.save(tmp_path / "pretext_model.keras")
+    loaded = keras.saving.load_model(tmp_path / "pretext_model.keras", safe_mode=True)
+    np.testing.assert_allclose(loaded(x), model(x), rtol=1e-5, atol=1e-5)
+    backbone = extract_backbone(loaded)
+    backbone.save(tmp_path / "backbone.keras")
+    again = keras.saving.load_model(tmp_path / "backbone.keras", safe_mode=True)
+    np.testing.assert_allclose(again(x), extract_backbone(model)(x), rtol=1e-5, atol=1e-5)
