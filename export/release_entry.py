@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "x.npy", x)
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        subprocess.run([sys.executable, "-c", _PLAIN_TF, str(out / "saved_model"), str(Path(tmp) / "x.npy"),
+        subprocess.run([sys.executable, "-c", _PLAIN_TF, str((out / "saved_model").resolve()), str(Path(tmp) / "x.npy"),
                         str(Path(tmp) / "y.npz")], check=True, env=env, cwd=tmp)
         got = np.load(Path(tmp) / "y.npz")
         diffs["saved_model"] = max(float(np.abs(got[s] - ref[s]).max()) for s in STAGES)

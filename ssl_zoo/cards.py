@@ -190,6 +190,10 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None) -> str:
     add("## Training recipe and how to reproduce\n")
     if recipe:
         rname = recipe.get("name", name)
+        if recipe.get("description"):
+            # The recipe's own comment block: expected results, runtime and how the weights were made.
+            add("From the recipe's header:\n")
+            add("\n".join(f"> {line}" if line else ">" for line in recipe["description"].splitlines()) + "\n")
         add(f"Recipe `training/{rname}.toml` with every value as run (from the run's run.json):\n")
         add("```toml\n" + recipe_toml(recipe) + "\n```\n")
         ev_flags = ""
