@@ -120,6 +120,13 @@ def cmd_finetune(args) -> int:
         random_init=not args.no_random_init, seed=args.seed, out=args.out,
     )
     print(json.dumps({k: report[k] for k in ("trained", "random_init") if k in report}, indent=2))
+
+    def accuracies(run: dict) -> str:
+        return ", ".join(f"{phase} {run[phase]['test_accuracy']:.2%}" for phase in ("frozen", "unfrozen")
+                         if isinstance(run.get(phase), dict) and "test_accuracy" in run[phase])
+
+    print(f"test accuracy on {args.dataset}: pretrained {accuracies(report['trained'])}"
+          + (f" | random init {accuracies(report['random_init'])}" if "random_init" in report else ""))
     return 0
 
 
