@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import TINY_BACKBONE, tiny_recipe, write_image_folder
+from helpers import TINY_BACKBONE, assert_replicas_match, tiny_recipe, write_image_folder
 from ssl_zoo import losses
 from ssl_zoo.data.sources import ArraySource
 from ssl_zoo.methods import build_method
@@ -40,20 +40,7 @@ def test_two_replicas_match_one_replica_on_the_same_global_batch(tmp_path):
 
     single = _trainer(tf.distribute.get_strategy(), tmp_path, "one")
     mirrored = _trainer(tf.distribute.MirroredStrategy(devices), tmp_path, "two")
-    mirrored.model.set_weights(single.model.get_weights())
-
-    halves = [rotate_batch(images[:4]), rotate_batch(images[4:])]
-    per_replica = mirrored.strategy.experimental_distribute_values_from_function(
-        lambda ctx: halves[ctx.replica_id_in_sync_group]
-    )
-    whole = rotate_batch(images)
-    for _ in range(2):  # two steps: the second uses momentum and updated BN statistics
-        one = single.train_step(whole)
-        two = mirrored.train_step(per_replica)
-        np.testing.assert_allclose(float(one["loss_sum"]), float(two["loss_sum"]), rtol=1e-4)
-        assert float(one["count"]) == float(two["count"]) == 32
-    for a, b, v in zip(single.model.get_weights(), mirrored.model.get_weights(), single.model.weights):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=v.path)
+    assert_replicas_match(single, mirrored, rotate_batch(images), [rotate_batch(images[:4]), rotate_batch(images[4:])])
 
 
 def test_global_mean_divides_by_the_global_count():
