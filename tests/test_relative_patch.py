@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import tiny_recipe
+from helpers import assert_replicas_match, tiny_recipe
 from ssl_zoo.backbones.resnet import IMAGENET_MEAN
 from ssl_zoo.data.pipeline import build_dataset
 from ssl_zoo.data.sources import ArraySource
@@ -169,22 +169,12 @@ def test_two_replicas_match_one_replica_on_the_same_global_batch(tmp_path):
     source = ArraySource(np.zeros((16, 16, 16, 3), np.uint8))
     single = Trainer(_method(), recipe, source, tf.distribute.get_strategy(), tmp_path / "one")
     mirrored = Trainer(_method(), recipe, source, _mirrored(devices), tmp_path / "two")
-    mirrored.model.set_weights(single.model.get_weights())
     method = _method()
     examples = [method.example_transform(tf.constant(im), CROP, tf.constant([0, i], tf.int64))
                 for i, im in enumerate(_images(8))]
     patches, labels = tf.stack([e[0] for e in examples]), tf.stack([e[1] for e in examples])
     halves = [(patches[:4], labels[:4]), (patches[4:], labels[4:])]
-    per_replica = mirrored.strategy.experimental_distribute_values_from_function(
-        lambda ctx: halves[ctx.replica_id_in_sync_group]
-    )
-    for _ in range(2):
-        one = single.train_step((patches, labels))
-        two = mirrored.train_step(per_replica)
-        np.testing.assert_allclose(float(one["loss_sum"]), float(two["loss_sum"]), rtol=1e-4)
-        assert float(one["count"]) == float(two["count"]) == 8
-    for a, b, v in zip(single.model.get_weights(), mirrored.model.get_weights(), single.model.weights):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=v.path)
+    assert_replicas_match(single, mirrored, (patches, labels), halves)
 
 
 def test_saved_pretext_model_round_trips_with_safe_mode_and_the_backbone_extracts(tmp_path):
