@@ -71,3 +71,14 @@ def assert_replicas_match(single, mirrored, whole, halves, steps: int = 2) -> No
         assert float(one["count"]) == float(two["count"]) == count
     for a, b, v in zip(single.model.get_weights(), mirrored.model.get_weights(), single.model.weights):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=v.path)
+
+
+def two_replica_strategy(devices):
+    """Two-replica MirroredStrategy that reduces through one device instead of collective ops.
+    Every MirroredStrategy made in a process numbers its collective instances from the same start,
+    so a later one (another test file's) can hit a cached collective of a different shape ("Shape
+    mismatch in the collective instance"); reducing without collectives keeps the tests
+    independent. The maths checked (synchronised batch norm, global-mean loss) is the same."""
+    import tensorflow as tf
+
+    return tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import assert_replicas_match, tiny_recipe, write_image_folder
+from helpers import assert_replicas_match, tiny_recipe, two_replica_strategy, write_image_folder
 from ssl_zoo.data.pipeline import build_dataset
 from ssl_zoo.data.sources import ArraySource, ImageFolderSource
 from ssl_zoo.methods import build_method, extract_backbone
@@ -21,15 +21,6 @@ BACKBONE = {"arch": "resnet", "depth": 18, "width": 0.125, "stem": "cifar", "ima
 
 def _images(n=6, size=IMG, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-
-
-def _mirrored(devices):
-    """Two-replica MirroredStrategy that reduces through one device instead of collective ops.
-    Every MirroredStrategy made in a process numbers its collective instances from the same start,
-    so a second one (another test file's) can hit a cached collective of a different shape ("Shape
-    mismatch in the collective instance"); reducing without collectives keeps the tests
-    independent. The maths checked (synchronised batch norm, global-mean loss) is the same."""
-    return tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
 
 
 def _method(n=6, images=None, **kw):
@@ -171,7 +162,7 @@ def test_two_replicas_match_one_replica_on_the_same_global_batch(tmp_path):
     recipe = tiny_recipe(epochs=1, steps_per_epoch=2)
     source = ArraySource(_images(16))
     single = Trainer(_method(), recipe, source, tf.distribute.get_strategy(), tmp_path / "one")
-    mirrored = Trainer(_method(), recipe, source, _mirrored(devices), tmp_path / "two")
+    mirrored = Trainer(_method(), recipe, source, two_replica_strategy(devices), tmp_path / "two")
     method = _method()
     examples = [method.example_transform(None, IMG, tf.constant([0, i], tf.int64)) for i in range(8)]
     views, labels = tf.stack([e[0] for e in examples]), tf.stack([e[1] for e in examples])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import assert_replicas_match, tiny_recipe
+from helpers import assert_replicas_match, tiny_recipe, two_replica_strategy
 from ssl_zoo.backbones.resnet import IMAGENET_MEAN, IMAGENET_STD
 from ssl_zoo.data.pipeline import build_dataset
 from ssl_zoo.data.sources import ArraySource
@@ -28,15 +28,6 @@ from ssl_zoo.train.loop import Trainer
 TILE = 8
 CROP = 27  # cells of 9 px: tiles of 8 px with one pixel of jitter/gap
 BACKBONE = {"arch": "resnet", "depth": 18, "width": 0.125, "stem": "cifar", "image_size": TILE}
-
-
-def _mirrored(devices):
-    """Two-replica MirroredStrategy that reduces through one device instead of collective ops.
-    Every MirroredStrategy made in a process numbers its collective instances from the same start,
-    so a second one (another test file's) can hit a cached collective of a different shape ("Shape
-    mismatch in the collective instance"); reducing without collectives keeps the tests
-    independent. The maths checked (synchronised batch norm, global-mean loss) is the same."""
-    return tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
 
 
 def _method(**kw):
@@ -272,7 +263,7 @@ def test_two_replicas_match_one_replica_on_the_same_global_batch(tmp_path):
         return Trainer(_method(), recipe, source, strategy, tmp_path / name)
 
     single = trainer(tf.distribute.get_strategy(), "one")
-    mirrored = trainer(_mirrored(devices), "two")
+    mirrored = trainer(two_replica_strategy(devices), "two")
 
     method = _method()
     examples = [method.example_transform(tf.constant(im), CROP, tf.constant([0, i], tf.int64))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import assert_replicas_match, tiny_recipe
+from helpers import assert_replicas_match, tiny_recipe, two_replica_strategy
 from ssl_zoo.backbones.resnet import IMAGENET_MEAN
 from ssl_zoo.data.pipeline import build_dataset
 from ssl_zoo.data.sources import ArraySource
@@ -18,15 +18,6 @@ from ssl_zoo.train.loop import Trainer
 
 P, GAP, JIT, CROP = 8, 3, 2, 36  # 3*8 + 2*3 + 2*2 = 34 <= 36
 BACKBONE = {"arch": "resnet", "depth": 18, "width": 0.125, "stem": "cifar", "image_size": P}
-
-
-def _mirrored(devices):
-    """Two-replica MirroredStrategy that reduces through one device instead of collective ops.
-    Every MirroredStrategy made in a process numbers its collective instances from the same start,
-    so a second one (another test file's) can hit a cached collective of a different shape ("Shape
-    mismatch in the collective instance"); reducing without collectives keeps the tests
-    independent. The maths checked (synchronised batch norm, global-mean loss) is the same."""
-    return tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
 
 
 def _method(**kw):
@@ -168,7 +159,7 @@ def test_two_replicas_match_one_replica_on_the_same_global_batch(tmp_path):
     recipe = tiny_recipe(epochs=1, steps_per_epoch=2)
     source = ArraySource(np.zeros((16, 16, 16, 3), np.uint8))
     single = Trainer(_method(), recipe, source, tf.distribute.get_strategy(), tmp_path / "one")
-    mirrored = Trainer(_method(), recipe, source, _mirrored(devices), tmp_path / "two")
+    mirrored = Trainer(_method(), recipe, source, two_replica_strategy(devices), tmp_path / "two")
     method = _method()
     examples = [method.example_transform(tf.constant(im), CROP, tf.constant([0, i], tf.int64))
                 for i, im in enumerate(_images(8))]
