@@ -1,119 +1,204 @@
-"""Throughput and memory benchmark: RotNet through the zoo's training loop vs a plain supervised
-Keras `fit` of the same backbone on the same images and batch, plus the input pipeline alone.
+"""Throughput and memory benchmark: every zoo method's training step (through the shared training
+loop, on its recipe's data, batch and view size) against a plain supervised Keras `fit` of the
+same backbone on the same number of images of the same size, plus each input pipeline alone.
+
+The question it answers: does the pretext input pipeline (rotations, tile/patch cutting, exemplar
+transformations) starve the model? Counts are *backbone images* per second: a RotNet step of B
+source images feeds 4B rotated images, a jigsaw step 9B tiles, a relative-patch step 2B patches,
+so the supervised baseline uses batches of that many images at that size (random crops of the
+same source images, held in memory so that the baseline is bound by the model alone). The
+pipeline rows say whether either side is input-bound.
 
 Each measurement runs in its own subprocess so that its peak memory (ru_maxrss) is its own.
-Counts are images through the backbone per second: RotNet's step of B source images feeds 4B
-rotated images, so the supervised baseline uses batches of 4B images.
 
-    python benchmarks/throughput.py --data-dir DATA --out benchmarks/results/throughput_cifar10.json
+    python benchmarks/throughput.py --data-dir DATA --out benchmarks/results/throughput.json
+    python benchmarks/throughput.py --data-dir DATA --methods rotnet --steps 40   # one method
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
-BACKBONE = {"arch": "resnet", "depth": 18, "width": 0.25, "stem": "cifar", "image_size": 32,
-            "mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616]}
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = {
+    "rotnet": "training/rotnet_resnet18w025_cifar10.toml",
+    "jigsaw": "training/jigsaw_resnet18w025_imagenette96.toml",
+    "relative_patch": "training/relative_patch_resnet18w025_imagenette96.toml",
+    "exemplar": "training/exemplar_resnet18w025_imagenette96.toml",
+}
 
 
 def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
 
 
-def run_part(part: str, data_dir: str, batch: int, steps: int, warmup: int) -> dict:
+def _backbone_images(inputs) -> tuple[int, int]:
+    """(images the backbone sees in this batch, their side): every input tensor of rank >= 4 is a
+    stack of [..., H, W, C] images, whatever the method's leading axes (views, tiles) are."""
+    import numpy as np
+    import tensorflow as tf
+
+    count, side = 0, None
+    for tensor in tf.nest.flatten(inputs):
+        if tensor.shape.rank >= 4:
+            count += int(np.prod(tensor.shape[:-3]))
+            side = int(tensor.shape[-3])
+    return count, side
+
+
+def run_part(part: str, method_name: str, data_dir: str, steps: int, warmup: int, images: int, side: int) -> dict:
     import ssl_zoo  # noqa: F401  (oneDNN setting before TF)
     import keras
+    import numpy as np
     import tensorflow as tf
 
     from ssl_zoo.data.pipeline import build_dataset
-    from ssl_zoo.data.sources import open_source
-    from ssl_zoo.methods import build_method
+    from ssl_zoo.data.sources import ArraySource, open_source
+    from ssl_zoo.methods import method_from_recipe
     from ssl_zoo.train.loop import Trainer
-    from ssl_zoo.train.recipe import recipe_from_dict
+    from ssl_zoo.train.recipe import load_recipe
 
-    source = open_source("tfds:cifar10", data_dir)
-    method = build_method("rotnet", backbone=BACKBONE, head_hidden_units=(256,), image_size=32)
-    if part == "pipeline":
-        ds = build_dataset(source, "train", batch_size=batch, image_size=32, augment="crop_flip",
-                           batch_transform=method.batch_transform, training=True, repeat=True)
-        it = iter(ds)
-        for _ in range(warmup):
-            next(it)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            inputs, _ = next(it)
-        seconds = time.perf_counter() - t0
-        return {"backbone_images_per_second": steps * int(inputs.shape[0]) / seconds}
-    if part == "rotnet":
-        recipe = recipe_from_dict({"method": {"name": "rotnet"}, "backbone": BACKBONE,
-                                   "train": {"global_batch": batch, "epochs": 1}})
-        trainer = Trainer(method, recipe, source, tf.distribute.get_strategy(), "/tmp/ssl_zoo_bench_unused")
-        ds = trainer._train_dataset(epoch=0, skip=0)
-        it = iter(ds)
-        for _ in range(warmup):
-            trainer.train_step(next(it))
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            metrics = trainer.train_step(next(it))
-        float(metrics["loss_sum"])
-        seconds = time.perf_counter() - t0
-        return {"backbone_images_per_second": steps * batch * 4 / seconds, "peak_rss_gib": _peak_rss_gib()}
-    if part == "supervised":
-        backbone = method.build_backbone()
-        model = keras.Sequential([backbone, keras.layers.Dense(10)])
-        model.compile(keras.optimizers.SGD(0.1, momentum=0.9),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        ds = build_dataset(source, "train", batch_size=4 * batch, image_size=32, augment="crop_flip",
+    recipe = load_recipe(ROOT / RECIPES[method_name])
+    source = open_source(recipe.data.source, data_dir)
+    method = method_from_recipe(recipe)
+
+    if part in ("supervised", "supervised_pipeline"):
+        # The denominator is the model's own speed on `images` images of `side` px per step, so the
+        # baseline must not be input-bound itself: decoding a whole JPEG per backbone image (where
+        # jigsaw decodes one per nine tiles) would starve it and flatter the method. It therefore
+        # reads crops of the same source images held in memory (two steps' worth, crop-flipped).
+        decoded = build_dataset(source, recipe.data.train_split, batch_size=images, image_size=side,
+                                augment="center", training=True, repeat=True)
+        pool = [batch for batch, _ in itertools.islice(decoded, 2)]
+        labels = [label for _, label in itertools.islice(decoded, 2)]
+        in_memory = ArraySource(np.concatenate(pool).astype(np.uint8), np.concatenate(labels), name="crops")
+        ds = build_dataset(in_memory, "train", batch_size=images, image_size=side, augment="crop_flip",
                            training=True, repeat=True)
-        model.fit(ds, steps_per_epoch=warmup, epochs=1, verbose=0)
-        t0 = time.perf_counter()
-        model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
-        seconds = time.perf_counter() - t0
-        return {"backbone_images_per_second": steps * 4 * batch / seconds, "peak_rss_gib": _peak_rss_gib()}
+        if part == "supervised_pipeline":
+            it = iter(ds)
+            for _ in range(warmup):
+                next(it)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                next(it)
+            return {"backbone_images_per_second": steps * images / (time.perf_counter() - t0)}
+        backbone = method.build_backbone()
+        classes = source.num_classes() or 10
+        model = keras.Sequential([keras.Input((side, side, 3)), backbone, keras.layers.Dense(classes)])
+        model.compile(keras.optimizers.SGD(0.1, momentum=0.9),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      jit_compile=False)  # "auto" picks XLA on a Linux CPU, several times slower here
+        # One `fit`, timed from the end of the last warm-up step to the end of the last step, so
+        # that neither tracing nor fit's own start-up counts.
+        ends = []
+        clock = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: ends.append(time.perf_counter()))
+        model.fit(ds, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[clock])
+        seconds = ends[-1] - ends[warmup - 1]
+        return {"backbone_images_per_second": steps * images / seconds, "peak_rss_gib": _peak_rss_gib()}
+
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = Trainer(method, recipe, source, tf.distribute.get_strategy(), scratch)
+        # Epoch after epoch, as training reads it (an epoch of Imagenette is only ~70 steps).
+        batches = itertools.chain.from_iterable(trainer._train_dataset(epoch=e, skip=0) for e in itertools.count())
+        first = next(batches)
+        per_step, view_side = _backbone_images(first[0])
+        if part == "pipeline":
+            for _ in range(warmup):
+                next(batches)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                next(batches)
+            seconds = time.perf_counter() - t0
+            return {"backbone_images_per_second": steps * per_step / seconds,
+                    "backbone_images_per_step": per_step, "view_side": view_side}
+        if part == "method":
+            trainer.train_step(first)
+            for _ in range(warmup):
+                trainer.train_step(next(batches))
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                metrics = trainer.train_step(next(batches))
+            float(metrics["loss_sum"])  # wait for the last step
+            seconds = time.perf_counter() - t0
+            return {"backbone_images_per_second": steps * per_step / seconds,
+                    "source_images_per_second": steps * recipe.train.global_batch / seconds,
+                    "peak_rss_gib": _peak_rss_gib()}
     raise ValueError(part)
+
+
+def _run_subprocess(args, part: str, method: str, images: int = 0, side: int = 0) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--part", part, "--methods", method, "--data-dir", args.data_dir,
+         "--steps", str(args.steps), "--warmup", str(args.warmup), "--images", str(images), "--side", str(side)],
+        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    if out.returncode:
+        raise SystemExit(f"{method}/{part} failed:\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(method, part, result, flush=True)
+    return result
+
+
+def benchmark_method(args, method: str) -> dict:
+    from ssl_zoo.train.recipe import load_recipe
+
+    recipe = load_recipe(ROOT / RECIPES[method])
+    pipeline = _run_subprocess(args, "pipeline", method)
+    images, side = pipeline["backbone_images_per_step"], pipeline["view_side"]
+    trained = _run_subprocess(args, "method", method)
+    supervised = _run_subprocess(args, "supervised", method, images, side)
+    supervised_pipeline = _run_subprocess(args, "supervised_pipeline", method, images, side)
+    return {
+        "recipe": RECIPES[method],
+        "data": recipe.data.source,
+        "source_images_per_step": recipe.train.global_batch,
+        "backbone_images_per_step": images,
+        "view_side": side,
+        "pipeline": pipeline,
+        "method": trained,
+        "supervised": supervised,
+        "supervised_pipeline": supervised_pipeline,
+        "method_over_supervised": trained["backbone_images_per_second"] / supervised["backbone_images_per_second"],
+        "pipeline_over_method": pipeline["backbone_images_per_second"] / trained["backbone_images_per_second"],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=os.environ.get("SSL_ZOO_DATA_DIR"))
-    parser.add_argument("--batch", type=int, default=128, help="source images per step")
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--methods", default=",".join(RECIPES), help=f"comma-separated, from {sorted(RECIPES)}")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", default=None)
     parser.add_argument("--part", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--images", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--side", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    methods = args.methods.split(",")
+    unknown = sorted(set(methods) - set(RECIPES))
+    if unknown:
+        parser.error(f"unknown methods {unknown}; known: {sorted(RECIPES)}")
+    if args.data_dir is None:
+        parser.error("give --data-dir or set SSL_ZOO_DATA_DIR")
     if args.part:
-        print(json.dumps(run_part(args.part, args.data_dir, args.batch, args.steps, args.warmup)))
+        print(json.dumps(run_part(args.part, methods[0], args.data_dir, args.steps, args.warmup, args.images, args.side)))
         return
-    results = {}
-    for part in ("pipeline", "supervised", "rotnet"):
-        out = subprocess.run(
-            [sys.executable, __file__, "--part", part, "--data-dir", args.data_dir, "--batch", str(args.batch),
-             "--steps", str(args.steps), "--warmup", str(args.warmup)],
-            capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        )
-        if out.returncode:
-            raise SystemExit(f"{part} failed:\n{out.stderr[-3000:]}")
-        results[part] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(part, results[part], flush=True)
+    sys.path.insert(0, str(ROOT))
     report = {
-        "command": "python benchmarks/throughput.py --data-dir DATA "
-                   f"--batch {args.batch} --steps {args.steps} --warmup {args.warmup}",
-        "backbone": BACKBONE, "source_images_per_step": args.batch,
-        "backbone_images_per_step": 4 * args.batch,
+        "command": f"python benchmarks/throughput.py --data-dir DATA --methods {args.methods} "
+                   f"--steps {args.steps} --warmup {args.warmup}",
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
-        **results,
-        "rotnet_over_supervised": results["rotnet"]["backbone_images_per_second"]
-        / results["supervised"]["backbone_images_per_second"],
-        "pipeline_over_rotnet": results["pipeline"]["backbone_images_per_second"]
-        / results["rotnet"]["backbone_images_per_second"],
+        "methods": {method: benchmark_method(args, method) for method in methods},
     }
     print(json.dumps(report, indent=2))
     if args.out:

@@ -23,7 +23,7 @@ def _setup_logging(verbose: bool = False) -> None:
 
 def cmd_train(args) -> int:
     from ssl_zoo.data.sources import open_source
-    from ssl_zoo.methods import build_method
+    from ssl_zoo.methods import method_from_recipe
     from ssl_zoo.train.loop import Trainer
     from ssl_zoo.train.recipe import apply_overrides, load_recipe
     from ssl_zoo.train.strategy import build_strategy
@@ -39,8 +39,7 @@ def cmd_train(args) -> int:
     recipe = apply_overrides(recipe, overrides)
     strategy = build_strategy(args.strategy, devices=args.devices.split(",") if args.devices else None,
                               tpu=args.tpu, logical_cpus=args.logical_cpus)
-    method_cfg = dict(recipe.method)
-    method = build_method(method_cfg.pop("name"), backbone=recipe.backbone, **method_cfg)
+    method = method_from_recipe(recipe)
     source = open_source(recipe.data.source, args.data_dir)
     trainer = Trainer(method, recipe, source, strategy, args.out)
     result = trainer.fit()

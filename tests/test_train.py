@@ -16,7 +16,7 @@ import tensorflow as tf
 from helpers import TINY_BACKBONE, tiny_recipe, tiny_recipe_toml, write_image_folder
 from ssl_zoo.data.pipeline import build_dataset
 from ssl_zoo.data.sources import ArraySource, ImageFolderSource
-from ssl_zoo.methods import METHODS, build_method
+from ssl_zoo.methods import METHODS, build_method, method_from_recipe
 from ssl_zoo.train.loop import Trainer
 from ssl_zoo.train.recipe import apply_overrides, load_recipe
 
@@ -69,8 +69,7 @@ def test_rotnet_loss_decreases_on_real_images(tmp_path):
 def test_every_recipe_builds(recipe_path):
     recipe = load_recipe(recipe_path)
     assert recipe.description, "a recipe states what it reaches and how to reproduce it"
-    method_cfg = dict(recipe.method)
-    method = build_method(method_cfg.pop("name"), backbone=recipe.backbone, **method_cfg)
+    method = method_from_recipe(recipe)
     model = method.build_model()
     assert model.get_layer("backbone") is not None and model.get_layer("pretext_head") is not None
 

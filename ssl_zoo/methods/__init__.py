@@ -15,4 +15,10 @@ def build_method(name: str, **kwargs) -> PretextMethod:
     return METHODS[name](**kwargs)
 
 
-__all__ = ["METHODS", "PretextMethod", "build_method", "extract_backbone"]
+def method_from_recipe(recipe) -> PretextMethod:
+    """The method a recipe describes: its [method] section (name + parameters) on its [backbone]."""
+    method_cfg = dict(recipe.method)
+    return build_method(method_cfg.pop("name"), backbone=recipe.backbone, **method_cfg)
+
+
+__all__ = ["METHODS", "PretextMethod", "build_method", "extract_backbone", "method_from_recipe"]
