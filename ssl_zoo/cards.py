@@ -27,8 +27,66 @@ METHODS = {
                      "\"the ConvNet model must learn to localize salient objects in the image, recognize their "
                      "orientation and object type\" (Sec. 1). The rotation head is dropped after training; "
                      "the backbone's features are what this entry releases.",
+        "limitation": "RotNet's features depend on images having a canonical orientation; rotation-invariant "
+                      "data (aerial, microscopy) gives the pretext task no signal.",
+    },
+    "jigsaw": {
+        "title": "Jigsaw puzzles",
+        "paper": "Noroozi & Favaro, \"Unsupervised Learning of Visual Representations by Solving Jigsaw "
+                 "Puzzles\", ECCV 2016 (arXiv:1603.09246)",
+        "paragraph": "A crop of each image is cut into a 3x3 grid; one tile is taken inside every cell at a "
+                     "random offset (so tiles never share an edge and their borders cannot simply be matched), "
+                     "normalised on its own and sometimes turned grey (so colour cannot tell neighbours apart). "
+                     "The tiles are shuffled by one permutation of a fixed set chosen for maximal minimum "
+                     "Hamming distance, and the network classifies which permutation it sees. Every tile goes "
+                     "through the same backbone (shared weights); the tile features are concatenated in input "
+                     "order and an MLP classifies the permutation. The backbone alone is released; the "
+                     "permutation set is part of the method configuration below.",
+        "limitation": "The backbone was trained on small tiles, not whole images: it has seen objects only in "
+                      "parts, at the tile scale.",
+    },
+    "relative_patch": {
+        "title": "Relative patch location",
+        "paper": "Doersch, Gupta & Efros, \"Unsupervised Visual Representation Learning by Context "
+                 "Prediction\", ICCV 2015 (arXiv:1505.05192)",
+        "paragraph": "A centre patch and one of its eight neighbours are cut from an image with a gap and a "
+                     "random jitter between them (so low-level cues such as continuing lines do not give the "
+                     "answer away), and the network predicts which of the eight positions the second patch came "
+                     "from. Against chromatic aberration, a lens cue that reveals where a patch sits in the "
+                     "frame, two colour channels are dropped and replaced with noise (or the patches are "
+                     "projected towards grey, a parameter). Both patches go through the same backbone; their "
+                     "features are concatenated and an MLP classifies the position. The backbone alone is "
+                     "released.",
+        "limitation": "The backbone was trained on small patches, not whole images, and mostly on single "
+                      "colour channels (the chromatic-aberration defence).",
+    },
+    "exemplar": {
+        "title": "Exemplar CNN",
+        "paper": "Dosovitskiy, Fischer, Springenberg, Riedmiller & Brox, \"Discriminative Unsupervised Feature "
+                 "Learning with Exemplar Convolutional Neural Networks\", TPAMI 2016 (arXiv:1406.6909)",
+        "paragraph": "Seed patches are sampled where the image gradient is strong; each seed becomes its own "
+                     "surrogate class, seen under random translation, scaling, rotation, contrast and colour "
+                     "changes, and the network classifies which seed a transformed view came from. To tell "
+                     "thousands of seeds apart under these changes the features must be invariant to them and "
+                     "still discriminative. The classifier over the surrogate classes is dropped after training; "
+                     "the backbone is released.",
+        "limitation": "The surrogate classes are a fixed sample of seed patches from the training images; "
+                      "features are invariant only to the transformations the recipe applied.",
     },
 }
+
+# Which field of a method's configuration names the side of the views its backbone was trained on.
+VIEW_SIZE_FIELDS = ("tile_size", "patch_size", "image_size")
+
+
+def pretext_classes(method: dict) -> int | None:
+    """How many classes the pretext task chooses between (for its chance level)."""
+    name = method.get("name")
+    if name == "rotnet":
+        return 4
+    if name == "relative_patch":
+        return 8
+    return method.get("num_permutations") if name == "jigsaw" else method.get("num_classes")
 
 DATASETS = {
     "cifar10": ("cifar10", "CIFAR-10"),
@@ -75,6 +133,14 @@ def recipe_toml(recipe: dict) -> str:
     return "\n".join(lines)
 
 
+def _card_datasets(meta: dict[str, Any]) -> list[str]:
+    """Hub dataset ids: the data it was trained on, then the data it was evaluated on."""
+    report = meta.get("evaluation") or {}
+    specs = [(meta.get("data") or {}).get("source"), report.get("dataset")]
+    ids = [_dataset(spec)[0] for spec in specs if spec]
+    return [d for i, d in enumerate(ids) if d != "unknown" and d not in ids[:i]]
+
+
 def card_data(meta: dict[str, Any]):
     """huggingface_hub.ModelCardData with the measured results as model-index."""
     from huggingface_hub import EvalResult, ModelCardData
@@ -100,7 +166,7 @@ def card_data(meta: dict[str, Any]):
         library_name="keras",
         license=LICENSE,
         tags=tags,
-        datasets=[ds_type] if ds_type != "unknown" else None,
+        datasets=_card_datasets(meta) or None,
         pipeline_tag="image-feature-extraction",
         model_name=meta["name"],
         eval_results=results or None,
@@ -115,7 +181,12 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None) -> str:
     method_name = meta["method"].get("name", "unknown")
     info = METHODS.get(method_name)
     inp = meta["input"]
-    size = inp["image_size"]
+    proto = report.get("protocol") or {}
+    # A fully convolutional backbone (no fixed input size) is shown at the size it was evaluated at.
+    fixed_size = inp["image_size"]
+    size = fixed_size or proto.get("image_size") or 32
+    view_size = next((meta["method"][k] for k in VIEW_SIZE_FIELDS if meta["method"].get(k)), None)
+    data_size = (recipe.get("data") or {}).get("image_size")
     ds_type, ds_name = _dataset(report.get("dataset") or (meta.get("data") or {}).get("source"))
     train_ds = _dataset((meta.get("data") or {}).get("source"))[1]
     L: list[str] = []
@@ -148,9 +219,12 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None) -> str:
     else:
         add("No evaluation report was given at export time: this entry has no measured downstream numbers.")
     if training.get("pretext_eval_accuracy") is not None:
+        classes = pretext_classes(meta["method"])
+        chance = f"; chance {_pct(1 / classes)}" if classes else ""
         add(f"- Pretext task ({info['title'] if info else method_name}) accuracy on the held-out "
-            f"{(recipe.get('data') or {}).get('eval_split', 'test')} split after epoch {training['pretext_eval_epoch']}: "
-            f"{_pct(training['pretext_eval_accuracy'])} (loss {training['pretext_eval_loss']:.4f}).")
+            f"{(recipe.get('data') or {}).get('eval_split', 'test')} split of {train_ds} after epoch "
+            f"{training['pretext_eval_epoch']}: {_pct(training['pretext_eval_accuracy'])} "
+            f"(loss {training['pretext_eval_loss']:.4f}{chance}).")
     add("")
     if plot_name and report:
         add(f"![Linear probe accuracy per stage, trained vs random init]({plot_name})\n")
@@ -164,8 +238,14 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None) -> str:
     add("```json\n" + json.dumps(meta["method"], sort_keys=True) + "\n```\n")
 
     add("## How to use\n")
-    add(f"Inputs: RGB images, {size}x{size}, values in [0, 255] (uint8 or float). The model normalises "
-        f"them itself (mean {inp['mean']}, std {inp['std']} on [0, 1] pixels), so no preprocessing is needed.\n")
+    if fixed_size:
+        add(f"Inputs: RGB images, {size}x{size}, values in [0, 255] (uint8 or float). The model normalises "
+            f"them itself (mean {inp['mean']}, std {inp['std']} on [0, 1] pixels), so no preprocessing is needed.\n")
+    else:
+        add(f"Inputs: RGB images of any size (the network is fully convolutional and pools globally; it was "
+            f"trained on {view_size} px views and evaluated at {size} px), values in [0, 255] (uint8 or float). "
+            f"The model normalises them itself (mean {inp['mean']}, std {inp['std']} on [0, 1] pixels), so no "
+            f"preprocessing is needed. The example below builds the classifier at {size} px.\n")
     num_classes = 10
     add("```python\nimport keras\nimport ssl_zoo\n\n"
         f"backbone = ssl_zoo.load_backbone(\"{name}\")  # or a preset folder, a SavedModel, a .keras file, hf://org/name\n"
@@ -181,7 +261,8 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None) -> str:
         "classifier.compile(optimizer=keras.optimizers.Adam(1e-4), loss=loss, metrics=[\"accuracy\"])\n"
         "classifier.fit(train_ds, epochs=2)\n```\n")
     add(f"Or from the command line: `ssl-zoo finetune {name} --dataset tfds:cifar10 --data-dir DATA "
-        f"--max-train-examples 5000` (frozen, then unfrozen, next to the random-init floor).\n")
+        f"--max-train-examples 5000{'' if fixed_size else f' --image-size {size}'}` (frozen, then unfrozen, next "
+        f"to the random-init floor).\n")
     add("Without ssl_zoo: the preset is `config.json` + `model.weights.h5` "
         "(`keras.saving.deserialize_keras_object(config)`, then `load_weights`), and the SavedModel export loads "
         "with `tf.saved_model.load(path).signatures[\"serving_default\"](images=float_images)`, which returns "
@@ -241,13 +322,16 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None) -> str:
         add(f"- Splits: train `{proto.get('train_split')}`, test `{proto.get('test_split')}`; seed {proto.get('seed')}.\n")
 
     add("## Limitations\n")
-    add(f"- Trained on {train_ds} only, at {size}x{size} px: features are tuned to that resolution and image "
-        f"distribution; other sizes run but were not evaluated.")
+    if fixed_size:
+        add(f"- Trained on {train_ds} only, at {size}x{size} px: features are tuned to that resolution and image "
+            f"distribution; other sizes run but were not evaluated.")
+    else:
+        add(f"- Trained on {train_ds} only, on {view_size} px views cut from {data_size} px images, and evaluated "
+            f"on {ds_name} at {size} px: other sizes run but were not evaluated.")
     add("- A small backbone trained on a short schedule: compare its numbers with the random-init floor above "
         "and with zoo entries evaluated by the same protocol, not with results from other papers' setups.")
-    if method_name == "rotnet":
-        add("- RotNet's features depend on images having a canonical orientation; rotation-invariant data "
-            "(aerial, microscopy) gives the pretext task no signal.")
+    if info and info.get("limitation"):
+        add(f"- {info['limitation']}")
     add("- Evaluated with linear probes and kNN on one dataset; transfer to other tasks was not measured.\n")
 
     add("## Files\n")

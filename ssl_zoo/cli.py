@@ -116,7 +116,7 @@ def cmd_finetune(args) -> int:
         epochs_unfrozen=args.epochs_unfrozen, lr_frozen=args.lr_frozen, lr_unfrozen=args.lr_unfrozen,
         batch_size=args.batch_size, max_train_examples=args.max_train_examples,
         max_test_examples=args.max_test_examples, steps_per_epoch=args.steps_per_epoch,
-        random_init=not args.no_random_init, seed=args.seed, out=args.out,
+        random_init=not args.no_random_init, seed=args.seed, out=args.out, image_size=args.image_size,
     )
     print(json.dumps({k: report[k] for k in ("trained", "random_init") if k in report}, indent=2))
 
@@ -199,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="zoo name, hf://org/name, preset / SavedModel folder or .keras file")
     _add_data_dir(p)
     p.add_argument("--dataset", default="tfds:cifar10")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="image side; default the backbone's input size (required for any-size backbones)")
     p.add_argument("--epochs-frozen", type=int, default=2)
     p.add_argument("--epochs-unfrozen", type=int, default=2)
     p.add_argument("--lr-frozen", type=float, default=1e-3)

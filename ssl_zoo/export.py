@@ -232,7 +232,9 @@ def build_metadata(backbone, name: str, run: dict | None = None, history: list |
     method = dict((run or {}).get("method") or {"name": "unknown"})
     arch = dict(recipe.get("backbone") or method.get("backbone") or {})
     stats = _arch_from_model(backbone)
-    image_size = backbone.input.shape[1] or arch.get("image_size") or (recipe.get("data") or {}).get("image_size")
+    # None for a fully convolutional backbone trained on crops (tiles, patches) of the data's images:
+    # the data's image size is not what it takes, so it must not be written as if it were.
+    image_size = backbone.input.shape[1] or arch.get("image_size")
     run_hw = (run or {}).get("hardware")
     return {
         "format": "ssl_zoo.preset",

@@ -84,9 +84,13 @@ def finetune(source, *, dataset: str = "tfds:cifar10", data_dir=None, epochs_fro
              epochs_unfrozen: int = 1, lr_frozen: float = 1e-3, lr_unfrozen: float = 1e-4,
              batch_size: int = 128, max_train_examples: int | None = None, max_test_examples: int | None = None,
              steps_per_epoch: int | None = None, random_init: bool = True, seed: int = 0,
-             out: str | None = None, run_eagerly: bool = False) -> dict:
+             out: str | None = None, run_eagerly: bool = False, image_size: int | None = None) -> dict:
     """Fine-tunes `source` (anything `load_backbone` accepts, or a keras.Model) on `dataset`
     (a source spec such as "tfds:cifar10", or an `ssl_zoo.data.sources.Source`).
+
+    `image_size` is the side the dataset's images are resized and cropped to. It defaults to the
+    backbone's fixed input size; a fully convolutional backbone (no fixed size, e.g. one trained on
+    jigsaw tiles) needs it given.
 
     `run_eagerly` skips tracing the training graph (tens of seconds for a ResNet on CPU): faster
     for a handful of steps (tests, smoke runs), slower for real fine-tuning.
@@ -107,9 +111,14 @@ def finetune(source, *, dataset: str = "tfds:cifar10", data_dir=None, epochs_fro
         kind = resolve_source(source).kind
         backbone = load_backbone(source, trainable=kind != "saved_model")
         name = str(source)
-    image_size = backbone.input.shape[1]
-    if not image_size:
-        raise ValueError(f"{name}: backbone has no fixed input size")
+    fixed_size = backbone.input.shape[1]
+    if image_size is None:
+        if not fixed_size:
+            raise ValueError(f"{name}: backbone takes images of any size; say which with image_size "
+                             f"(--image-size), e.g. 32 for CIFAR-10")
+        image_size = fixed_size
+    elif fixed_size and image_size != fixed_size:
+        raise ValueError(f"{name}: backbone takes {fixed_size} px images, not image_size={image_size}")
     data = open_source(dataset, data_dir) if isinstance(dataset, str) else dataset
     num_classes = data.num_classes()
     if not num_classes:

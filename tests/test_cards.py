@@ -97,7 +97,38 @@ def test_card_without_evaluation_states_it(preset):
     assert card.data.eval_results is None
     assert "no measured downstream numbers" in text
     assert "Hardware: not recorded" in text
-    assert "%" not in text.split("## Results")[1].split("## Method")[0].replace("56.42 %", "")
+    measured = text.split("## Results")[1].split("## Method")[0]
+    assert "%" not in measured.replace("56.42 %", "").replace("chance 25.00 %", "")  # pretext acc., chance
+
+
+def test_card_of_any_size_backbone_trained_on_tiles(preset):
+    """A context-method entry: trained on tiles of another dataset's images, no fixed input size,
+    evaluated on CIFAR-10. The card must say so rather than claim the data's image size."""
+    from ssl_zoo.cards import render_card
+
+    meta = json.loads((preset / "metadata.json").read_text())
+    meta["method"] = {"name": "jigsaw", "num_permutations": 100, "tile_size": 28}
+    meta["input"]["image_size"] = None
+    meta["data"] = {"source": "folder:imagenette-96px"}
+    meta["recipe"]["data"] = {"source": "folder:imagenette-96px", "image_size": 96, "eval_split": "val"}
+    text = render_card(meta)
+    card = ModelCard(text)
+    assert card.data.datasets == ["frgfm/imagenette", "cifar10"]
+    assert {r.dataset_type for r in card.data.eval_results} == {"cifar10"}
+    assert "any size" in text and "trained on 28 px views and evaluated at 16 px" in text
+    assert "keras.Input((16, 16, 3))" in text and "--image-size 16" in text
+    assert "Jigsaw puzzles" in text and "Noroozi & Favaro" in text
+    assert "val split of Imagenette after epoch 2: 56.42 % (loss 1.0517; chance 1.00 %)" in text
+    assert "on 28 px views cut from 96 px images" in text
+
+
+def test_pretext_chance_levels():
+    from ssl_zoo.cards import pretext_classes
+
+    assert pretext_classes({"name": "rotnet"}) == 4
+    assert pretext_classes({"name": "relative_patch"}) == 8
+    assert pretext_classes({"name": "jigsaw", "num_permutations": 1000}) == 1000
+    assert pretext_classes({"name": "exemplar", "num_classes": 2000}) == 2000
 
 
 @pytest.mark.slow  # traces two ResNet training graphs (~1 min on 2 busy cores)

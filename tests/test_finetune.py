@@ -57,6 +57,22 @@ def test_finetune_report_trained_and_random_init(tmp_path, tmp_path_factory):
     assert report["protocol"]["image_size"] == rf.IMAGE_SIZE and report["dataset"] == "tiny_arrays"
 
 
+def test_finetune_any_size_backbone_needs_and_uses_image_size():
+    """A backbone without a fixed input size (the context methods' entries) is fine-tuned at the
+    size the user names; without one it is a clear error, not a crash inside Keras."""
+    from ssl_zoo.backbones import build_backbone
+    from ssl_zoo.finetune import finetune
+
+    any_size = dict(rf.TINY_BACKBONE, image_size=None)
+    backbone = build_backbone(any_size, name="backbone")
+    assert backbone.input.shape[1] is None
+    with pytest.raises(ValueError, match="any size.*image_size"):
+        finetune(backbone, dataset=_arrays(8), random_init=False, steps_per_epoch=1, run_eagerly=True)
+    report = finetune(backbone, dataset=_arrays(16), image_size=12, epochs_frozen=1, epochs_unfrozen=0,
+                      batch_size=8, steps_per_epoch=1, max_test_examples=8, random_init=False, run_eagerly=True)
+    assert report["protocol"]["image_size"] == 12
+
+
 def test_finetune_saved_model_is_frozen_only(tmp_path_factory):
     from ssl_zoo.finetune import finetune
 
