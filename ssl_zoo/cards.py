@@ -70,6 +70,9 @@ METHODS = {
                      "thousands of seeds apart under these changes the features must be invariant to them and "
                      "still discriminative. The classifier over the surrogate classes is dropped after training; "
                      "the backbone is released.",
+        # Its classes *are* training seeds, so its held-out measure is new transformations, not new images.
+        "pretext_eval": "fresh random transformations of the seed patches (drawn by the evaluation pipeline's "
+                        "fixed seeds, as many as the {split} split of {data} has images)",
         "limitation": "The surrogate classes are a fixed sample of seed patches from the training images; "
                       "features are invariant only to the transformations the recipe applied.",
     },
@@ -221,8 +224,9 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None) -> str:
     if training.get("pretext_eval_accuracy") is not None:
         classes = pretext_classes(meta["method"])
         chance = f"; chance {_pct(1 / classes)}" if classes else ""
-        add(f"- Pretext task ({info['title'] if info else method_name}) accuracy on the held-out "
-            f"{(recipe.get('data') or {}).get('eval_split', 'test')} split of {train_ds} after epoch "
+        split = (recipe.get("data") or {}).get("eval_split", "test")
+        held_out = (info or {}).get("pretext_eval", "the held-out {split} split of {data}").format(split=split, data=train_ds)
+        add(f"- Pretext task ({info['title'] if info else method_name}) accuracy on {held_out} after epoch "
             f"{training['pretext_eval_epoch']}: {_pct(training['pretext_eval_accuracy'])} "
             f"(loss {training['pretext_eval_loss']:.4f}{chance}).")
     add("")

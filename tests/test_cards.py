@@ -118,8 +118,19 @@ def test_card_of_any_size_backbone_trained_on_tiles(preset):
     assert "any size" in text and "trained on 28 px views and evaluated at 16 px" in text
     assert "keras.Input((16, 16, 3))" in text and "--image-size 16" in text
     assert "Jigsaw puzzles" in text and "Noroozi & Favaro" in text
-    assert "val split of Imagenette after epoch 2: 56.42 % (loss 1.0517; chance 1.00 %)" in text
+    assert "the held-out val split of Imagenette after epoch 2: 56.42 % (loss 1.0517; chance 1.00 %)" in text
     assert "on 28 px views cut from 96 px images" in text
+
+
+def test_exemplar_card_says_its_pretext_accuracy_is_on_new_transformations(preset):
+    from ssl_zoo.cards import render_card
+
+    meta = json.loads((preset / "metadata.json").read_text())
+    meta["method"] = {"name": "exemplar", "num_classes": 2000, "patch_size": 32}
+    meta["input"]["image_size"] = None
+    text = render_card(meta)
+    assert "accuracy on fresh random transformations of the seed patches" in text and "chance 0.05 %" in text
+    assert "held-out" not in text.split("## Results")[1].split("## Method")[0]
 
 
 def test_pretext_chance_levels():
