@@ -63,7 +63,8 @@ def main(argv=None) -> int:
     from ssl_zoo.loader import load_backbone, load_raw_backbone
 
     trained = load_raw_backbone(args.run)
-    size = trained.input.shape[1]
+    # An any-size backbone is checked at the size it was evaluated at.
+    size = trained.input.shape[1] or json.loads(Path(args.eval).read_text())["protocol"]["image_size"]
     x = np.random.default_rng(0).integers(0, 256, (8, size, size, 3)).astype("float32")
     ref = {k: np.asarray(v) for k, v in stage_model(trained, STAGES)(x, training=False).items()}
     diffs = {}
