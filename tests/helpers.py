@@ -82,3 +82,37 @@ def two_replica_strategy(devices):
     import tensorflow as tf
 
     return tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+
+
+def assert_two_step_fit(method, images, image_size: int) -> None:
+    """The method's pretext model trains for two steps under plain Keras `fit` on its own
+    transform's output (batches of 4 from `images`), with a finite loss."""
+    import keras
+
+    from ssl_zoo.data.pipeline import build_dataset
+    from ssl_zoo.data.sources import ArraySource
+
+    model = method.build_model()
+    ds = build_dataset(ArraySource(images), "train", batch_size=4, image_size=image_size,
+                       augment=method.example_transform, batch_transform=method.batch_transform, training=True)
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(ds.take(2), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def assert_round_trips_in_safe_mode(model, x, backbone_x, tmp_path):
+    """The pretext model saved as .keras reloads in safe mode with the same outputs on `x`, and the
+    backbone extracted from it saves and reloads with the same features on `backbone_x`. Returns
+    the reloaded backbone for method-specific checks."""
+    import keras
+
+    from ssl_zoo.methods.base import extract_backbone
+
+    model.save(tmp_path / "pretext_model.keras")
+    loaded = keras.saving.load_model(tmp_path / "pretext_model.keras", safe_mode=True)
+    np.testing.assert_allclose(loaded(x), model(x), rtol=1e-5, atol=1e-5)
+    backbone = extract_backbone(loaded)
+    backbone.save(tmp_path / "backbone.keras")
+    again = keras.saving.load_model(tmp_path / "backbone.keras", safe_mode=True)
+    np.testing.assert_allclose(again(backbone_x), extract_backbone(model)(backbone_x), rtol=1e-5, atol=1e-5)
+    return backbone

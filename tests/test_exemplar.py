@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import assert_replicas_match, tiny_recipe, two_replica_strategy, write_image_folder
+from helpers import (assert_replicas_match, assert_round_trips_in_safe_mode, assert_two_step_fit, tiny_recipe,
+                     two_replica_strategy, write_image_folder)
 from ssl_zoo.data.pipeline import build_dataset
 from ssl_zoo.data.sources import ArraySource, ImageFolderSource
-from ssl_zoo.methods import build_method, extract_backbone
+from ssl_zoo.methods import build_method
 from ssl_zoo.pretext.exemplar import exemplar_example, select_seed_box, transform_seed
 from ssl_zoo.train.loop import Trainer
 
@@ -123,13 +124,8 @@ def test_transform_inside_tf_data_through_the_pipeline():
 
 def test_two_step_keras_fit_on_the_pretext_model():
     method = _method()
-    model = method.build_model()
-    assert model.output_shape == (None, 6)
-    ds = build_dataset(ArraySource(_images(8)), "train", batch_size=4, image_size=IMG,
-                       augment=method.example_transform, training=True)
-    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    history = model.fit(ds.take(2), epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"][0])
+    assert method.build_model().output_shape == (None, 6)
+    assert_two_step_fit(method, _images(8), IMG)
 
 
 def test_prepare_builds_the_bank_from_a_seeded_choice_of_the_split():
@@ -171,12 +167,5 @@ def test_two_replicas_match_one_replica_on_the_same_global_batch(tmp_path):
 
 
 def test_saved_pretext_model_round_trips_with_safe_mode_and_the_backbone_extracts(tmp_path):
-    model = _method().build_model()
     x = np.random.default_rng(2).uniform(0, 255, (3, P, P, 3)).astype(np.float32)
-    model.save(tmp_path / "pretext_model.keras")
-    loaded = keras.saving.load_model(tmp_path / "pretext_model.keras", safe_mode=True)
-    np.testing.assert_allclose(loaded(x), model(x), rtol=1e-5, atol=1e-5)
-    backbone = extract_backbone(loaded)
-    backbone.save(tmp_path / "backbone.keras")
-    again = keras.saving.load_model(tmp_path / "backbone.keras", safe_mode=True)
-    np.testing.assert_allclose(again(x), extract_backbone(model)(x), rtol=1e-5, atol=1e-5)
+    assert_round_trips_in_safe_mode(_method().build_model(), x, x, tmp_path)

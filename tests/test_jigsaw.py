@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import assert_replicas_match, tiny_recipe, two_replica_strategy
+from helpers import (assert_replicas_match, assert_round_trips_in_safe_mode, assert_two_step_fit, tiny_recipe,
+                     two_replica_strategy)
 from ssl_zoo.backbones.resnet import IMAGENET_MEAN, IMAGENET_STD
 from ssl_zoo.data.pipeline import build_dataset
 from ssl_zoo.data.sources import ArraySource
@@ -231,11 +232,7 @@ def test_two_step_keras_fit_on_the_pretext_model():
     method = _method()
     model = method.build_model()
     assert model.input_shape == (None, 9, TILE, TILE, 3) and model.output_shape == (None, 10)
-    ds = build_dataset(ArraySource(_images(8)), "train", batch_size=4, image_size=CROP,
-                       augment=method.example_transform, training=True)
-    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    history = model.fit(ds.take(2), epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"][0])
+    assert_two_step_fit(method, _images(8), CROP)
 
 
 def test_tiles_share_one_backbone_and_features_concatenate_in_tile_order():
@@ -275,14 +272,6 @@ def test_two_replicas_match_one_replica_on_the_same_global_batch(tmp_path):
 
 
 def test_saved_pretext_model_round_trips_with_safe_mode_and_the_backbone_extracts(tmp_path):
-    model = _method().build_model()
     x = np.random.default_rng(2).uniform(0, 255, (3, 9, TILE, TILE, 3)).astype(np.float32)
-    path = tmp_path / "pretext_model.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path, safe_mode=True)
-    np.testing.assert_allclose(loaded(x), model(x), rtol=1e-5, atol=1e-5)
-    backbone = extract_backbone(loaded)
+    backbone = assert_round_trips_in_safe_mode(_method().build_model(), x, x[:, 0], tmp_path)
     assert backbone.get_layer("stage4") is not None
-    backbone.save(tmp_path / "backbone.keras")
-    again = keras.saving.load_model(tmp_path / "backbone.keras", safe_mode=True)
-    np.testing.assert_allclose(again(x[:, 0]), extract_backbone(model)(x[:, 0]), rtol=1e-5, atol=1e-5)

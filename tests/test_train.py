@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import TINY_BACKBONE, tiny_recipe, tiny_recipe_toml, write_image_folder
-from ssl_zoo.data.pipeline import build_dataset
+from helpers import TINY_BACKBONE, assert_two_step_fit, tiny_recipe, tiny_recipe_toml, write_image_folder
 from ssl_zoo.data.sources import ArraySource, ImageFolderSource
 from ssl_zoo.methods import METHODS, build_method, method_from_recipe
 from ssl_zoo.train.loop import Trainer
@@ -29,12 +28,7 @@ def _arrays(n=32, size=16):
 
 def test_two_step_keras_fit_on_the_pretext_model():
     method = build_method("rotnet", backbone=TINY_BACKBONE, head_hidden_units=(16,), image_size=16)
-    model = method.build_model()
-    ds = build_dataset(_arrays(), "train", batch_size=4, image_size=16, augment=method.example_transform,
-                       batch_transform=method.batch_transform, training=True)
-    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    history = model.fit(ds.take(2), epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"][0])
+    assert_two_step_fit(method, _arrays().images, 16)
 
 
 def test_trainer_runs_steps_and_saves_models(tmp_path):

@@ -3,7 +3,6 @@ architecture at random initialisation (the floor every number must be read again
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
