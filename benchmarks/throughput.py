@@ -79,9 +79,9 @@ def run_part(part: str, method_name: str, data_dir: str, steps: int, warmup: int
         # reads crops of the same source images held in memory (two steps' worth, crop-flipped).
         decoded = build_dataset(source, recipe.data.train_split, batch_size=images, image_size=side,
                                 augment="center", training=True, repeat=True)
-        pool = [batch for batch, _ in itertools.islice(decoded, 2)]
-        labels = [label for _, label in itertools.islice(decoded, 2)]
-        in_memory = ArraySource(np.concatenate(pool).astype(np.uint8), np.concatenate(labels), name="crops")
+        pool = list(itertools.islice(decoded, 2))  # one pass: images and labels of the same batches
+        in_memory = ArraySource(np.concatenate([x for x, _ in pool]).astype(np.uint8),
+                                np.concatenate([y for _, y in pool]), name="crops")
         ds = build_dataset(in_memory, "train", batch_size=images, image_size=side, augment="crop_flip",
                            training=True, repeat=True)
         if part == "supervised_pipeline":
