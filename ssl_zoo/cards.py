@@ -27,6 +27,7 @@ METHODS = {
                      "\"the ConvNet model must learn to localize salient objects in the image, recognize their "
                      "orientation and object type\" (Sec. 1). The rotation head is dropped after training; "
                      "the backbone's features are what this entry releases.",
+        "pretext_classes": 4,
         "limitation": "RotNet's features depend on images having a canonical orientation; rotation-invariant "
                       "data (aerial, microscopy) gives the pretext task no signal.",
     },
@@ -42,6 +43,7 @@ METHODS = {
                      "through the same backbone (shared weights); the tile features are concatenated in input "
                      "order and an MLP classifies the permutation. The backbone alone is released; the "
                      "permutation set is part of the method configuration below.",
+        "pretext_classes": "num_permutations",  # the configuration field that holds it
         "limitation": "The backbone was trained on small tiles, not whole images: it has seen objects only in "
                       "parts, at the tile scale.",
     },
@@ -57,6 +59,7 @@ METHODS = {
                      "projected towards grey, a parameter). Both patches go through the same backbone; their "
                      "features are concatenated and an MLP classifies the position. The backbone alone is "
                      "released.",
+        "pretext_classes": 8,
         "limitation": "The backbone was trained on small patches, not whole images, and mostly on single "
                       "colour channels (the chromatic-aberration defence).",
     },
@@ -73,6 +76,7 @@ METHODS = {
         # Its classes *are* training seeds, so its held-out measure is new transformations, not new images.
         "pretext_eval": "fresh random transformations of the seed patches (drawn by the evaluation pipeline's "
                         "fixed seeds, as many as the {split} split of {data} has images)",
+        "pretext_classes": "num_classes",
         "limitation": "The surrogate classes are a fixed sample of seed patches from the training images; "
                       "features are invariant only to the transformations the recipe applied.",
     },
@@ -83,13 +87,10 @@ VIEW_SIZE_FIELDS = ("tile_size", "patch_size", "image_size")
 
 
 def pretext_classes(method: dict) -> int | None:
-    """How many classes the pretext task chooses between (for its chance level)."""
-    name = method.get("name")
-    if name == "rotnet":
-        return 4
-    if name == "relative_patch":
-        return 8
-    return method.get("num_permutations") if name == "jigsaw" else method.get("num_classes")
+    """How many classes the pretext task chooses between (for its chance level): fixed by the
+    method, or read from the configuration field METHODS names."""
+    classes = (METHODS.get(method.get("name")) or {}).get("pretext_classes")
+    return method.get(classes) if isinstance(classes, str) else classes
 
 DATASETS = {
     "cifar10": ("cifar10", "CIFAR-10"),
@@ -202,7 +203,6 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None) -> str:
 
     add("## Results\n")
     if report:
-        proto = report.get("protocol") or {}
         s = report["summary"]
         add(f"Measured by `ssl-zoo evaluate` on {ds_name} ({proto.get('num_train', '?')} training / "
             f"{proto.get('num_test', '?')} test images, {proto.get('image_size', size)} px). Every number is next to the "
@@ -283,7 +283,6 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None) -> str:
         add("```toml\n" + recipe_toml(recipe) + "\n```\n")
         ev_flags = ""
         if report:
-            proto = report.get("protocol") or {}
             stages = ",".join(report["linear_probe"])
             pe = _probe_epochs(proto)
             ev_flags = (f" --dataset {report.get('dataset')} --stages {stages} --image-size {proto.get('image_size', size)}"
@@ -320,7 +319,6 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None) -> str:
 
     if report:
         add("## Evaluation protocol\n")
-        proto = report.get("protocol") or {}
         add(f"- Linear probe: {proto.get('linear_probe')}")
         add(f"- kNN: {proto.get('knn')}")
         add(f"- Splits: train `{proto.get('train_split')}`, test `{proto.get('test_split')}`; seed {proto.get('seed')}.\n")
