@@ -141,12 +141,18 @@ def register_preset(preset: str | os.PathLike, *, registry=None, copy_into_zoo: 
 
 
 def format_table(entries: list[dict[str, Any]]) -> str:
-    """The `ssl-zoo list` table: name, method, backbone, params, data, probe accuracy."""
-    header = ("name", "method", "backbone", "params", "data", "probe acc (best stage)", "random-init floor", "location")
+    """The `ssl-zoo list` table: name, method, backbone, params, pretraining data, probe accuracy.
+
+    The probe names its own dataset: entries pretrained on different data are compared on one
+    evaluation set, and a bare percentage next to the pretraining data would read as if measured there.
+    """
+    header = ("name", "method", "backbone", "params", "pretrained on", "probe acc (best stage, eval data)",
+              "random-init floor", "location")
     rows = [header]
     for e in entries:
         probe = e.get("probe") or {}
-        acc = f"{100 * probe['accuracy']:.2f} % ({probe['best_stage']})" if probe else "not evaluated"
+        eval_data = str(probe.get("dataset") or "?").removeprefix("tfds:")
+        acc = f"{100 * probe['accuracy']:.2f} % ({probe['best_stage']}, {eval_data})" if probe else "not evaluated"
         floor = f"{100 * probe['random_init_best']:.2f} %" if probe else "-"
         local = ("package" if not Path(e["preset"]).is_absolute() else e["preset"]) if e.get("preset") else None
         where = " + ".join(x for x in (local, e.get("hf")) if x) or "-"

@@ -196,7 +196,7 @@ def test_swap_interrupted_between_renames_is_recovered(tmp_path):
     assert (dest / "a.txt").read_text() == "new"
 
 
-def test_cli_export_register_and_list(tmp_path, tmp_path_factory):
+def test_cli_export_register_and_list(tmp_path, tmp_path_factory, capsys):
     """`ssl-zoo export --register` copies the preset into the zoo, writes the card, updates the
     registry; `ssl-zoo list` shows it; the entry then loads by name."""
     from ssl_zoo.cli import main
@@ -219,6 +219,11 @@ def test_cli_export_register_and_list(tmp_path, tmp_path_factory):
     os.environ["SSL_ZOO_REGISTRY"] = str(registry)
     try:
         assert main(["list"]) == 0
+        listed = capsys.readouterr().out
+        row = next(line for line in listed.splitlines() if line.startswith(rf.NAME))
+        probe = rf.eval_report()["summary"]
+        dataset = rf.eval_report()["dataset"].removeprefix("tfds:")
+        assert f"{100 * probe['best_stage_probe']:.2f} % ({probe['best_stage']}, {dataset})" in row
         model = load_backbone(rf.NAME)
         assert model.output.shape[-1] == 64
     finally:
