@@ -69,7 +69,7 @@ def run_part(part: str, method_name: str, data_dir: str, steps: int, warmup: int
     from ssl_zoo.train.recipe import load_recipe
 
     recipe = load_recipe(ROOT / RECIPES[method_name])
-    source = open_source(recipe.data.source, data_dir)
+    source = open_source(recipe.data.source, data_dir, cache=recipe.data.cache)
     method = method_from_recipe(recipe)
 
     if part in ("supervised", "supervised_pipeline"):

@@ -40,7 +40,7 @@ def cmd_train(args) -> int:
     strategy = build_strategy(args.strategy, devices=args.devices.split(",") if args.devices else None,
                               tpu=args.tpu, logical_cpus=args.logical_cpus)
     method = method_from_recipe(recipe)
-    source = open_source(recipe.data.source, args.data_dir)
+    source = open_source(recipe.data.source, args.data_dir, cache=recipe.data.cache)
     trainer = Trainer(method, recipe, source, strategy, args.out)
     result = trainer.fit()
     print(json.dumps(result["history"][-1] if result["history"] else {}, indent=2))

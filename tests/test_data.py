@@ -9,7 +9,8 @@ from PIL import Image
 
 from ssl_zoo.data.augment import center_crop, random_crop_flip, random_resized_crop
 from ssl_zoo.data.pipeline import build_dataset, check_not_empty
-from ssl_zoo.data.sources import ArraySource, DataError, ImageFolderSource, TFDSSource, open_source
+from ssl_zoo.data.sources import (ArraySource, DataError, ImageFolderSource, ImagelessSource, TFDSSource,
+                                  open_source)
 
 
 def _rgb(size=(20, 24), seed=0):
@@ -65,6 +66,36 @@ def test_folder_converts_what_it_can_and_counts_the_rest(messy_folder, caplog):
     assert "truncated.jpg" in summary and "too_small.png" in summary
     assert "truncated.jpg" in caplog.text
     assert source.stats.converted["16-bit"] == 1 and source.stats.converted["alpha"] == 1
+
+
+def test_cached_folder_gives_the_same_stream_and_decodes_each_file_once(messy_folder):
+    """`cache=True` is a speed setting only: the same shuffled, augmented batches in every epoch
+    (bad files dropped at the same places), with each file decoded once instead of every epoch."""
+    plain, cached = ImageFolderSource(messy_folder), ImageFolderSource(messy_folder, cache=True)
+
+    def epoch(source, e):
+        ds = build_dataset(source, "train", batch_size=2, image_size=16, augment="crop_flip",
+                           training=True, seed=5, epoch=e)
+        return [(x.numpy(), y.numpy()) for x, y in ds]
+
+    for e in (0, 1):
+        a, b = epoch(plain, e), epoch(cached, e)
+        assert len(a) == len(b) == 4
+        for (xa, ya), (xb, yb) in zip(a, b):
+            np.testing.assert_array_equal(xa, xb)
+            np.testing.assert_array_equal(ya, yb)
+    # Each bad file was met twice uncached (two epochs), once by the cache.
+    assert plain.stats.total == 8 and cached.stats.total == 4
+    assert cached.stats.counts() == {k: v // 2 for k, v in plain.stats.counts().items()}
+
+
+def test_imageless_source_counts_like_its_source_and_decodes_nothing(messy_folder):
+    source = ImageFolderSource(messy_folder)
+    imageless = ImagelessSource(source)
+    assert imageless.num_examples("train") == source.num_examples("train") == 12
+    examples = list(imageless.examples("train", shuffle_seed=1).as_numpy_iterator())
+    assert len(examples) == 12 and all(ex["image"].shape == (1, 1, 3) and ex["label"] == -1 for ex in examples)
+    assert source.stats.total == 0  # no file was opened
 
 
 def test_sixteen_bit_white_stays_white_and_alpha_goes_on_white(tmp_path):

@@ -11,6 +11,7 @@ import tensorflow as tf
 from helpers import (assert_replicas_match, assert_round_trips_in_safe_mode, assert_two_step_fit, tiny_recipe,
                      two_replica_strategy, write_image_folder)
 from ssl_zoo.data.pipeline import build_dataset
+from ssl_zoo.data import sources
 from ssl_zoo.data.sources import ArraySource, ImageFolderSource
 from ssl_zoo.methods import build_method
 from ssl_zoo.pretext.exemplar import exemplar_example, select_seed_box, transform_seed
@@ -149,6 +150,30 @@ def test_trainer_prepares_the_bank_from_the_training_split(tmp_path):
     result = trainer.fit()
     assert np.isfinite(result["history"][-1]["train_loss"])
     keras.saving.load_model(tmp_path / "run" / "backbone.keras", safe_mode=True)
+
+
+def test_trainer_streams_placeholders_and_gets_the_batches_decoding_would_give(tmp_path, monkeypatch):
+    """Exemplar's examples depend only on their seeds, so the trainer does not decode the images
+    (ImagelessSource); its batches are exactly those of a pipeline over the decoded folder."""
+    write_image_folder(tmp_path, n=16, size=IMG)
+    source = ImageFolderSource(tmp_path / "images")
+    recipe = tiny_recipe(epochs=1, steps_per_epoch=2)
+    method = build_method("exemplar", backbone=dict(BACKBONE), num_classes=10, patch_size=P, context_size=C,
+                          head_hidden_units=(16,))
+    trainer = Trainer(method, recipe, source, tf.distribute.get_strategy(), tmp_path / "run")
+    decodes = []
+    real_decode = sources.decode_file
+    monkeypatch.setattr(sources, "decode_file", lambda *a: decodes.append(a[0]) or real_decode(*a))
+    streamed = [(x.numpy(), y.numpy()) for x, y in trainer._train_dataset(epoch=1, skip=0)]
+    assert decodes == []
+    decoded = build_dataset(source, recipe.data.train_split, batch_size=recipe.train.global_batch,
+                            image_size=recipe.data.image_size,
+                            augment=functools.partial(method.example_transform, training=True),
+                            training=True, seed=recipe.train.seed, epoch=1, repeat=True).take(2)
+    for (xa, ya), (xb, yb) in zip(streamed, decoded, strict=True):
+        np.testing.assert_array_equal(xa, xb.numpy())
+        np.testing.assert_array_equal(ya, yb.numpy())
+    assert decodes  # the spy sees decoding where it happens
 
 
 @pytest.mark.slow  # ~45 s on a busy 2-core CPU (tracing two ResNet steps), as in test_distribute

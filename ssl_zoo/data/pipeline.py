@@ -37,7 +37,6 @@ def build_dataset(
     epoch: int = 0,
     skip_batches: int = 0,
     shuffle_buffer: int = 10_000,
-    cache: bool = False,
     input_context: tf.distribute.InputContext | None = None,
     drop_remainder: bool | None = None,
     repeat: bool = False,
@@ -55,8 +54,6 @@ def build_dataset(
     ds = source.examples(split, shuffle_seed=epoch_seed if training else None)
     if input_context and input_context.num_input_pipelines > 1:
         ds = ds.shard(input_context.num_input_pipelines, pipeline_id)
-    if cache:
-        ds = ds.cache()
     if training:
         ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
     if repeat:

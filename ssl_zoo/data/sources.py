@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -112,16 +113,25 @@ class ImageFolderSource(Source):
     Immediate class subfolders become integer labels in sorted order (used for evaluation only);
     files directly in the folder get label -1. Files are listed once (cheap) and decoded lazily
     in the pipeline, so a folder of any size streams.
+
+    With `cache=True` (for folders that fit in memory: the user asks for it in the recipe's
+    `[data] cache`) each split is decoded once, on first use, and kept as one flat uint8 buffer;
+    every later epoch reads from memory instead of decoding every file again. Decoding is most of
+    the input pipeline's CPU cost for small images (Pillow, one file at a time), and on a small CPU
+    that cost is taken from the model. The stream is the same with or without the cache: the same
+    shuffle runs over the same file indices, and files that failed to decode are dropped after it.
     """
 
-    def __init__(self, path: str | os.PathLike, min_side: int = 8):
+    def __init__(self, path: str | os.PathLike, min_side: int = 8, cache: bool = False):
         self.root = Path(path).expanduser()
         self.name = self.root.name
         self.min_side = min_side
+        self.cache = cache
         self.stats = SkipStats()
         if not self.root.is_dir():
             raise DataError(f"image folder {self.root} does not exist or is not a directory")
         self._listing: dict[str, tuple[list[str], list[int], list[str]]] = {}
+        self._decoded: dict[str, dict[str, tf.Tensor]] = {}
 
     def _split_root(self, split: str) -> Path:
         candidate = self.root / split
@@ -159,10 +169,32 @@ class ImageFolderSource(Source):
 
     def examples(self, split, shuffle_seed=None):
         paths, labels, _ = self._list(split)
-        ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, np.int64)))
+        keys = np.arange(len(paths), dtype=np.int64) if self.cache else paths
+        ds = tf.data.Dataset.from_tensor_slices((keys, np.asarray(labels, np.int64)))
         if shuffle_seed is not None:
-            # Shuffling the file list is cheap and gives a full shuffle before any decoding.
+            # Shuffling the file list is cheap and gives a full shuffle before any decoding. The
+            # permutation depends only on the seed and the count, so the cache's index list is
+            # shuffled exactly as the path list is.
             ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=False)
+        if self.cache:
+            memory = self._decoded_split(split)
+
+            def read(index, label):
+                begin, end = memory["offsets"][index], memory["offsets"][index + 1]
+                image = tf.reshape(memory["flat"][begin:end], memory["shapes"][index])
+                return {"image": image, "label": label, "ok": memory["ok"][index]}
+
+            ds = ds.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        else:
+            decode = self._decode_fn()
+            ds = ds.map(lambda path, label: {**decode(path), "label": label},
+                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.filter(lambda ex: ex["ok"])
+        return ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+
+    def _decode_fn(self):
+        """path -> {"image": uint8 HxWx3, "ok": bool}; a file that fails is counted in `stats` and
+        comes back empty with ok=False, for the caller to drop."""
         stats, min_side = self.stats, self.min_side
 
         def decode(path):
@@ -171,14 +203,36 @@ class ImageFolderSource(Source):
                 return np.zeros((0, 0, 3), np.uint8), False
             return arr, True
 
-        def decode_tf(path, label):
+        def decode_tf(path):
             image, ok = tf.numpy_function(decode, [path], (tf.uint8, tf.bool), stateful=False)
-            image = tf.ensure_shape(image, [None, None, 3])
-            return {"image": image, "label": label, "ok": tf.ensure_shape(ok, [])}
+            return {"image": tf.ensure_shape(image, [None, None, 3]), "ok": tf.ensure_shape(ok, [])}
 
-        ds = ds.map(decode_tf, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.filter(lambda ex: ex["ok"])
-        return ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+        return decode_tf
+
+    def _decoded_split(self, split: str) -> dict[str, tf.Tensor]:
+        """The whole split decoded once, in listing order, as one flat uint8 buffer with each
+        image's offset and shape and whether it decoded (a failed file keeps its index, empty)."""
+        if split not in self._decoded:
+            paths = self._list(split)[0]
+            t0 = time.perf_counter()
+            decoded = tf.data.Dataset.from_tensor_slices(paths).map(
+                self._decode_fn(), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            images, shapes, ok = [], [], []
+            for ex in decoded.as_numpy_iterator():
+                images.append(ex["image"].reshape(-1))
+                shapes.append(ex["image"].shape)
+                ok.append(ex["ok"])
+            sizes = [len(x) for x in images]
+            flat = np.concatenate(images)
+            self._decoded[split] = {
+                "flat": tf.constant(flat),
+                "offsets": tf.constant(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)),
+                "shapes": tf.constant(np.array(shapes, np.int64)),
+                "ok": tf.constant(np.array(ok, bool)),
+            }
+            log.info("%s/%s: decoded %d of %d files once into memory (%.0f MiB, %.1f s)", self.name, split,
+                     sum(ok), len(paths), flat.nbytes / 2**20, time.perf_counter() - t0)
+        return self._decoded[split]
 
     def num_examples(self, split):
         return len(self._list(split)[0])
@@ -245,17 +299,49 @@ class ArraySource(Source):
         return int(valid.max()) + 1 if len(valid) else None
 
 
-def open_source(spec: str, data_dir: str | os.PathLike | None = None) -> Source:
-    """Opens a source from a spec: `tfds:NAME` or `folder:PATH` (PATH relative to the data dir)."""
+class ImagelessSource(Source):
+    """Stands in for `source` when a method's examples do not depend on the images it is handed
+    (Exemplar CNN draws every example from its seed bank by the example's seed alone): as many
+    examples as `source` has, each a 1x1 black image with label -1. The pipeline's counting,
+    seeding, sharding and resumption are unchanged, and no file is decoded for nothing."""
+
+    def __init__(self, source: Source):
+        self.source = source
+        self.name = source.name
+        self.stats = source.stats
+
+    def examples(self, split, shuffle_seed=None):
+        # No shuffle: every element is the same, and the per-example seeds come from positions.
+        del shuffle_seed
+        n = self.num_examples(split)
+        if not n:
+            raise DataError(f"{self.source.name}/{split} has no examples to count")
+        placeholder = {"image": tf.zeros([1, 1, 3], tf.uint8), "label": tf.constant(-1, tf.int64)}
+        return tf.data.Dataset.from_tensors(placeholder).repeat(n)
+
+    def num_examples(self, split):
+        return self.source.num_examples(split)
+
+    def num_classes(self):
+        return self.source.num_classes()
+
+
+def open_source(spec: str, data_dir: str | os.PathLike | None = None, *, cache: bool = False) -> Source:
+    """Opens a source from a spec: `tfds:NAME` or `folder:PATH` (PATH relative to the data dir).
+
+    `cache` (a recipe's `[data] cache`) keeps an image folder decoded in memory after its first
+    pass; a TFDS dataset is read from its prepared records either way."""
     kind, _, value = spec.partition(":")
     if not value:
         raise DataError(f"data source {spec!r} must look like 'tfds:cifar10' or 'folder:PATH'")
     if kind == "tfds":
+        if cache:
+            log.info("%s: cache applies to image folders; TFDS datasets are read from their records", spec)
         return TFDSSource(value, data_dir)
     if kind == "folder":
         path = Path(value).expanduser()
         root = resolve_data_dir(data_dir)
         if not path.is_absolute() and root is not None:
             path = root / path
-        return ImageFolderSource(path)
+        return ImageFolderSource(path, cache=cache)
     raise DataError(f"unknown data source kind {kind!r} in {spec!r}; use 'tfds:' or 'folder:'")

@@ -30,6 +30,10 @@ class PretextMethod:
     name: ClassVar[str] = ""
     # Per-example view augmentation the pipeline applies before batching (see data.augment).
     augment: str = "crop_flip"
+    # False for methods whose examples do not depend on the image the pipeline hands them
+    # (Exemplar CNN samples its seed bank): the trainer then streams placeholders (ImagelessSource)
+    # instead of decoding every training image only to drop it.
+    reads_images: ClassVar[bool] = True
 
     def build_backbone(self) -> keras.Model:
         return build_backbone(self.backbone, name=BACKBONE)

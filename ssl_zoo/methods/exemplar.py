@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class Exemplar(PretextMethod):
     name: ClassVar[str] = "exemplar"
+    reads_images: ClassVar[bool] = False  # examples come from the seed bank (see `prepare`)
     # The paper used 8000 classes (16000 and 32000 in later tables) from 96 px STL-10 images,
     # 32 px seed patches: the setting reproduced here with Imagenette at 96 px.
     num_classes: int = 2000

@@ -27,7 +27,7 @@ import keras
 import tensorflow as tf
 
 from ssl_zoo.data.pipeline import build_dataset, check_not_empty
-from ssl_zoo.data.sources import Source
+from ssl_zoo.data.sources import ImagelessSource, Source
 from ssl_zoo.methods.base import PretextMethod, extract_backbone
 from ssl_zoo.train.recipe import OptimizerConfig, Recipe
 from ssl_zoo.train.strategy import is_chief, worker_dir
@@ -110,6 +110,9 @@ class Trainer:
             )
         self.total_steps = self.steps_per_epoch * train.epochs
         method.prepare(source, recipe.data.train_split, recipe.data.image_size)
+        # What the training and evaluation pipelines read: the source, or only its example count
+        # for methods that draw their examples from what `prepare` built.
+        self.stream = source if method.reads_images else ImagelessSource(source)
         with strategy.scope():
             self.model = method.build_model()
             self.optimizer = build_optimizer(recipe.optimizer, train.global_batch, self.total_steps, self.steps_per_epoch)
@@ -133,12 +136,12 @@ class Trainer:
 
         def dataset_fn(ctx):
             ds = build_dataset(
-                self.source, data.train_split,
+                self.stream, data.train_split,
                 batch_size=ctx.get_per_replica_batch_size(self.global_batch),
                 image_size=data.image_size, augment=functools.partial(self.method.example_transform, training=True),
                 batch_transform=self.method.batch_transform, training=True, seed=train.seed,
                 epoch=epoch, skip_batches=skip, shuffle_buffer=data.shuffle_buffer,
-                cache=data.cache, input_context=ctx, repeat=True,
+                input_context=ctx, repeat=True,
             )
             return ds.take(self.steps_per_epoch - skip)
 
@@ -149,7 +152,7 @@ class Trainer:
 
         def dataset_fn(ctx):
             return build_dataset(
-                self.source, data.eval_split,
+                self.stream, data.eval_split,
                 batch_size=ctx.get_per_replica_batch_size(self.global_batch),
                 image_size=data.image_size, augment=functools.partial(self.method.example_transform, training=False),
                 batch_transform=self.method.batch_transform, input_context=ctx,
@@ -202,11 +205,11 @@ class Trainer:
         history = [h for h in history if h["step"] <= start]
         if start == 0:
             probe = build_dataset(
-                self.source, recipe.data.train_split, batch_size=self.per_replica_batch,
+                self.stream, recipe.data.train_split, batch_size=self.per_replica_batch,
                 image_size=recipe.data.image_size, augment=functools.partial(self.method.example_transform, training=True), training=True,
                 seed=train.seed,
             )
-            check_not_empty(probe, self.source, recipe.data.train_split)
+            check_not_empty(probe, self.stream, recipe.data.train_split)
         writer = tf.summary.create_file_writer(str(self.out_dir / "tensorboard")) if self.chief else tf.summary.create_noop_writer()
         if self.chief:
             self.out_dir.mkdir(parents=True, exist_ok=True)
