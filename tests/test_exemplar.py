@@ -106,12 +106,20 @@ def test_transforms_change_the_view_and_stay_in_range():
 def test_transform_inside_tf_data_through_the_pipeline():
     method = _method()
     ds = build_dataset(ArraySource(_images(12)), "train", batch_size=4, image_size=IMG,
-                       augment=functools.partial(method.example_transform, training=True), training=True)
+                       augment=functools.partial(method.example_transform, training=True),
+                       batch_transform=method.batch_transform, training=True, seed=3)
     batches = list(ds.as_numpy_iterator())
     assert len(batches) == 3
     for views, labels in batches:
         assert views.shape == (4, P, P, 3) and views.dtype == np.float32
         assert labels.dtype == np.int32 and ((labels >= 0) & (labels < 6)).all()
+    # The batched views are the views of the per-example function for the pipeline's seeds.
+    for b, (views, labels) in enumerate(batches):
+        for j in range(4):
+            seed = tf.constant([3 * 1_000_003, 4 * b + j], tf.int64)  # build_dataset's seed of example 4b+j
+            view, label = exemplar_example(method.bank, seed, patch_size=P, **method.transform_ranges())
+            assert int(label) == labels[j]
+            np.testing.assert_allclose(views[j], view.numpy(), atol=1e-2)  # float rounding, of 255
     off = (C - P) // 2
     debug = tf.data.Dataset.range(16).map(
         lambda i: exemplar_example(method.bank, tf.stack([tf.constant(4, tf.int64), i]), patch_size=P,
@@ -169,7 +177,8 @@ def test_trainer_streams_placeholders_and_gets_the_batches_decoding_would_give(t
     decoded = build_dataset(source, recipe.data.train_split, batch_size=recipe.train.global_batch,
                             image_size=recipe.data.image_size,
                             augment=functools.partial(method.example_transform, training=True),
-                            training=True, seed=recipe.train.seed, epoch=1, repeat=True).take(2)
+                            batch_transform=method.batch_transform, training=True, seed=recipe.train.seed,
+                            epoch=1, repeat=True).take(2)
     for (xa, ya), (xb, yb) in zip(streamed, decoded, strict=True):
         np.testing.assert_array_equal(xa, xb.numpy())
         np.testing.assert_array_equal(ya, yb.numpy())
@@ -185,7 +194,8 @@ def test_two_replicas_match_one_replica_on_the_same_global_batch(tmp_path):
     single = Trainer(_method(), recipe, source, tf.distribute.get_strategy(), tmp_path / "one")
     mirrored = Trainer(_method(), recipe, source, two_replica_strategy(devices), tmp_path / "two")
     method = _method()
-    examples = [method.example_transform(None, IMG, tf.constant([0, i], tf.int64)) for i in range(8)]
+    examples = [exemplar_example(method.bank, tf.constant([0, i], tf.int64), patch_size=P, **method.transform_ranges())
+                for i in range(8)]
     views, labels = tf.stack([e[0] for e in examples]), tf.stack([e[1] for e in examples])
     halves = [(views[:4], labels[:4]), (views[4:], labels[4:])]
     assert_replicas_match(single, mirrored, (views, labels), halves)

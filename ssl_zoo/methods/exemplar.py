@@ -17,6 +17,8 @@ How the data maps to classes. The classes are a fixed set of N seed patches; a t
   distribution work unchanged, classes are balanced in expectation, and each class gets fresh
   transformations in every epoch (the paper pre-generated a fixed number per class; sampling
   anew is the limit of many).
+- Only the draws are per example; the views are made per batch (`views_from_batch`, the batch
+  transform), since a 32 px view costs little more per image in a batch of 128 than alone.
 - An "epoch" is as many examples as the split has images (the recipe's steps per epoch).
 
 Composition otherwise: backbone on the view, MLP head over N classes, cross-entropy, default step.
@@ -34,7 +36,7 @@ import tensorflow as tf
 
 from ssl_zoo.heads import classification_head
 from ssl_zoo.methods.base import PretextMethod, single_view_classifier
-from ssl_zoo.pretext.exemplar import exemplar_example, seed_context
+from ssl_zoo.pretext.exemplar import apply_transformations, draw_example, seed_context
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class Exemplar(PretextMethod):
             setattr(self, f, tuple(getattr(self, f)))
         self.bank: np.ndarray | None = None  # [N, C, C, 3] uint8, from `prepare`
         self.bank_scores: np.ndarray | None = None  # mean gradient magnitude of each seed box
+        self.batch_transform = self.views_from_batch
 
     # ---- the seed bank ----------------------------------------------------------------------
     def prepare(self, source, split: str, image_size: int) -> None:
@@ -104,17 +107,24 @@ class Exemplar(PretextMethod):
         head = classification_head(self.num_classes, self.head_hidden_units)
         return single_view_classifier(backbone, head, self.patch_size)
 
-    def transform_kwargs(self) -> dict:
+    def transform_ranges(self) -> dict:
         return dict(translate=self.translate, scale=self.scale, rotate_degrees=self.rotate_degrees,
                     contrast=self.contrast, sv_power=self.sv_power, sv_factor=self.sv_factor,
                     sv_shift=self.sv_shift, hue_shift=self.hue_shift)
 
     def example_transform(self, image, size: int, seed, training: bool = True):
-        """(ignored image) -> (a random view of a random seed patch, its class id). At evaluation
-        (`training=False`) the same distribution, from the evaluation pipeline's fixed seeds: the
-        pretext accuracy then measures recognition of the seeds under unseen transformations."""
+        """(ignored image) -> ((a random seed's context, its view's parameters), class id); the
+        batch transform turns each batch of them into views. At evaluation (`training=False`) the
+        same distribution, from the evaluation pipeline's fixed seeds: the pretext accuracy then
+        measures recognition of the seeds under unseen transformations."""
         del image, size, training
         if self.bank is None:
             raise RuntimeError("Exemplar needs its seed bank: call prepare(source, split, image_size) first "
                                "(the trainer does so before building datasets)")
-        return exemplar_example(self.bank, seed, patch_size=self.patch_size, **self.transform_kwargs())
+        context, params, label = draw_example(self.bank, seed, patch_size=self.patch_size, **self.transform_ranges())
+        return (context, params), label
+
+    def views_from_batch(self, inputs, labels):
+        """((contexts [B, C, C, 3], parameters), labels) -> (views [B, P, P, 3], labels)."""
+        contexts, params = inputs
+        return apply_transformations(contexts, params, patch_size=self.patch_size), labels

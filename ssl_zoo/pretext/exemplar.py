@@ -76,21 +76,21 @@ def seed_context(image, seed, *, image_size: int, patch_size: int, context_size:
 
 
 def _affine(out_size: int, context_size: int, scale, angle, shift):
-    """Projective-transform row [8] mapping output pixel (x, y) to context coordinates: the
-    output patch is the seed box, zoomed by `scale` (>1 magnifies), rotated by `angle` and moved
-    by `shift` (dx, dy) pixels, all about the centres."""
+    """Projective-transform rows [B, 8] mapping output pixel (x, y) to context coordinates: the
+    output patch is the seed box, zoomed by `scale` [B] (>1 magnifies), rotated by `angle` [B] and
+    moved by `shift` [B, 2] (dx, dy) pixels, all about the centres."""
     c_out = (out_size - 1) / 2.0
     c_in = (context_size - 1) / 2.0
     cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
     # [x_in, y_in] = R(angle)/scale @ [x - c_out, y - c_out] + c_in - shift
     a0, a1, b0, b1 = cos, -sin, sin, cos
-    a2 = c_in - shift[0] - a0 * c_out - a1 * c_out
-    b2 = c_in - shift[1] - b0 * c_out - b1 * c_out
-    return tf.stack([a0, a1, a2, b0, b1, b2, 0.0, 0.0])
+    a2 = c_in - shift[:, 0] - a0 * c_out - a1 * c_out
+    b2 = c_in - shift[:, 1] - b0 * c_out - b1 * c_out
+    zero = tf.zeros_like(a0)
+    return tf.stack([a0, a1, a2, b0, b1, b2, zero, zero], axis=1)
 
 
-def transform_seed(
-    context,
+def draw_transformation(
     seed,
     *,
     patch_size: int,
@@ -102,55 +102,86 @@ def transform_seed(
     sv_factor: tuple[float, float] = (0.7, 1.4),
     sv_shift: float = 0.1,
     hue_shift: float = 0.1,
-    geometric: bool = True,
-    colour: bool = True,
-):
-    """A seed context [C, C, 3] -> one random view [P, P, 3] float32 in [0, 255].
-
-    With `geometric=False` and `colour=False` the view is exactly the seed box (the centre of the
-    context). Scale and powers are drawn log-uniformly (symmetric around 1)."""
-    context = tf.cast(context, tf.float32)
-    size = context.shape[0]
+) -> dict[str, tf.Tensor]:
+    """The random parameters of one view, from a stateless seed. Scale, contrast and the S/V powers
+    are drawn log-uniformly (symmetric around 1). Only the draws happen per example: applying them
+    (`apply_transformations`) is done on whole batches, where each op's fixed cost is shared by
+    the batch instead of paid per 32 px view."""
     s = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 8))
+    uniform = tf.random.stateless_uniform
+    return {
+        "shift": uniform([2], s[0], -translate, translate) * patch_size,
+        "scale": tf.exp(uniform([], s[1], math.log(scale[0]), math.log(scale[1]))),
+        "angle": uniform([], s[2], -1.0, 1.0) * (rotate_degrees * math.pi / 180.0),
+        "contrast": tf.exp(uniform([3], s[3], math.log(contrast[0]), math.log(contrast[1]))),
+        "sv_power": tf.exp(uniform([2], s[4], math.log(sv_power[0]), math.log(sv_power[1]))),
+        "sv_factor": uniform([2], s[5], sv_factor[0], sv_factor[1]),
+        "sv_add": uniform([2], s[6], -sv_shift, sv_shift),
+        "hue_add": uniform([], s[7], -hue_shift, hue_shift),
+    }
+
+
+def apply_transformations(contexts, params, *, patch_size: int, geometric: bool = True, colour: bool = True):
+    """Seed contexts [B, C, C, 3] and their drawn parameters (`draw_transformation`, stacked) ->
+    views [B, P, P, 3] float32 in [0, 255].
+
+    With `geometric=False` and `colour=False` each view is exactly its seed box (the centre of the
+    context)."""
+    contexts = tf.cast(contexts, tf.float32)
+    size = contexts.shape[1]
     if geometric:
-        shift = tf.random.stateless_uniform([2], s[0], -translate, translate) * patch_size
-        log_s = tf.random.stateless_uniform([], s[1], math.log(scale[0]), math.log(scale[1]))
-        angle = tf.random.stateless_uniform([], s[2], -1.0, 1.0) * (rotate_degrees * math.pi / 180.0)
-        transform = _affine(patch_size, size, tf.exp(log_s), angle, shift)
-        view = tf.raw_ops.ImageProjectiveTransformV3(
-            images=context[None], transforms=transform[None], output_shape=tf.constant([patch_size, patch_size]),
+        transforms = _affine(patch_size, size, params["scale"], params["angle"], params["shift"])
+        views = tf.raw_ops.ImageProjectiveTransformV3(
+            images=contexts, transforms=transforms, output_shape=tf.constant([patch_size, patch_size]),
             fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT",
-        )[0]
+        )
     else:
         off = (size - patch_size) // 2
-        view = context[off : off + patch_size, off : off + patch_size]
+        views = contexts[:, off : off + patch_size, off : off + patch_size]
     if colour:
         # Contrast 1: deviations from the patch mean scaled, per channel.
-        c = tf.exp(tf.random.stateless_uniform([1, 1, 3], s[3], math.log(contrast[0]), math.log(contrast[1])))
-        mean = tf.reduce_mean(view, axis=[0, 1], keepdims=True)
-        view = tf.clip_by_value(mean + c * (view - mean), 0.0, 255.0)
+        c = params["contrast"][:, None, None, :]
+        mean = tf.reduce_mean(views, axis=[1, 2], keepdims=True)
+        views = tf.clip_by_value(mean + c * (views - mean), 0.0, 255.0)
         # Contrast 2 on S and V, and colour: hue shift.
-        hsv = tf.image.rgb_to_hsv(view / 255.0)
+        hsv = tf.image.rgb_to_hsv(views / 255.0)
         h, sv = hsv[..., :1], hsv[..., 1:]
-        power = tf.exp(tf.random.stateless_uniform([2], s[4], math.log(sv_power[0]), math.log(sv_power[1])))
-        factor = tf.random.stateless_uniform([2], s[5], sv_factor[0], sv_factor[1])
-        add = tf.random.stateless_uniform([2], s[6], -sv_shift, sv_shift)
-        sv = tf.clip_by_value(tf.pow(sv, power) * factor + add, 0.0, 1.0)
-        h = tf.math.floormod(h + tf.random.stateless_uniform([], s[7], -hue_shift, hue_shift), 1.0)
-        view = tf.image.hsv_to_rgb(tf.concat([h, sv], -1)) * 255.0
-    return tf.ensure_shape(tf.clip_by_value(view, 0.0, 255.0), [patch_size, patch_size, 3])
+        per_view = lambda name: params[name][:, None, None, :]  # noqa: E731  [B, 1, 1, 2]
+        sv = tf.clip_by_value(tf.pow(sv, per_view("sv_power")) * per_view("sv_factor") + per_view("sv_add"), 0.0, 1.0)
+        h = tf.math.floormod(h + params["hue_add"][:, None, None, None], 1.0)
+        views = tf.image.hsv_to_rgb(tf.concat([h, sv], -1)) * 255.0
+    return tf.ensure_shape(tf.clip_by_value(views, 0.0, 255.0), [None, patch_size, patch_size, 3])
 
 
-def exemplar_example(bank, seed, *, patch_size: int, return_debug: bool = False, **transform_kwargs):
-    """-> (view [P, P, 3], class id int32): a uniformly drawn surrogate class (seed patch) of
-    `bank` [N, C, C, 3] under a random transformation. With `return_debug`, also the class's
-    untransformed seed patch."""
+def transform_seed(context, seed, *, patch_size: int, geometric: bool = True, colour: bool = True,
+                   **ranges):
+    """A seed context [C, C, 3] -> one random view [P, P, 3] float32 in [0, 255]: the batched
+    transformation applied to a batch of one, so that both give the same view for a seed."""
+    params = draw_transformation(seed, patch_size=patch_size, **ranges)
+    batch_of_one = {k: v[None] for k, v in params.items()}
+    return apply_transformations(context[None], batch_of_one, patch_size=patch_size, geometric=geometric,
+                                 colour=colour)[0]
+
+
+def draw_example(bank, seed, *, patch_size: int, **ranges):
+    """-> (seed context [C, C, 3] uint8, its view's drawn parameters, class id int32): the
+    per-example half of an Exemplar example; `apply_transformations` on the batch makes the views.
+    The class is drawn uniformly from the `bank` [N, C, C, 3]."""
     bank = tf.convert_to_tensor(bank)
     class_seed, view_seed = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2))
     label = tf.random.stateless_uniform([], class_seed, 0, tf.shape(bank)[0], dtype=tf.int32)
-    context = tf.gather(bank, label)
-    view = transform_seed(context, view_seed, patch_size=patch_size, **transform_kwargs)
+    return tf.gather(bank, label), draw_transformation(view_seed, patch_size=patch_size, **ranges), label
+
+
+def exemplar_example(bank, seed, *, patch_size: int, return_debug: bool = False, geometric: bool = True,
+                     colour: bool = True, **ranges):
+    """-> (view [P, P, 3], class id int32): a uniformly drawn surrogate class (seed patch) of
+    `bank` [N, C, C, 3] under a random transformation; the same view the batched pipeline makes
+    for this seed. With `return_debug`, also the class's untransformed seed patch."""
+    context, params, label = draw_example(bank, seed, patch_size=patch_size, **ranges)
+    view = apply_transformations(context[None], {k: v[None] for k, v in params.items()}, patch_size=patch_size,
+                                 geometric=geometric, colour=colour)[0]
     if return_debug:
-        off = (bank.shape[1] - patch_size) // 2
+        off = (context.shape[0] - patch_size) // 2
         return view, label, context[off : off + patch_size, off : off + patch_size]
     return view, label
