@@ -158,9 +158,12 @@ def transform_seed(context, seed, *, patch_size: int, geometric: bool = True, co
     """A seed context [C, C, 3] -> one random view [P, P, 3] float32 in [0, 255]: the batched
     transformation applied to a batch of one, so that both give the same view for a seed."""
     params = draw_transformation(seed, patch_size=patch_size, **ranges)
-    batch_of_one = {k: v[None] for k, v in params.items()}
-    return apply_transformations(context[None], batch_of_one, patch_size=patch_size, geometric=geometric,
-                                 colour=colour)[0]
+    return _apply_to_one(context, params, patch_size=patch_size, geometric=geometric, colour=colour)
+
+
+def _apply_to_one(context, params, **kwargs):
+    """`apply_transformations` on a batch of one: the per-example path shares the batched code."""
+    return apply_transformations(context[None], {k: v[None] for k, v in params.items()}, **kwargs)[0]
 
 
 def draw_example(bank, seed, *, patch_size: int, **ranges):
@@ -179,8 +182,7 @@ def exemplar_example(bank, seed, *, patch_size: int, return_debug: bool = False,
     `bank` [N, C, C, 3] under a random transformation; the same view the batched pipeline makes
     for this seed. With `return_debug`, also the class's untransformed seed patch."""
     context, params, label = draw_example(bank, seed, patch_size=patch_size, **ranges)
-    view = apply_transformations(context[None], {k: v[None] for k, v in params.items()}, patch_size=patch_size,
-                                 geometric=geometric, colour=colour)[0]
+    view = _apply_to_one(context, params, patch_size=patch_size, geometric=geometric, colour=colour)
     if return_debug:
         off = (context.shape[0] - patch_size) // 2
         return view, label, context[off : off + patch_size, off : off + patch_size]

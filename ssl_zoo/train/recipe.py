@@ -21,7 +21,7 @@ class DataConfig:
     image_size: int = 32
     shuffle_buffer: int = 10_000
     # Keep an image folder decoded in memory after the first pass (for data that fits: Imagenette
-    # at 96 px is ~260 MiB); the data stream is the same either way. See ImageFolderSource.
+    # train at 96 px takes 250 MiB); the data stream is the same either way. See ImageFolderSource.
     cache: bool = False
 
 
