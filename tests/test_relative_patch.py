@@ -129,8 +129,38 @@ def test_grey_defence_removes_the_green_magenta_component():
     np.testing.assert_allclose(gm, 0.0, atol=1e-3)
     with pytest.raises(ValueError, match="chroma_defence"):
         _method(chroma_defence="blur")
-    with pytest.raises(ValueError, match="do not fit"):
-        relative_patch_example(image, tf.constant([0, 0], tf.int64), crop_size=30, patch_size=P, gap=GAP, jitter=JIT)
+    with pytest.raises(ValueError, match="placement"):
+        _method(placement="anywhere")
+    with pytest.raises(ValueError, match="3 patches .* do not fit in 30"):
+        relative_patch_example(image, tf.constant([0, 0], tf.int64), crop_size=30, patch_size=P, gap=GAP, jitter=JIT,
+                               placement="grid")
+    with pytest.raises(ValueError, match="2 patches .* do not fit in 20"):
+        relative_patch_example(image, tf.constant([0, 0], tf.int64), crop_size=20, patch_size=P, gap=GAP, jitter=JIT)
+
+
+def _neighbour_rows(placement, training=True, n=400):
+    """Absolute rows of the neighbour's top-left corner, by vertical grid offset (-1: above)."""
+    image = tf.constant(_images(1)[0])
+    rows = {-1: set(), 0: set(), 1: set()}
+    for s in range(n):
+        _, label, debug = relative_patch_example(image, tf.constant([s, 9], tf.int64), crop_size=CROP, patch_size=P,
+                                                 gap=GAP, jitter=JIT, training=training, chroma_defence="none",
+                                                 placement=placement, return_debug=True)
+        rows[OFFSETS[int(label)][0]].add(int(debug["positions"][1, 0]))
+    return rows
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_pair_placement_keeps_absolute_position_from_giving_the_label_away(training):
+    """With the 3x3 grid inside a small crop, a neighbour above the centre always lies in the top
+    band of the crop and one below in the bottom band: the patch's place in the photo names the
+    label. Placing only the pair, the same rows host neighbours above and below the centre."""
+    grid = _neighbour_rows("grid", training)
+    assert not grid[-1] & grid[1]
+    pair = _neighbour_rows("pair", training)
+    shared = pair[-1] & pair[1]
+    assert len(shared) >= 3, pair  # rows 13-15 of 36 here, even without jitter
+    assert all(0 <= r <= CROP - P for rows in pair.values() for r in rows)
 
 
 def test_two_step_keras_fit_on_the_pretext_model():

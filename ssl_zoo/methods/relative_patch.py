@@ -20,7 +20,8 @@ from ssl_zoo.backbones.resnet import IMAGENET_MEAN
 from ssl_zoo.heads import classification_head
 from ssl_zoo.methods.base import PretextMethod
 from ssl_zoo.methods.views import shared_backbone_over_views
-from ssl_zoo.pretext.relative_patch import CHROMA_DEFENCES, NUM_NEIGHBOURS, relative_patch_example
+from ssl_zoo.pretext.relative_patch import (CHROMA_DEFENCES, NUM_NEIGHBOURS, PLACEMENTS,
+                                             relative_patch_example)
 
 
 @dataclasses.dataclass
@@ -32,11 +33,17 @@ class RelativePatch(PretextMethod):
     gap: int = 8
     jitter: int = 3
     chroma_defence: str = "channel_drop"  # "channel_drop" | "grey" | "none"
+    # "pair": the centre goes anywhere its neighbour fits; "grid": the whole 3x3 grid must fit,
+    # which on 96 px images lets one patch's place in the photo give the label away (see the
+    # transform's module docstring).
+    placement: str = "pair"
     head_hidden_units: tuple[int, ...] = (512, 512)
 
     def __post_init__(self):
         if self.chroma_defence not in CHROMA_DEFENCES:
             raise ValueError(f"chroma_defence must be one of {CHROMA_DEFENCES}, got {self.chroma_defence!r}")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
         size = self.backbone.get("image_size")
         if size is not None and size != self.patch_size:
             raise ValueError(f"backbone image_size {size} must equal patch_size {self.patch_size}")
@@ -50,6 +57,6 @@ class RelativePatch(PretextMethod):
     def example_transform(self, image, size: int, seed, training: bool = True):
         return relative_patch_example(
             image, seed, crop_size=size, patch_size=self.patch_size, gap=self.gap, jitter=self.jitter,
-            training=training, chroma_defence=self.chroma_defence,
+            training=training, chroma_defence=self.chroma_defence, placement=self.placement,
             mean=tuple(self.backbone.get("mean", IMAGENET_MEAN)),
         )
