@@ -54,7 +54,7 @@ def cmd_evaluate(args) -> int:
         args.model, data_dir=args.data_dir, source=args.dataset, stages=args.stages.split(","),
         knn_k=args.knn_k, out=args.out, seed=args.seed, max_train_examples=args.max_train_examples,
         image_size=args.image_size, probe_epochs=args.probe_epochs,
-        train_split=args.train_split, test_split=args.test_split,
+        train_split=args.train_split, test_split=args.test_split, cache=args.cache,
     )
     print(json.dumps(report["summary"], indent=2))
     return 0
@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-epochs", type=int, default=30)
     p.add_argument("--max-train-examples", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", action="store_true",
+                   help="image folders: decode each split once and keep it in memory for both models")
     p.add_argument("--out", default=None, help="write the report JSON here")
     p.set_defaults(func=cmd_evaluate)
 

@@ -1,14 +1,17 @@
 import json
+from unittest import mock
 
 import numpy as np
 import pytest
 
 from ssl_zoo.backbones import resnet
+from ssl_zoo.data import sources
 from ssl_zoo.data.sources import ArraySource
 from ssl_zoo.evaluation.features import extract, grid_for
 from ssl_zoo.evaluation.knn import knn_accuracy
 from ssl_zoo.evaluation.linear_probe import linear_probe
 from ssl_zoo.evaluation.run import evaluate_model, random_init_like
+from helpers import write_image_folder
 
 
 def _numpy_knn(train_x, train_y, test_x, num_classes, k, t=0.07):
@@ -84,3 +87,20 @@ def test_evaluate_reports_trained_and_floor(tmp_path, data_dir):
     assert saved["protocol"]["num_train"] == 500 and saved["protocol"]["num_test"] == 10_000
     assert 0.0 <= saved["summary"]["best_stage_probe"] <= 1.0
     assert report["knn"]["k"] == 20
+
+
+def test_evaluate_on_a_folder_with_cache_gives_the_same_report_from_one_decode(tmp_path):
+    for split, n in (("train", 12), ("val", 6)):
+        for c, cls in enumerate(("cats", "dogs")):
+            write_image_folder(tmp_path / split / cls, n=n, size=20, seed=10 * c + len(split))
+    backbone = resnet(18, 0.125, "cifar", 16)
+    kw = dict(source=f"folder:{tmp_path}", stages=["stage2", "pooled"], knn_k=3, probe_epochs=2,
+              image_size=16, test_split="val")
+    with mock.patch.object(sources, "decode_file", wraps=sources.decode_file) as spy:
+        plain = evaluate_model(backbone, **kw)
+    assert spy.call_count == 2 * 36  # each split read for the trained model and for the floor
+    with mock.patch.object(sources, "decode_file", wraps=sources.decode_file) as spy:
+        cached = evaluate_model(backbone, cache=True, **kw)
+    assert spy.call_count == 36  # every file once
+    assert cached["linear_probe"] == plain["linear_probe"] and cached["knn"] == plain["knn"]
+    assert cached["protocol"]["num_train"] == 24 and cached["protocol"]["num_test"] == 12

@@ -71,13 +71,17 @@ def evaluate_model(
     probe_epochs: int = 30,
     train_split: str = "train",
     test_split: str = "test",
+    cache: bool = False,
 ) -> dict:
+    """Probes and kNN of `model` and of its random-init twin on `source`. `cache` keeps an image
+    folder's splits decoded in memory, so the two models (and the two splits' second reads) share
+    one decode instead of four; it is off by default because a user's folder may not fit."""
     from ssl_zoo.loader import load_raw_backbone
 
     t0 = time.time()
     stages = list(stages)
     backbone = load_raw_backbone(model) if not isinstance(model, keras.Model) else model
-    data = open_source(source, data_dir)
+    data = open_source(source, data_dir, cache=cache)
     common = dict(source=data, stages=stages, image_size=image_size, knn_k=knn_k, train_split=train_split,
                   test_split=test_split, max_train_examples=max_train_examples,
                   probe_epochs=probe_epochs, seed=seed)
