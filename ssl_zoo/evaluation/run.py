@@ -74,8 +74,8 @@ def evaluate_model(
     cache: bool = False,
 ) -> dict:
     """Probes and kNN of `model` and of its random-init twin on `source`. `cache` keeps an image
-    folder's splits decoded in memory, so the two models (and the two splits' second reads) share
-    one decode instead of four; it is off by default because a user's folder may not fit."""
+    folder's splits decoded in memory, so each split is decoded once instead of once per model;
+    it is off by default because a user's folder may not fit in memory."""
     from ssl_zoo.loader import load_raw_backbone
 
     t0 = time.time()
