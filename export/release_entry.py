@@ -1,9 +1,11 @@
 """Export, register and verify one zoo entry (see export/README.md).
 
     python export/release_entry.py runs/NAME --name NAME --eval runs/NAME/eval.json \
-        [--out export/NAME] [--hardware "..."] [--hf hf://org/NAME] [--no-register]
+        [--out export/NAME] [--hardware "..."] [--hf hf://org/NAME] [--no-register] [--recipe FILE]
 
-Runs `ssl-zoo export --register`, then reloads every artefact and compares its features with the
+Runs `ssl-zoo export --register --recipe training/NAME.toml` (the recipe file must hold exactly the
+values the run used, so that the repository reproduces the released weights; its header, with the
+measured numbers, goes into the card), then reloads every artefact and compares its features with the
 trained backbone on random images: the preset through `ssl_zoo.load_backbone(NAME)` (sha256
 checked), the `.keras` file with plain Keras, and the SavedModel with plain `tf.saved_model.load`
 in a subprocess that never imports ssl_zoo. Exits non-zero if any difference exceeds --tol.
@@ -39,6 +41,9 @@ def main(argv=None) -> int:
     p.add_argument("--hf", default=None)
     p.add_argument("--no-register", action="store_true")
     p.add_argument("--tol", type=float, default=1e-4)
+    p.add_argument("--recipe", default=None,
+                   help="recipe file that reproduces the run (default training/NAME.toml when it exists); "
+                        "checked value by value against the run's, its header goes into the card")
     args = p.parse_args(argv)
 
     import numpy as np
@@ -55,6 +60,9 @@ def main(argv=None) -> int:
         cmd += ["--hardware", args.hardware]
     if args.hf:
         cmd += ["--hf", args.hf]
+    recipe = args.recipe or (f"training/{args.name}.toml" if Path(f"training/{args.name}.toml").exists() else None)
+    if recipe:
+        cmd += ["--recipe", recipe]
     if cli(cmd) != 0:
         return 1
 

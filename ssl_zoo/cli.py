@@ -1,4 +1,4 @@
-"""`ssl-zoo` command line: train, evaluate, export, list, card, push, finetune."""
+"""`ssl-zoo` command line: train, evaluate, context-check, export, list, card, push, finetune."""
 
 from __future__ import annotations
 
@@ -47,6 +47,15 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_context_check(args) -> int:
+    from ssl_zoo.evaluation.context_check import relative_patch_context_check
+
+    report = relative_patch_context_check(args.run, data_dir=args.data_dir, split=args.split,
+                                          max_examples=args.max_examples, overrides=args.set or [], out=args.out)
+    print(json.dumps({k: report[k] for k in ("accuracy", "chance", "examples", "context_share")}, indent=2))
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from ssl_zoo.evaluation.run import evaluate_model
 
@@ -66,7 +75,8 @@ def cmd_export(args) -> int:
     from ssl_zoo.zoo import format_table, register_preset
 
     written = export(args.model, args.name, args.out, eval_report=args.eval,
-                     formats=tuple(args.formats.split(",")), hardware=args.hardware)
+                     formats=tuple(args.formats.split(",")), hardware=args.hardware,
+                     recipe_file=args.recipe)
     for kind, path in written.items():
         print(f"{kind}: {path}")
     if args.register or args.cards_dir:
@@ -165,6 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the report JSON here")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("context-check", help="relative patch: pretext accuracy with the centre patch swapped or "
+                                              "blanked (does the model use its context?)")
+    p.add_argument("run", help="a relative_patch training run folder (ssl-zoo train --out)")
+    _add_data_dir(p)
+    p.add_argument("--split", default=None, help="held-out split (default: the recipe's eval split)")
+    p.add_argument("--max-examples", type=int, default=None, help="default: the whole split")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="correct the run's recorded recipe, e.g. method.placement=grid")
+    p.add_argument("--out", default=None, help="write the report JSON here")
+    p.set_defaults(func=cmd_context_check)
+
     p = sub.add_parser("export", help="release artefacts (preset = HF checkpoint, SavedModel, .keras) of a trained model")
     p.add_argument("model", help="a training run folder (ssl-zoo train --out) or a .keras backbone / pretext model")
     p.add_argument("--name", required=True, help="entry name: method_backbone_data, e.g. rotnet_resnet18w025_cifar10")
@@ -172,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", default=None, help="the `ssl-zoo evaluate --out` report of this model (numbers for the card)")
     p.add_argument("--formats", default="preset,saved_model,keras")
     p.add_argument("--hardware", default=None, help="what the run trained on, if run.json does not record it")
+    p.add_argument("--recipe", default=None,
+                   help="the recipe file this release is reproduced with (training/NAME.toml): its values must "
+                        "equal the run's, and its header replaces the one recorded when the run started")
     p.add_argument("--register", action="store_true",
                    help="copy the preset into the zoo (ssl_zoo/zoo/presets/NAME), add/update its registry entry "
                         "and write the card to --cards-dir")

@@ -343,16 +343,55 @@ def write_keras(backbone, dest: str | os.PathLike) -> Path:
     return dest
 
 
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def recipe_header_from_file(run: dict | None, recipe_file: str | os.PathLike) -> dict:
+    """The run's recipe with the header comment of `recipe_file` as it stands at release.
+
+    The header of a recipe says what its released entry measured, so the copy a run recorded when
+    it started describes the previous release. The file's header is only taken when every value of
+    the file equals the run's: then the file in the repository reproduces these weights, which a
+    release must guarantee anyway. Any difference is an ExportError naming the keys.
+    """
+    from ssl_zoo.train.recipe import load_recipe
+
+    recorded = dict((run or {}).get("recipe") or {})
+    if not recorded:
+        raise ExportError(f"--recipe {recipe_file}: the run has no recorded recipe (run.json) to compare it with")
+    current = json.loads(json.dumps(load_recipe(recipe_file).to_dict()))  # tuples -> lists, as in run.json
+    a = _flatten({k: v for k, v in current.items() if k != "description"})
+    b = _flatten({k: v for k, v in recorded.items() if k != "description"})
+    differ = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
+    if differ:
+        detail = ", ".join(f"{k}: file {a.get(k, '<absent>')!r} vs run {b.get(k, '<absent>')!r}" for k in differ[:6])
+        raise ExportError(f"recipe file {recipe_file} does not reproduce this run ({detail}); set the file to "
+                          "the values the run used before releasing it")
+    return {**recorded, "description": current.get("description", "")}
+
+
 def export(source, name: str, out: str | os.PathLike, *, eval_report: str | os.PathLike | dict | None = None,
-           formats=("preset", "saved_model", "keras"), hardware: str | None = None) -> dict[str, str]:
+           formats=("preset", "saved_model", "keras"), hardware: str | None = None,
+           recipe_file: str | os.PathLike | None = None) -> dict[str, str]:
     """Exports the backbone of a trained run (folder or .keras file) as release artefacts.
 
+    `recipe_file`: the recipe in the repository; it must hold exactly the values the run used, and
+    its header (expected and measured numbers) replaces the one recorded when the run started.
     Returns {"preset": path, "saved_model": path, "keras": path} for the formats written.
     """
     if isinstance(source, (str, os.PathLike)):
         backbone, run, history = read_run(source)
     else:
         backbone, run, history = source, None, None
+    if recipe_file is not None:
+        run = {**(run or {}), "recipe": recipe_header_from_file(run, recipe_file)}
     report = eval_report
     if isinstance(eval_report, (str, os.PathLike)):
         report = json.loads(Path(eval_report).read_text())

@@ -243,3 +243,28 @@ def test_release_entry_script(tmp_path, tmp_path_factory):
     print(report)
     assert set(report["max_abs_diff"]) == {"preset", "keras", "saved_model"}
     assert (tmp_path / "model_cards" / f"{rf.NAME}.md").exists()
+
+
+def test_export_takes_recipe_header_only_from_a_file_that_reproduces_the_run(tmp_path, tmp_path_factory):
+    """`export --recipe FILE`: the card quotes the file's header (its measured numbers) instead of the
+    header recorded when the run started, and any value that differs from the run is refused."""
+    from ssl_zoo.cards import recipe_toml
+    from ssl_zoo.export import ExportError, export
+
+    ex = rf.exported(tmp_path_factory)
+    recorded = json.loads((ex["run"] / "run.json").read_text())["recipe"]
+    body = recipe_toml(recorded)
+    good = tmp_path / "good.toml"
+    good.write_text("# Tiny RotNet.\n# Measured: 56.42 % rotation after 2 epochs.\n" + body + "\n")
+    export(ex["run"], rf.NAME, tmp_path / "out", formats=("preset",), recipe_file=good)
+    meta = json.loads((tmp_path / "out" / "preset" / "metadata.json").read_text())
+    assert meta["recipe"]["description"] == "Tiny RotNet.\nMeasured: 56.42 % rotation after 2 epochs."
+    assert "Measured: 56.42 % rotation" in (tmp_path / "out" / "preset" / "README.md").read_text()
+    assert {k: v for k, v in meta["recipe"].items() if k != "description"} == \
+        {k: v for k, v in recorded.items() if k != "description"}
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("# Header.\n" + body.replace("epochs = 2", "epochs = 3") + "\n")
+    with pytest.raises(ExportError, match=r"train\.epochs: file 3 vs run 2"):
+        export(ex["run"], rf.NAME, tmp_path / "out2", formats=("preset",), recipe_file=bad)
+    assert not (tmp_path / "out2").exists()
