@@ -41,6 +41,7 @@ def main(argv=None) -> int:
     p.add_argument("--hf", default=None)
     p.add_argument("--no-register", action="store_true")
     p.add_argument("--tol", type=float, default=1e-4)
+    p.add_argument("--context-check", default=None, help="ssl-zoo context-check report, shown in the card")
     p.add_argument("--recipe", default=None,
                    help="recipe file that reproduces the run (default training/NAME.toml when it exists); "
                         "checked value by value against the run's, its header goes into the card")
@@ -63,6 +64,8 @@ def main(argv=None) -> int:
     recipe = args.recipe or (f"training/{args.name}.toml" if Path(f"training/{args.name}.toml").exists() else None)
     if recipe:
         cmd += ["--recipe", recipe]
+    if args.context_check:
+        cmd += ["--context-check", args.context_check]
     if cli(cmd) != 0:
         return 1
 

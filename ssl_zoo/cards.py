@@ -229,6 +229,16 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None) -> str:
         add(f"- Pretext task ({info['title'] if info else method_name}) accuracy on {held_out} after epoch "
             f"{training['pretext_eval_epoch']}: {_pct(training['pretext_eval_accuracy'])} "
             f"(loss {training['pretext_eval_loss']:.4f}{chance}).")
+    cc = meta.get("context_check")
+    if cc:
+        acc = cc["accuracy"]
+        share = cc.get("context_share")
+        add(f"- Does it use its context? `ssl-zoo context-check` on {cc['examples']} held-out images "
+            f"(`{cc.get('split')}` of {cc.get('data')}): {_pct(acc['as_drawn'])} as drawn, "
+            f"{_pct(acc['centre_from_other_image'])} with the centre patch of another image, "
+            f"{_pct(acc['centre_blanked'])} with the centre blanked (chance {_pct(cc['chance'])})"
+            + (f"; {100 * share:.0f} % of its above-chance accuracy needs the centre patch, the rest reads where the "
+               f"neighbour lies in the photo." if share is not None else "."))
     add("")
     if plot_name and report:
         add(f"![Linear probe accuracy per stage, trained vs random init]({plot_name})\n")

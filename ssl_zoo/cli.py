@@ -76,7 +76,7 @@ def cmd_export(args) -> int:
 
     written = export(args.model, args.name, args.out, eval_report=args.eval,
                      formats=tuple(args.formats.split(",")), hardware=args.hardware,
-                     recipe_file=args.recipe)
+                     recipe_file=args.recipe, context_check=args.context_check)
     for kind, path in written.items():
         print(f"{kind}: {path}")
     if args.register or args.cards_dir:
@@ -196,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default=None,
                    help="the recipe file this release is reproduced with (training/NAME.toml): its values must "
                         "equal the run's, and its header replaces the one recorded when the run started")
+    p.add_argument("--context-check", default=None, help="an `ssl-zoo context-check --out` report of this run, "
+                                                           "shown in the card (relative patch)")
     p.add_argument("--register", action="store_true",
                    help="copy the preset into the zoo (ssl_zoo/zoo/presets/NAME), add/update its registry entry "
                         "and write the card to --cards-dir")

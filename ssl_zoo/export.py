@@ -222,7 +222,8 @@ def history_summary(history: list[dict] | None) -> dict | None:
 
 
 def build_metadata(backbone, name: str, run: dict | None = None, history: list | None = None,
-                   report: dict | None = None, hardware: str | None = None) -> dict[str, Any]:
+                   report: dict | None = None, hardware: str | None = None,
+                   context_check: dict | None = None) -> dict[str, Any]:
     import keras
     import tensorflow as tf
 
@@ -267,6 +268,8 @@ def build_metadata(backbone, name: str, run: dict | None = None, history: list |
         "hardware": run_hw or hardware,
         "hardware_source": "run.json" if run_hw else ("export --hardware" if hardware else None),
         "evaluation": report,
+        # `ssl-zoo context-check` (relative patch): does the pretext model need its centre patch?
+        "context_check": ({k: v for k, v in context_check.items() if k != "run"} if context_check else None),
         "exported": {"platform": platform.platform(), "python": platform.python_version()},
     }
 
@@ -379,11 +382,13 @@ def recipe_header_from_file(run: dict | None, recipe_file: str | os.PathLike) ->
 
 def export(source, name: str, out: str | os.PathLike, *, eval_report: str | os.PathLike | dict | None = None,
            formats=("preset", "saved_model", "keras"), hardware: str | None = None,
-           recipe_file: str | os.PathLike | None = None) -> dict[str, str]:
+           recipe_file: str | os.PathLike | None = None,
+           context_check: str | os.PathLike | dict | None = None) -> dict[str, str]:
     """Exports the backbone of a trained run (folder or .keras file) as release artefacts.
 
     `recipe_file`: the recipe in the repository; it must hold exactly the values the run used, and
     its header (expected and measured numbers) replaces the one recorded when the run started.
+    `context_check`: an `ssl-zoo context-check` report of this run, shown in the card.
     Returns {"preset": path, "saved_model": path, "keras": path} for the formats written.
     """
     if isinstance(source, (str, os.PathLike)):
@@ -395,7 +400,9 @@ def export(source, name: str, out: str | os.PathLike, *, eval_report: str | os.P
     report = eval_report
     if isinstance(eval_report, (str, os.PathLike)):
         report = json.loads(Path(eval_report).read_text())
-    metadata = build_metadata(backbone, name, run, history, report, hardware)
+    if isinstance(context_check, (str, os.PathLike)):
+        context_check = json.loads(Path(context_check).read_text())
+    metadata = build_metadata(backbone, name, run, history, report, hardware, context_check)
     out = Path(out)
     written: dict[str, str] = {}
     if "preset" in formats:

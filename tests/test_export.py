@@ -268,3 +268,21 @@ def test_export_takes_recipe_header_only_from_a_file_that_reproduces_the_run(tmp
     with pytest.raises(ExportError, match=r"train\.epochs: file 3 vs run 2"):
         export(ex["run"], rf.NAME, tmp_path / "out2", formats=("preset",), recipe_file=bad)
     assert not (tmp_path / "out2").exists()
+
+
+def test_context_check_report_goes_into_metadata_and_card(tmp_path, tmp_path_factory):
+    from ssl_zoo.export import export
+
+    ex = rf.exported(tmp_path_factory)
+    report = {"accuracy": {"as_drawn": 0.3335, "centre_from_other_image": 0.2810, "centre_blanked": 0.2757},
+              "chance": 0.125, "examples": 3925, "context_share": 0.2774, "run": "runs/somewhere",
+              "data": "folder:imagenette-96px", "split": "val"}
+    (tmp_path / "context.json").write_text(json.dumps(report))
+    export(ex["run"], rf.NAME, tmp_path / "out", formats=("preset",), context_check=tmp_path / "context.json")
+    meta = json.loads((tmp_path / "out" / "preset" / "metadata.json").read_text())
+    assert meta["context_check"]["accuracy"] == report["accuracy"] and "run" not in meta["context_check"]
+    card = (tmp_path / "out" / "preset" / "README.md").read_text()
+    assert ("33.35 % as drawn, 28.10 % with the centre patch of another image, 27.57 % with the centre blanked "
+            "(chance 12.50 %); 28 % of its above-chance accuracy needs the centre patch") in card
+    export(ex["run"], rf.NAME, tmp_path / "plain", formats=("preset",))
+    assert "context-check" not in (tmp_path / "plain" / "preset" / "README.md").read_text()
