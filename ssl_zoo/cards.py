@@ -237,8 +237,8 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None) -> str:
             f"(`{cc.get('split')}` of {cc.get('data')}): {_pct(acc['as_drawn'])} as drawn, "
             f"{_pct(acc['centre_from_other_image'])} with the centre patch of another image, "
             f"{_pct(acc['centre_blanked'])} with the centre blanked (chance {_pct(cc['chance'])})"
-            + (f"; {100 * share:.0f} % of its above-chance accuracy needs the centre patch, the rest reads where the "
-               f"neighbour lies in the photo." if share is not None else "."))
+            + (f"; {100 * share:.0f} % of its above-chance accuracy needs the centre patch (the rest survives "
+               f"without it: cues such as where the neighbour lies in the photo)." if share is not None else "."))
     add("")
     if plot_name and report:
         add(f"![Linear probe accuracy per stage, trained vs random init]({plot_name})\n")

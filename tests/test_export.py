@@ -283,6 +283,6 @@ def test_context_check_report_goes_into_metadata_and_card(tmp_path, tmp_path_fac
     assert meta["context_check"]["accuracy"] == report["accuracy"] and "run" not in meta["context_check"]
     card = (tmp_path / "out" / "preset" / "README.md").read_text()
     assert ("33.35 % as drawn, 28.10 % with the centre patch of another image, 27.57 % with the centre blanked "
-            "(chance 12.50 %); 28 % of its above-chance accuracy needs the centre patch") in card
+            "(chance 12.50 %); 28 % of its above-chance accuracy needs the centre patch (the rest survives") in card
     export(ex["run"], rf.NAME, tmp_path / "plain", formats=("preset",))
     assert "context-check" not in (tmp_path / "plain" / "preset" / "README.md").read_text()
