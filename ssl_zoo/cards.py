@@ -60,8 +60,11 @@ METHODS = {
                      "features are concatenated and an MLP classifies the position. The backbone alone is "
                      "released.",
         "pretext_classes": 8,
-        "limitation": "The backbone was trained on small patches, not whole images, and mostly on single "
-                      "colour channels (the chromatic-aberration defence).",
+        # Depends on the run's chromatic-aberration defence (channel drop was the only one at first).
+        "limitation": lambda method: "The backbone was trained on small patches, not whole images" + {
+            "channel_drop": ", and mostly on single colour channels (the chromatic-aberration defence).",
+            "grey": ", with the green-magenta colour axis projected out (the chromatic-aberration defence).",
+        }.get(method.get("chroma_defence", "channel_drop"), "."),
     },
     "exemplar": {
         "title": "Exemplar CNN",
@@ -343,7 +346,8 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None) -> str:
     add("- A small backbone trained on a short schedule: compare its numbers with the random-init floor above "
         "and with zoo entries evaluated by the same protocol, not with results from other papers' setups.")
     if info and info.get("limitation"):
-        add(f"- {info['limitation']}")
+        limitation = info["limitation"]
+        add(f"- {limitation(meta['method']) if callable(limitation) else limitation}")
     add("- Evaluated with linear probes and kNN on one dataset; transfer to other tasks was not measured.\n")
 
     add("## Files\n")

@@ -133,6 +133,23 @@ def test_exemplar_card_says_its_pretext_accuracy_is_on_new_transformations(prese
     assert "held-out" not in text.split("## Results")[1].split("## Method")[0]
 
 
+def test_relative_patch_limitation_names_the_runs_chromatic_defence(preset):
+    from ssl_zoo.cards import render_card
+
+    meta = json.loads((preset / "metadata.json").read_text())
+    meta["input"]["image_size"] = None
+    limitations = {}
+    for defence in ("channel_drop", "grey", "none", None):
+        meta["method"] = {"name": "relative_patch", "patch_size": 24}
+        if defence:
+            meta["method"]["chroma_defence"] = defence
+        limitations[defence] = render_card(meta).split("## Limitations")[1].split("## Files")[0]
+    assert "single colour channels" in limitations["channel_drop"]
+    assert limitations[None] == limitations["channel_drop"]  # recorded before the parameter existed
+    assert "green-magenta" in limitations["grey"] and "single colour" not in limitations["grey"]
+    assert "not whole images." in limitations["none"]
+
+
 def test_pretext_chance_levels():
     from ssl_zoo.cards import pretext_classes
 
