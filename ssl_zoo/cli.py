@@ -8,6 +8,8 @@ import logging
 import os
 import sys
 
+from ssl_zoo.errors import SslZooError
+
 
 def _add_data_dir(p):
     p.add_argument("--data-dir", default=None,
@@ -247,23 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    from ssl_zoo.data.sources import DataError
-
     try:
         return args.func(args)
-    except DataError as e:
+    except SslZooError as e:  # a complete message for the user (what was wrong, where): no traceback
         logging.getLogger("ssl_zoo").error("%s", e)
         return 2
-    except Exception as e:  # release-path errors carry a complete message; no traceback needed
-        from ssl_zoo.export import ExportError
-        from ssl_zoo.hub import HubError
-        from ssl_zoo.loader import LoadError
-        from ssl_zoo.zoo import ZooError
-
-        if isinstance(e, (LoadError, ExportError, HubError, ZooError)):
-            logging.getLogger("ssl_zoo").error("%s", e)
-            return 2
-        raise
 
 
 if __name__ == "__main__":

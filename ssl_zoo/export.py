@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ssl_zoo.errors import SslZooError
+
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.weights.h5"
@@ -54,7 +56,7 @@ _STALL_ENV = "SSL_ZOO_EXPORT_STALL_AT"
 _STALL_MARKER_ENV = "SSL_ZOO_EXPORT_STALL_MARKER"
 
 
-class ExportError(ValueError):
+class ExportError(SslZooError, ValueError):
     pass
 
 

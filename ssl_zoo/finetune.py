@@ -16,6 +16,8 @@ import logging
 import time
 from pathlib import Path
 
+from ssl_zoo.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -25,7 +27,7 @@ def build_classifier(backbone, num_classes: int, image_size: int, seed: int = 0)
     inputs = keras.Input((image_size, image_size, 3), name="images")
     features = backbone(inputs)
     if isinstance(features, dict):
-        raise ValueError("fine-tuning needs the pooled features: load the backbone with stages=None")
+        raise ConfigError("fine-tuning needs the pooled features: load the backbone with stages=None")
     logits = keras.layers.Dense(num_classes, kernel_initializer=keras.initializers.GlorotUniform(seed), name="classifier")(features)
     return keras.Model(inputs, logits, name="finetune_classifier")
 
@@ -114,15 +116,15 @@ def finetune(source, *, dataset: str = "tfds:cifar10", data_dir=None, epochs_fro
     fixed_size = backbone.input.shape[1]
     if image_size is None:
         if not fixed_size:
-            raise ValueError(f"{name}: backbone takes images of any size; say which with image_size "
+            raise ConfigError(f"{name}: backbone takes images of any size; say which with image_size "
                              f"(--image-size), e.g. 32 for CIFAR-10")
         image_size = fixed_size
     elif fixed_size and image_size != fixed_size:
-        raise ValueError(f"{name}: backbone takes {fixed_size} px images, not image_size={image_size}")
+        raise ConfigError(f"{name}: backbone takes {fixed_size} px images, not image_size={image_size}")
     data = open_source(dataset, data_dir) if isinstance(dataset, str) else dataset
     num_classes = data.num_classes()
     if not num_classes:
-        raise ValueError(f"{dataset} has no class labels to fine-tune on")
+        raise ConfigError(f"{dataset} has no class labels to fine-tune on")
     train, test = _datasets(data, image_size, batch_size, max_train_examples, max_test_examples, seed, steps_per_epoch)
     common = dict(epochs_frozen=epochs_frozen, epochs_unfrozen=epochs_unfrozen, lr_frozen=lr_frozen,
                   lr_unfrozen=lr_unfrozen, steps_per_epoch=steps_per_epoch, seed=seed, run_eagerly=run_eagerly)

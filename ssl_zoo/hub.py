@@ -15,11 +15,13 @@ import json
 import os
 from pathlib import Path
 
+from ssl_zoo.errors import SslZooError
+
 PREFIX = "hf://"
 PRESET_FILES = ("config.json", "model.weights.h5", "metadata.json", "README.md")
 
 
-class HubError(ValueError):
+class HubError(SslZooError, ValueError):
     pass
 
 

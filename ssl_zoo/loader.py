@@ -25,11 +25,13 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+from ssl_zoo.errors import SslZooError
+
 
 _PARTIAL_LOAD_WARNINGS = ("Skipping", "freshly-initialized", "could not be loaded", "did not load")
 
 
-class LoadError(ValueError):
+class LoadError(SslZooError, ValueError):
     """A backbone could not be loaded; the message says which file and why."""
 
 

@@ -18,12 +18,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ssl_zoo.errors import SslZooError
+
 REGISTRY_ENV = "SSL_ZOO_REGISTRY"
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
 REGISTRY_FILE = "entries.json"
 
 
-class ZooError(KeyError):
+class ZooError(SslZooError, KeyError):
     def __str__(self) -> str:  # KeyError repr()s its message; ours is a sentence
         return str(self.args[0]) if self.args else ""
 

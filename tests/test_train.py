@@ -76,6 +76,34 @@ def test_recipe_errors_are_named(tmp_path):
     assert set(METHODS) >= {"rotnet"}
 
 
+@pytest.mark.parametrize("section, typo, message", [
+    ("method", "head_hiden_units=[8]", r"\[method\] rotnet has unknown parameters \['head_hiden_units'\]"),
+    ("backbone", "widht=0.5", r"\[backbone\] resnet has unknown parameters \['widht'\]; known: \[.*'width'"),
+])
+def test_method_and_backbone_typos_are_named_before_any_data_is_read(tmp_path, section, typo, message):
+    body = {"method": 'name="rotnet"', "backbone": "depth=18"}
+    body[section] += "\n" + typo
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'[method]\n{body["method"]}\n[backbone]\n{body["backbone"]}\n')
+    with pytest.raises(ValueError, match=message):
+        method_from_recipe(load_recipe(bad))
+    # The command line prints that sentence alone (no traceback) and exits with 2; the data
+    # directory does not exist, so the error must come before the data is opened.
+    from ssl_zoo.cli import main
+
+    assert main(["train", str(bad), "--data-dir", str(tmp_path / "absent"), "--out", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()
+
+
+def test_listing_the_zoo_does_not_import_tensorflow():
+    # `ssl-zoo list` reads the registry only; importing TensorFlow would cost it ~10 s.
+    code = ("import sys; from ssl_zoo.cli import main; main(['list']); "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "rotnet_resnet18w025_cifar10" in out.stdout
+
+
 def _train_cmd(tmp_path):
     return [sys.executable, "-m", "ssl_zoo.cli", "train", str(tmp_path / "recipe.toml"),
             "--data-dir", str(tmp_path), "--out", str(tmp_path / "run")]

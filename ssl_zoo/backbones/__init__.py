@@ -1,15 +1,31 @@
 """Backbones: functional Keras models with named stages."""
 
+import inspect
+
 from ssl_zoo.backbones.resnet import STAGES, resnet, stage_model
+from ssl_zoo.errors import ConfigError
+
+ARCHITECTURES = {"resnet": resnet}
+
+
+def check_backbone_config(config: dict) -> None:
+    """Raises ConfigError for an unknown architecture or parameter (a recipe's [backbone] typo),
+    before any data is read or any model is built."""
+    arch = config.get("arch", "resnet")
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"unknown backbone {arch!r}; available: {sorted(ARCHITECTURES)}")
+    known = set(inspect.signature(ARCHITECTURES[arch]).parameters) - {"name"}
+    unknown = sorted(set(config) - known - {"arch"})
+    if unknown:
+        raise ConfigError(f"[backbone] {arch} has unknown parameters {unknown}; known: {sorted(known)}")
 
 
 def build_backbone(config: dict, name: str | None = None):
     """Builds a backbone from a plain dict such as {"arch": "resnet", "depth": 18, "width": 0.25}."""
+    check_backbone_config(config)
     config = dict(config)
     arch = config.pop("arch", "resnet")
-    if arch != "resnet":
-        raise ValueError(f"unknown backbone {arch!r}; available: ['resnet']")
-    return resnet(**config, name=name)
+    return ARCHITECTURES[arch](**config, name=name)
 
 
-__all__ = ["STAGES", "build_backbone", "resnet", "stage_model"]
+__all__ = ["ARCHITECTURES", "STAGES", "build_backbone", "check_backbone_config", "resnet", "stage_model"]

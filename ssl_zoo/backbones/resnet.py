@@ -15,6 +15,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from ssl_zoo.errors import ConfigError
+
 STAGES = ("stem", "stage1", "stage2", "stage3", "stage4", "pooled")
 
 # depth -> (block kind, blocks per stage): Table 1 of He et al. 2016.
@@ -106,11 +108,11 @@ def resnet(
       outputs are the layers named in `STAGES`.
     """
     if depth not in _DEPTHS:
-        raise ValueError(f"ResNet depth must be one of {sorted(_DEPTHS)}, got {depth}")
+        raise ConfigError(f"ResNet depth must be one of {sorted(_DEPTHS)}, got {depth}")
     if stem not in ("cifar", "imagenet"):
-        raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
+        raise ConfigError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
     if width <= 0:
-        raise ValueError(f"width must be positive, got {width}")
+        raise ConfigError(f"width must be positive, got {width}")
     kind, blocks = _DEPTHS[depth]
     base = max(8, int(round(64 * width)))
     name = name or f"resnet{depth}_w{width:g}_{stem}"
@@ -146,6 +148,6 @@ def stage_model(backbone: keras.Model, stages=("pooled",)) -> keras.Model:
     """A model from the backbone's input to a dict of the named stage outputs (shared weights)."""
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
-        raise ValueError(f"unknown stages {unknown}; available: {list(STAGES)}")
+        raise ConfigError(f"unknown stages {unknown}; available: {list(STAGES)}")
     outputs = {s: backbone.get_layer(s).output for s in stages}
     return keras.Model(backbone.input, outputs, name=f"{backbone.name}_stages")

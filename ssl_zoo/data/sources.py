@@ -18,13 +18,14 @@ import numpy as np
 import tensorflow as tf
 
 from ssl_zoo.data.decode import IMAGE_EXTENSIONS, SkipStats, decode_file
+from ssl_zoo.errors import SslZooError
 
 log = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "SSL_ZOO_DATA_DIR"
 
 
-class DataError(ValueError):
+class DataError(SslZooError, ValueError):
     """Raised for data that cannot be used, with a message that says what and where."""
 
 

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ssl_zoo.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 CONDITIONS = ("as_drawn", "centre_from_other_image", "centre_blanked")
@@ -41,7 +43,7 @@ def ablate_centre(patches: np.ndarray, condition: str, fill: np.ndarray) -> np.n
     elif condition == "centre_blanked":
         out[:, 0] = fill
     else:
-        raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
+        raise ConfigError(f"condition must be one of {CONDITIONS}, got {condition!r}")
     return out
 
 
@@ -58,7 +60,7 @@ def context_check(pretext_model, batches, fill, chance: float) -> dict[str, Any]
             correct[condition] += int((np.asarray(logits).argmax(-1) == labels).sum())
         count += len(labels)
     if count == 0:
-        raise ValueError("context check: no batch of at least 2 examples")
+        raise ConfigError("context check: no batch of at least 2 examples")
     accuracy = {c: correct[c] / count for c in CONDITIONS}
     above = accuracy["as_drawn"] - chance
     share = (accuracy["as_drawn"] - accuracy["centre_blanked"]) / above if above > 0 else None
@@ -90,10 +92,10 @@ def relative_patch_context_check(run_dir: str | Path, *, data_dir=None, split: s
                              list(overrides))
     method = method_from_recipe(recipe)
     if method.name != "relative_patch":
-        raise ValueError(f"{run_dir} trained {method.name!r}; the context check is for relative_patch runs")
+        raise ConfigError(f"{run_dir} trained {method.name!r}; the context check is for relative_patch runs")
     split = split or recipe.data.eval_split
     if not split:
-        raise ValueError("the recipe has no eval split; pass split=")
+        raise ConfigError("the recipe has no eval split; pass split=")
     # safe_mode: a run folder may come from elsewhere; no Lambda or pickled code is executed.
     model = keras.saving.load_model(run_dir / "pretext_model.keras", compile=False, safe_mode=True)
     source = open_source(recipe.data.source, data_dir)

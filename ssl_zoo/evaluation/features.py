@@ -14,6 +14,7 @@ import keras
 from ssl_zoo.backbones import stage_model
 from ssl_zoo.data.pipeline import build_dataset
 from ssl_zoo.data.sources import Source
+from ssl_zoo.errors import ConfigError
 
 
 def grid_for(side: int, channels: int, max_dims: int) -> int:
@@ -65,5 +66,5 @@ def extract(
             feats[s].append(out[s].numpy().astype(np.float32))
         labels.append(y.numpy())
     if not labels:
-        raise ValueError(f"{source.name}/{split} gave no images to extract features from")
+        raise ConfigError(f"{source.name}/{split} gave no images to extract features from")
     return {s: np.concatenate(v) for s, v in feats.items()}, np.concatenate(labels)

@@ -10,6 +10,7 @@ from pathlib import Path
 import keras
 
 from ssl_zoo.data.sources import open_source
+from ssl_zoo.errors import ConfigError
 from ssl_zoo.evaluation.features import extract
 from ssl_zoo.evaluation.knn import knn_accuracy
 from ssl_zoo.evaluation.linear_probe import linear_probe
@@ -38,7 +39,7 @@ def evaluate_backbone(
 ) -> dict:
     num_classes = source.num_classes()
     if not num_classes:
-        raise ValueError(f"{source.name} has no class labels to evaluate with")
+        raise ConfigError(f"{source.name} has no class labels to evaluate with")
     train_f, train_y = extract(backbone, source, train_split, stages, image_size, max_examples=max_train_examples)
     test_f, test_y = extract(backbone, source, test_split, stages, image_size)
     result = {"stages": {}, "knn": None}

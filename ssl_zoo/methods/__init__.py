@@ -1,5 +1,9 @@
 """Method registry: name -> method class (one file per method)."""
 
+import dataclasses
+
+from ssl_zoo.backbones import check_backbone_config
+from ssl_zoo.errors import ConfigError
 from ssl_zoo.methods.base import PretextMethod, extract_backbone
 from ssl_zoo.methods.exemplar import Exemplar
 from ssl_zoo.methods.jigsaw import Jigsaw
@@ -11,7 +15,13 @@ METHODS: dict[str, type[PretextMethod]] = {cls.name: cls for cls in (RotNet, Jig
 
 def build_method(name: str, **kwargs) -> PretextMethod:
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; available: {sorted(METHODS)}")
+        raise ConfigError(f"unknown method {name!r}; available: {sorted(METHODS)}")
+    known = {f.name for f in dataclasses.fields(METHODS[name]) if f.init}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ConfigError(f"[method] {name} has unknown parameters {unknown}; known: {sorted(known - {'backbone'})}")
+    if "backbone" in kwargs:
+        check_backbone_config(kwargs["backbone"])
     return METHODS[name](**kwargs)
 
 

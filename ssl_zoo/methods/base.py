@@ -17,6 +17,7 @@ import tensorflow as tf
 from ssl_zoo import losses
 from ssl_zoo.backbones import build_backbone
 from ssl_zoo.data.augment import AUGMENTATIONS
+from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import PRETEXT_HEAD
 
 BACKBONE = "backbone"
@@ -93,7 +94,7 @@ def extract_backbone(model: keras.Model) -> keras.Model:
         return model.get_layer(BACKBONE)
     except ValueError as e:
         names = [layer.name for layer in model.layers]
-        raise ValueError(f"model {model.name!r} has no layer {BACKBONE!r}; its layers: {names}") from e
+        raise ConfigError(f"model {model.name!r} has no layer {BACKBONE!r}; its layers: {names}") from e
 
 
 def single_view_classifier(backbone: keras.Model, head: keras.Model, image_size) -> keras.Model:

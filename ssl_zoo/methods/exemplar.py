@@ -34,6 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import classification_head
 from ssl_zoo.methods.base import PretextMethod, single_view_classifier
 from ssl_zoo.pretext.exemplar import apply_transformations, draw_example, seed_context
@@ -64,10 +65,10 @@ class Exemplar(PretextMethod):
 
     def __post_init__(self):
         if (self.context_size - self.patch_size) % 2 or self.context_size < self.patch_size:
-            raise ValueError("context_size must be >= patch_size and differ from it by an even number")
+            raise ConfigError("context_size must be >= patch_size and differ from it by an even number")
         size = self.backbone.get("image_size")
         if size is not None and size != self.patch_size:
-            raise ValueError(f"backbone image_size {size} must equal patch_size {self.patch_size}")
+            raise ConfigError(f"backbone image_size {size} must equal patch_size {self.patch_size}")
         for f in ("scale", "contrast", "sv_power", "sv_factor", "head_hidden_units"):
             setattr(self, f, tuple(getattr(self, f)))
         self.bank: np.ndarray | None = None  # [N, C, C, 3] uint8, from `prepare`
@@ -97,7 +98,7 @@ class Exemplar(PretextMethod):
             scores.append(s)
         n = sum(len(c) for c in contexts)
         if n < self.num_classes:
-            raise ValueError(f"{self.num_classes} surrogate classes need as many images; the data has {n}")
+            raise ConfigError(f"{self.num_classes} surrogate classes need as many images; the data has {n}")
         self.bank = np.concatenate(contexts)
         self.bank_scores = np.concatenate(scores)
 

@@ -23,6 +23,7 @@ from typing import ClassVar
 import keras
 
 from ssl_zoo.backbones.resnet import IMAGENET_MEAN, IMAGENET_STD
+from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import classification_head
 from ssl_zoo.methods.base import PretextMethod
 from ssl_zoo.methods.views import shared_backbone_over_views
@@ -59,14 +60,14 @@ class Jigsaw(PretextMethod):
         else:
             perms = decode_permutations(self.permutations)
             if len(perms) != self.num_permutations:
-                raise ValueError(
+                raise ConfigError(
                     f"{len(perms)} permutations given but num_permutations={self.num_permutations}"
                 )
             self.permutations = encode_permutations(perms)
         self._perms = perms
         size = self.backbone.get("image_size")
         if size is not None and size != self.tile_size:
-            raise ValueError(f"backbone image_size {size} must equal the jigsaw tile_size {self.tile_size}")
+            raise ConfigError(f"backbone image_size {size} must equal the jigsaw tile_size {self.tile_size}")
         self.saturation = tuple(self.saturation)
         self.head_hidden_units = tuple(self.head_hidden_units)
 

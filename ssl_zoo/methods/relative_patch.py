@@ -17,6 +17,7 @@ from typing import ClassVar
 import keras
 
 from ssl_zoo.backbones.resnet import IMAGENET_MEAN
+from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import classification_head
 from ssl_zoo.methods.base import PretextMethod
 from ssl_zoo.methods.views import shared_backbone_over_views
@@ -41,12 +42,12 @@ class RelativePatch(PretextMethod):
 
     def __post_init__(self):
         if self.chroma_defence not in CHROMA_DEFENCES:
-            raise ValueError(f"chroma_defence must be one of {CHROMA_DEFENCES}, got {self.chroma_defence!r}")
+            raise ConfigError(f"chroma_defence must be one of {CHROMA_DEFENCES}, got {self.chroma_defence!r}")
         if self.placement not in PLACEMENTS:
-            raise ValueError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
+            raise ConfigError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
         size = self.backbone.get("image_size")
         if size is not None and size != self.patch_size:
-            raise ValueError(f"backbone image_size {size} must equal patch_size {self.patch_size}")
+            raise ConfigError(f"backbone image_size {size} must equal patch_size {self.patch_size}")
         self.head_hidden_units = tuple(self.head_hidden_units)
 
     def build_model(self) -> keras.Model:

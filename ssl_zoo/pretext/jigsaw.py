@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from ssl_zoo.backbones.resnet import IMAGENET_MEAN, IMAGENET_STD
 from ssl_zoo.data.augment import center_crop, resize_shorter
+from ssl_zoo.errors import ConfigError
 from ssl_zoo.pretext.permutations import (  # noqa: F401  (re-exported: the jigsaw API in one place)
     decode_permutations,
     encode_permutations,
@@ -58,7 +59,7 @@ def tile_positions(crop_size: int, tile_size: int, seed, jitter: bool):
     """
     cell = crop_size // GRID
     if tile_size > cell:
-        raise ValueError(f"tile_size {tile_size} is larger than a grid cell ({crop_size} // 3 = {cell})")
+        raise ConfigError(f"tile_size {tile_size} is larger than a grid cell ({crop_size} // 3 = {cell})")
     slack = cell - tile_size
     if jitter and slack > 0:
         offsets = tf.random.stateless_uniform([NUM_TILES, 2], seed, minval=0, maxval=slack + 1, dtype=tf.int32)

@@ -14,6 +14,8 @@ import itertools
 
 import numpy as np
 
+from ssl_zoo.errors import ConfigError
+
 NUM_TILES = 9
 
 
@@ -29,7 +31,7 @@ def _all_permutations(size: int) -> np.ndarray:
 def _greedy(n: int, seed: int, size: int) -> tuple[np.ndarray, int]:
     perms = _all_permutations(size)
     if not 1 <= n <= len(perms):
-        raise ValueError(f"num_permutations must be in [1, {len(perms)}], got {n}")
+        raise ConfigError(f"num_permutations must be in [1, {len(perms)}], got {n}")
     # A seeded shuffle of the candidates: argmax takes the first maximum, so ties are broken in a
     # random order that is a pure function of the seed.
     order = np.random.default_rng(seed).permutation(len(perms))
@@ -93,9 +95,9 @@ def decode_permutations(rows) -> np.ndarray:
     """The inverse of `encode_permutations`, with validation."""
     perms = np.array([[int(c) for c in str(row)] for row in rows], np.int32)
     if perms.ndim != 2 or perms.shape[1] != NUM_TILES:
-        raise ValueError(f"permutations must be strings of {NUM_TILES} digits, got shape {perms.shape}")
+        raise ConfigError(f"permutations must be strings of {NUM_TILES} digits, got shape {perms.shape}")
     if not (np.sort(perms, axis=1) == np.arange(NUM_TILES)).all():
-        raise ValueError("every permutation must contain each of 0..8 exactly once")
+        raise ConfigError("every permutation must contain each of 0..8 exactly once")
     if len({tuple(p) for p in perms}) != len(perms):
-        raise ValueError("the permutation set has duplicates")
+        raise ConfigError("the permutation set has duplicates")
     return perms

@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from ssl_zoo.backbones.resnet import IMAGENET_MEAN
 from ssl_zoo.data.augment import center_crop, resize_shorter
+from ssl_zoo.errors import ConfigError
 
 NUM_NEIGHBOURS = 8
 # Label k -> (row, col) offset of the neighbour from the centre patch, in raster order.
@@ -111,16 +112,16 @@ def relative_patch_example(
     returned.
     """
     if chroma_defence not in CHROMA_DEFENCES:
-        raise ValueError(f"chroma_defence must be one of {CHROMA_DEFENCES}, got {chroma_defence!r}")
+        raise ConfigError(f"chroma_defence must be one of {CHROMA_DEFENCES}, got {chroma_defence!r}")
     if placement not in PLACEMENTS:
-        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+        raise ConfigError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     if placement == "grid":
         extent, what = grid_extent(patch_size, gap, jitter), "3 patches of {p} + 2 gaps of {g}"
     else:
         extent, what = pair_extent(patch_size, gap, jitter), "2 patches of {p} + a gap of {g}"
     if extent > crop_size:
         what = what.format(p=patch_size, g=gap)
-        raise ValueError(f"{what} + 2 x jitter {jitter} = {extent} px do not fit in {crop_size}")
+        raise ConfigError(f"{what} + 2 x jitter {jitter} = {extent} px do not fit in {crop_size}")
     crop_seed, place_seed, label_seed, jitter_seed, chroma_seed = tf.unstack(
         tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 5)
     )

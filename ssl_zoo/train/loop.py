@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from ssl_zoo.data.pipeline import build_dataset, check_not_empty
 from ssl_zoo.data.sources import ImagelessSource, Source
+from ssl_zoo.errors import ConfigError
 from ssl_zoo.methods.base import PretextMethod, extract_backbone
 from ssl_zoo.train.recipe import OptimizerConfig, Recipe
 from ssl_zoo.train.strategy import is_chief, worker_dir
@@ -50,7 +51,7 @@ def build_optimizer(cfg: OptimizerConfig, global_batch: int, total_steps: int, s
     elif cfg.schedule == "constant":
         lr = peak
     else:
-        raise ValueError(f"unknown schedule {cfg.schedule!r}; cosine or constant")
+        raise ConfigError(f"unknown schedule {cfg.schedule!r}; cosine or constant")
     if cfg.name == "sgd":
         opt = keras.optimizers.SGD(lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay or None)
     elif cfg.name == "adamw":
@@ -58,7 +59,7 @@ def build_optimizer(cfg: OptimizerConfig, global_batch: int, total_steps: int, s
     elif cfg.name == "lamb":
         opt = keras.optimizers.Lamb(lr, weight_decay=cfg.weight_decay or None)
     else:
-        raise ValueError(f"unknown optimizer {cfg.name!r}; sgd, adamw or lamb")
+        raise ConfigError(f"unknown optimizer {cfg.name!r}; sgd, adamw or lamb")
     if cfg.weight_decay:
         # Batch-norm scales/offsets and biases are not decayed (standard since Goyal et al. 2017).
         opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
@@ -99,13 +100,13 @@ class Trainer:
         train = recipe.train
         replicas = strategy.num_replicas_in_sync
         if train.global_batch % replicas:
-            raise ValueError(f"global batch {train.global_batch} is not divisible by {replicas} replicas")
+            raise ConfigError(f"global batch {train.global_batch} is not divisible by {replicas} replicas")
         self.global_batch = train.global_batch
         self.per_replica_batch = train.global_batch // replicas
         n = source.num_examples(recipe.data.train_split)
         self.steps_per_epoch = train.steps_per_epoch or (n // train.global_batch if n else None)
         if not self.steps_per_epoch:
-            raise ValueError(
+            raise ConfigError(
                 f"{source.name}/{recipe.data.train_split} has {n} examples: fewer than one global batch of {train.global_batch}"
             )
         self.total_steps = self.steps_per_epoch * train.epochs

@@ -1,7 +1,8 @@
 """Recipes: typed, declarative training configurations stored as TOML under `training/`.
 
 A recipe chooses values only; every section maps onto a dataclass, unknown keys are errors (a typo
-never silently falls back to a default). The file's leading comment block says what the recipe
+never silently falls back to a default). [method] and [backbone] are checked against the method's
+and the architecture's parameters when the method is built, before any data is read. The file's leading comment block says what the recipe
 should reach, how long it takes and the command that reproduces it (big_vision's habit).
 """
 
@@ -11,6 +12,8 @@ import dataclasses
 import tomllib
 from pathlib import Path
 from typing import Any
+
+from ssl_zoo.errors import ConfigError
 
 
 @dataclasses.dataclass
@@ -80,7 +83,7 @@ def _typed(cls, values: dict, section: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(f"recipe section [{section}] has unknown keys {unknown}; known: {sorted(fields)}")
+        raise ConfigError(f"recipe section [{section}] has unknown keys {unknown}; known: {sorted(fields)}")
     out = dict(values)
     for key, value in values.items():
         if isinstance(value, list):
@@ -92,7 +95,7 @@ def recipe_from_dict(raw: dict[str, Any], name: str = "recipe", description: str
     raw = dict(raw)
     for required in ("method", "backbone"):
         if required not in raw:
-            raise ValueError(f"recipe {name!r} has no [{required}] section")
+            raise ConfigError(f"recipe {name!r} has no [{required}] section")
     recipe = Recipe(
         name=raw.pop("name", name),
         method=dict(raw.pop("method")),
@@ -104,7 +107,7 @@ def recipe_from_dict(raw: dict[str, Any], name: str = "recipe", description: str
         description=raw.pop("description", description),
     )
     if raw:
-        raise ValueError(f"recipe {name!r} has unknown sections {sorted(raw)}")
+        raise ConfigError(f"recipe {name!r} has unknown sections {sorted(raw)}")
     return recipe
 
 
@@ -114,7 +117,7 @@ def load_recipe(path: str | Path) -> Recipe:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"recipe {path} is not valid TOML: {e}") from e
+        raise ConfigError(f"recipe {path} is not valid TOML: {e}") from e
     comment = "\n".join(
         line[1:].strip() for line in text.splitlines() if line.startswith("#")
     )
@@ -127,10 +130,10 @@ def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or "." not in key:
-            raise ValueError(f"override {item!r} must look like section.key=value")
+            raise ConfigError(f"override {item!r} must look like section.key=value")
         section, field = key.split(".", 1)
         if section not in raw or not isinstance(raw[section], dict):
-            raise ValueError(f"override {item!r}: no section {section!r}")
+            raise ConfigError(f"override {item!r}: no section {section!r}")
         try:
             parsed = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:

@@ -7,6 +7,8 @@ import os
 
 import tensorflow as tf
 
+from ssl_zoo.errors import ConfigError
+
 STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
 
 
@@ -42,7 +44,7 @@ def build_strategy(kind: str = "default", devices: list[str] | None = None, tpu:
         return tf.distribute.MirroredStrategy(devices=devices)
     if kind == "multiworker":
         if "TF_CONFIG" not in os.environ:
-            raise ValueError("multiworker strategy needs TF_CONFIG (cluster and task) in the environment")
+            raise ConfigError("multiworker strategy needs TF_CONFIG (cluster and task) in the environment")
         json.loads(os.environ["TF_CONFIG"])  # fail early on malformed JSON
         return tf.distribute.MultiWorkerMirroredStrategy()
     if kind == "tpu":
@@ -50,7 +52,7 @@ def build_strategy(kind: str = "default", devices: list[str] | None = None, tpu:
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
-    raise ValueError(f"unknown strategy {kind!r}; one of {STRATEGIES}")
+    raise ConfigError(f"unknown strategy {kind!r}; one of {STRATEGIES}")
 
 
 def is_chief(strategy) -> bool:
