@@ -16,6 +16,20 @@ from typing import Any
 
 LICENSE = "apache-2.0"
 
+
+def stages_in_network_order(stages) -> list[str]:
+    """stem, stage1 ... stageN, pooled: the order of the per-stage curve. Reports are written with
+    sorted keys (pooled, stage1, ..., stem), which would put the curve's ends in the middle."""
+    def depth(stage: str) -> tuple[int, str]:
+        if stage == "stem":
+            return 0, stage
+        if stage.startswith("stage") and stage[5:].isdigit():
+            return int(stage[5:]), stage
+        return (1000 if stage == "pooled" else 999), stage
+
+    return sorted(stages, key=depth)
+
+
 # One paragraph per method: the paper, and what the pretext task is.
 METHODS = {
     "rotnet": {
@@ -212,7 +226,8 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None) -> str:
             f"same architecture at random initialisation (the floor a frozen random network already reaches).\n")
         add("| stage | probe dims | trained | random init | gain |")
         add("|---|---:|---:|---:|---:|")
-        for stage, r in report["linear_probe"].items():
+        for stage in stages_in_network_order(report["linear_probe"]):
+            r = report["linear_probe"][stage]
             add(f"| {stage} | {r['dims']} | {_pct(r['trained'])} | {_pct(r['random_init'])} | "
                 f"{100 * (r['trained'] - r['random_init']):+.2f} pt |")
         add("")
@@ -296,7 +311,7 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None) -> str:
         add("```toml\n" + recipe_toml(recipe) + "\n```\n")
         ev_flags = ""
         if report:
-            stages = ",".join(report["linear_probe"])
+            stages = ",".join(stages_in_network_order(report["linear_probe"]))
             pe = _probe_epochs(proto)
             ev_flags = (f" --dataset {report.get('dataset')} --stages {stages} --image-size {proto.get('image_size', size)}"
                         f" --knn-k {report['knn']['k']}" + (f" --probe-epochs {pe}" if pe else "")
@@ -367,7 +382,7 @@ def plot_probe(report: dict, path: str | os.PathLike, title: str = "") -> Path |
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    stages = list(report["linear_probe"])
+    stages = stages_in_network_order(report["linear_probe"])
     trained = [100 * report["linear_probe"][s]["trained"] for s in stages]
     floor = [100 * report["linear_probe"][s]["random_init"] for s in stages]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)

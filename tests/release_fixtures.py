@@ -59,7 +59,8 @@ def eval_report(stages=("stem", "stage1", "stage2", "stage3", "stage4", "pooled"
     trained = dict(zip(stages, (0.3112, 0.3541, 0.3987, 0.4316, 0.4471, 0.4203)))
     floor = dict(zip(stages, (0.3305, 0.3420, 0.3391, 0.3172, 0.2810, 0.2634)))
     dims = dict(zip(stages, (2048, 2048, 4096, 2048, 1024, 64)))
-    per_stage = {s: {"trained": trained[s], "random_init": floor[s], "dims": dims[s]} for s in stages}
+    # Sorted keys, as `ssl-zoo evaluate` writes them (pooled, stage1, ..., stem).
+    per_stage = {s: {"trained": trained[s], "random_init": floor[s], "dims": dims[s]} for s in sorted(stages)}
     best = max(stages, key=lambda s: trained[s])
     best_floor = max(stages, key=lambda s: floor[s])
     return {

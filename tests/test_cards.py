@@ -7,11 +7,14 @@ import json
 import re
 import shlex
 import tomllib
+from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
 
 import release_fixtures as rf
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -39,7 +42,9 @@ def test_card_table_equals_eval_json(preset):
     report = rf.eval_report()
     text = (preset / "README.md").read_text()
     rows = re.findall(r"^\| (\w+) \| (\d+) \| ([\d.]+) % \| ([\d.]+) % \| ([+-][\d.]+) pt \|$", text, re.M)
-    assert [r[0] for r in rows] == list(report["linear_probe"])
+    # Network order, whatever the report's key order (reports are written with sorted keys).
+    assert list(report["linear_probe"])[0] == "pooled"
+    assert [r[0] for r in rows] == ["stem", "stage1", "stage2", "stage3", "stage4", "pooled"]
     for stage, dims, trained, floor, gain in rows:
         r = report["linear_probe"][stage]
         assert int(dims) == r["dims"]
@@ -84,6 +89,19 @@ def test_model_cards_folder_and_cli(preset, tmp_path):
     text = card.read_text()
     assert f"({rf.NAME}_probe.png)" in text
     assert text.replace(f"{rf.NAME}_probe.png", "probe_per_stage.png") == (preset / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name", [e["name"] for e in json.loads(
+    (REPO / "ssl_zoo" / "zoo" / "entries.json").read_text())["entries"]])
+def test_released_cards_are_what_the_current_template_renders(name):
+    # A card template change must reach every released entry: its packaged preset card and its copy in
+    # model_cards/ are regenerated from the preset's metadata (`ssl-zoo card PRESET`), never hand-edited.
+    from ssl_zoo.cards import render_card
+
+    preset = REPO / "ssl_zoo" / "zoo" / "presets" / name
+    meta = json.loads((preset / "metadata.json").read_text())
+    assert (preset / "README.md").read_text() == render_card(meta, "probe_per_stage.png")
+    assert (REPO / "model_cards" / f"{name}.md").read_text() == render_card(meta, f"{name}_probe.png")
 
 
 def test_card_without_evaluation_states_it(preset):
@@ -148,6 +166,13 @@ def test_relative_patch_limitation_names_the_runs_chromatic_defence(preset):
     assert limitations[None] == limitations["channel_drop"]  # recorded before the parameter existed
     assert "green-magenta" in limitations["grey"] and "single colour" not in limitations["grey"]
     assert "not whole images." in limitations["none"]
+
+
+def test_stages_in_network_order():
+    from ssl_zoo.cards import stages_in_network_order
+
+    assert stages_in_network_order(["pooled", "stage1", "stage10", "stage2", "stem"]) == [
+        "stem", "stage1", "stage2", "stage10", "pooled"]
 
 
 def test_pretext_chance_levels():
