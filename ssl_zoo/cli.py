@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 
+from ssl_zoo import __version__
 from ssl_zoo.errors import SslZooError
 
 
@@ -144,6 +145,7 @@ def cmd_finetune(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssl-zoo", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a method from a recipe")

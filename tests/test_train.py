@@ -136,3 +136,12 @@ def test_run_killed_mid_epoch_resumes_to_the_same_step_count(tmp_path):
     assert run["steps"] == 24
     assert [h["step"] for h in history] == [12, 24]
     assert (tmp_path / "run" / "backbone.keras").exists()
+
+
+def test_version_of_the_command_is_the_package_version(capsys):
+    import ssl_zoo
+    from ssl_zoo.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"ssl-zoo {ssl_zoo.__version__}"
