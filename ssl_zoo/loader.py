@@ -36,7 +36,8 @@ class LoadError(SslZooError, ValueError):
 
 
 class UnsafeModelError(LoadError):
-    pass
+    """The file would run code on load or call: a Keras `Lambda` layer, or SavedModel ops beyond pure
+    tensor computations (file access, Python callbacks)."""
 
 
 class IntegrityError(LoadError):
@@ -254,6 +255,23 @@ def _select(model, stages, name: str):
     return selected
 
 
+def _refuse_impure_saved_model(path: Path) -> None:
+    """A SavedModel is a program: read which ops it would run before TensorFlow loads it."""
+    from google.protobuf.message import DecodeError
+
+    from ssl_zoo.saved_model_ops import impure_ops
+
+    try:
+        impure = impure_ops(path)
+    except DecodeError as e:
+        raise LoadError(f"{path}/saved_model.pb is not a SavedModel protobuf ({e})") from e
+    if impure:
+        found = "; ".join(f"{op} (in {', '.join(sorted(where)[:2])})" for op, where in sorted(impure.items()))
+        raise UnsafeModelError(
+            f"{path}: refused, the SavedModel would run ops that are not pure tensor computations: {found}. "
+            f"A backbone reads no files and runs no Python; see ssl_zoo.saved_model_ops.PURE_TENSOR_OPS")
+
+
 def _load_saved_model(res: ResolvedSource, stages, trainable: bool):
     import keras
 
@@ -262,6 +280,7 @@ def _load_saved_model(res: ResolvedSource, stages, trainable: bool):
     if trainable:
         raise LoadError(f"{res.path} is a SavedModel: it loads as a frozen inference layer (keras TFSMLayer) "
                         f"and cannot be fine-tuned. Pass trainable=False, or load the preset or .keras export")
+    _refuse_impure_saved_model(res.path)
     layer = keras.layers.TFSMLayer(str(res.path), call_endpoint="serving_default", trainable=False, name="saved_model")
     spec = layer._reloaded_obj.signatures["serving_default"].structured_input_signature[1]["images"]
     size = spec.shape[1]

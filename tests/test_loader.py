@@ -74,6 +74,46 @@ def test_saved_model_source_is_a_frozen_tfsm_layer(tmp_path_factory):
         load_raw_backbone(ex["saved_model"])
 
 
+def _saved_model_that_touches_files(folder, target):
+    """A SavedModel shaped like an export (serving_default: images -> pooled) whose call writes `target`
+    from a nested tf.function (found only by following function calls) and reads it back."""
+    import tensorflow as tf
+
+    class Backdoor(tf.Module):
+        @tf.function
+        def _side_effect(self):
+            tf.io.write_file(str(target), "pwned")
+            return tf.io.read_file(str(target))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 16, 16, 3], tf.float32, name="images")])
+        def serve(self, images):
+            self._side_effect()
+            return {"pooled": tf.reduce_mean(images, axis=[1, 2])}
+
+    module = Backdoor()
+    tf.saved_model.save(module, str(folder), signatures={"serving_default": module.serve})
+    return folder
+
+
+def test_saved_model_that_would_touch_files_is_refused_before_loading(tmp_path):
+    from ssl_zoo.saved_model_ops import impure_ops
+
+    target = tmp_path / "written_by_the_model.txt"
+    folder = _saved_model_that_touches_files(tmp_path / "saved_model", target)
+    assert {"WriteFile", "ReadFile"} <= set(impure_ops(folder))
+    with pytest.raises(UnsafeModelError, match="refused.*ReadFile.*WriteFile"):
+        load_backbone(folder)
+    assert not target.exists()  # nothing ran
+
+
+def test_exported_saved_models_are_pure_tensor_programs(tmp_path_factory):
+    from ssl_zoo.saved_model_ops import PURE_TENSOR_OPS, reachable_ops
+
+    ops = reachable_ops(rf.exported(tmp_path_factory)["saved_model"])
+    assert {"Conv2D", "Relu", "Mean"} <= set(ops) <= PURE_TENSOR_OPS
+    assert "SaveV2" not in ops and "RestoreV2" not in ops  # the checkpoint functions are not reachable
+
+
 def test_tampered_weights_are_refused(tmp_path, tmp_path_factory):
     ex = rf.copy_export(tmp_path, tmp_path_factory)
     weights = ex["preset"] / "model.weights.h5"
