@@ -24,7 +24,32 @@ def _setup_logging(verbose: bool = False) -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)
 
 
+def _launch_workers(args) -> int | None:
+    """--local-workers: start the workers and supervise them (returns their status); --worker-hosts:
+    make this process one worker of that cluster (returns None and training goes on here)."""
+    from ssl_zoo.errors import ConfigError
+    from ssl_zoo.train.launch import run_local_workers, tf_config, without_option
+
+    if args.strategy not in ("default", "multiworker"):
+        raise ConfigError(f"--local-workers / --worker-hosts run MultiWorkerMirroredStrategy, not --strategy {args.strategy}")
+    if args.local_workers and args.worker_hosts:
+        raise ConfigError("give either --local-workers (all workers on this host) or --worker-hosts (a cluster)")
+    if args.local_workers:
+        argv = without_option(without_option(args.argv, "--local-workers"), "--strategy")
+        return run_local_workers([sys.executable, "-m", "ssl_zoo.cli", *argv, "--strategy", "multiworker"],
+                                 args.local_workers)
+    if args.worker_index is None:
+        raise ConfigError("--worker-hosts needs --worker-index (this machine's position in the list, from 0)")
+    os.environ["TF_CONFIG"] = tf_config(args.worker_hosts.split(","), args.worker_index)
+    args.strategy = "multiworker"
+    return None
+
+
 def cmd_train(args) -> int:
+    if args.local_workers or args.worker_hosts:
+        status = _launch_workers(args)
+        if status is not None:
+            return status
     from ssl_zoo.data.sources import open_source
     from ssl_zoo.methods import method_from_recipe
     from ssl_zoo.train.loop import Trainer
@@ -156,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", default=None, help="comma-separated devices for --strategy mirrored")
     p.add_argument("--logical-cpus", type=int, default=0, help="split the CPU into N logical devices (testing)")
     p.add_argument("--tpu", default="", help="TPU name or address for --strategy tpu")
+    p.add_argument("--local-workers", type=int, default=0, metavar="N",
+                   help="run N multi-worker processes on this host (free local ports; TF_CONFIG set for each)")
+    p.add_argument("--worker-hosts", default=None, metavar="HOST:PORT,...",
+                   help="multi-worker cluster: every worker's address, the same list on every machine")
+    p.add_argument("--worker-index", type=int, default=None, help="with --worker-hosts: this machine's index")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--steps-per-epoch", type=int, default=None)
     p.add_argument("--global-batch", type=int, default=None)
@@ -249,7 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command as typed: --local-workers hands it on to its workers
     _setup_logging(args.verbose)
     try:
         return args.func(args)

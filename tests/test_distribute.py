@@ -3,7 +3,6 @@ and two worker processes on 127.0.0.1."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,11 +11,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import TINY_BACKBONE, assert_replicas_match, tiny_recipe, write_image_folder
+from helpers import TINY_BACKBONE, assert_replicas_match, tiny_recipe, tiny_recipe_toml, write_image_folder
 from ssl_zoo import losses
 from ssl_zoo.data.sources import ArraySource
 from ssl_zoo.methods import build_method
 from ssl_zoo.pretext.rotation import rotate_batch
+from ssl_zoo.train.launch import free_local_ports
 from ssl_zoo.train.loop import Trainer
 
 HERE = Path(__file__).parent
@@ -52,20 +52,10 @@ def test_global_mean_divides_by_the_global_count():
     np.testing.assert_allclose(float(total), np.mean([1, 2, 3, 4, 5, 6]))
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.mark.slow
 def test_two_worker_processes_end_with_identical_weights(tmp_path):
     write_image_folder(tmp_path, n=32)
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    workers = [f"127.0.0.1:{p}" for p in free_local_ports(2)]
     procs = []
     for index in range(2):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
@@ -92,5 +82,23 @@ def test_two_worker_processes_end_with_identical_weights(tmp_path):
     # Training happened: weights moved away from the initial ones on both workers alike.
     assert all("WORKER DONE" in o for o in outputs)
     # Only the chief keeps artefacts; the other worker's temporary copies are gone.
+    assert (tmp_path / "run" / "backbone.keras").exists()
+    assert not list((tmp_path / "run").glob(".worker_tmp_*"))
+
+
+@pytest.mark.slow
+def test_ssl_zoo_train_with_local_workers_trains_one_run(tmp_path):
+    # The user's path: one command starts two MultiWorkerMirroredStrategy workers on this host.
+    write_image_folder(tmp_path, n=32)
+    tiny_recipe_toml(tmp_path / "recipe.toml", epochs=1, steps_per_epoch=4)
+    cmd = [sys.executable, "-m", "ssl_zoo.cli", "train", str(tmp_path / "recipe.toml"), "--data-dir", str(tmp_path),
+           "--out", str(tmp_path / "run"), "--local-workers", "2"]
+    out = subprocess.run(cmd, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, capture_output=True, text=True,
+                         timeout=420)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert "[worker 0] " in out.stdout and "[worker 1] " in out.stdout
+    assert "over 2 replicas" in out.stdout  # one cluster of two workers, not two separate runs
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history[-1]["step"] == 4
     assert (tmp_path / "run" / "backbone.keras").exists()
     assert not list((tmp_path / "run").glob(".worker_tmp_*"))
