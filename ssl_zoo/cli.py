@@ -129,13 +129,16 @@ def cmd_list(args) -> int:
 
 
 def cmd_card(args) -> int:
-    from ssl_zoo.cards import write_model_card
+    from ssl_zoo.cards import write_card_files, write_model_card
     from ssl_zoo.loader import resolve_source
 
     res = resolve_source(args.source)
     if res.kind != "preset":
         raise SystemExit(f"{args.source}: a card is generated from a preset folder (its metadata.json)")
     print(write_model_card(res.path, args.out))
+    if args.in_preset:
+        meta = json.loads((res.path / "metadata.json").read_text())
+        print(write_card_files(meta, res.path))
     return 0
 
 
@@ -248,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("card", help="(re)generate the model card of a preset / zoo entry from its metadata")
     p.add_argument("source", help="preset folder, export folder or zoo name")
     p.add_argument("--out", default="model_cards", help="cards folder (default model_cards)")
+    p.add_argument("--in-preset", action="store_true",
+                   help="also rewrite the preset's own README.md and plot (after a card template change)")
     p.set_defaults(func=cmd_card)
 
     p = sub.add_parser("push", help="upload a preset folder or zoo entry to the Hugging Face Hub")

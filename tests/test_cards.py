@@ -91,6 +91,17 @@ def test_model_cards_folder_and_cli(preset, tmp_path):
     assert text.replace(f"{rf.NAME}_probe.png", "probe_per_stage.png") == (preset / "README.md").read_text()
 
 
+def test_card_in_preset_rewrites_the_presets_own_card(tmp_path, tmp_path_factory):
+    # After a card template change: the preset's README.md is re-rendered from its metadata too.
+    from ssl_zoo.cli import main
+
+    preset = rf.copy_export(tmp_path, tmp_path_factory)["preset"]
+    expected = (preset / "README.md").read_text()
+    (preset / "README.md").write_text("stale")
+    assert main(["card", str(preset), "--out", str(tmp_path / "model_cards"), "--in-preset"]) == 0
+    assert (preset / "README.md").read_text() == expected
+
+
 @pytest.mark.parametrize("name", [e["name"] for e in json.loads(
     (REPO / "ssl_zoo" / "zoo" / "entries.json").read_text())["entries"]])
 def test_released_cards_are_what_the_current_template_renders(name):
