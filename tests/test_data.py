@@ -191,6 +191,11 @@ def test_real_cifar10_offline(data_dir):
     assert source.num_examples("train") == 50_000 and source.num_classes() == 10
     images, labels = next(iter(build_dataset(source, "test", batch_size=8, image_size=32)))
     assert images.shape == (8, 32, 32, 3) and labels.shape == (8,)
+    # TFDS split slices (a subset for a quick probe; ImageNet-scale evaluations use them).
+    assert source.num_examples("train[:1%]") == 500
+    assert sum(1 for _ in source.examples("test[:20]")) == 20
+    with pytest.raises(DataError, match="no split 'trian\\[:1%\\]'.*'train', 'test'"):
+        source.examples("trian[:1%]")
 
 
 @pytest.mark.data

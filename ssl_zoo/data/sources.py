@@ -81,8 +81,7 @@ class TFDSSource(Source):
     def examples(self, split, shuffle_seed=None):
         import tensorflow_datasets as tfds
 
-        if split not in self._builder.info.splits:
-            raise DataError(f"{self.name} has no split {split!r}; it has {list(self._builder.info.splits)}")
+        self.num_examples(split)  # an unknown split (or a bad slice) is a DataError naming the splits
         read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
         ds = self._builder.as_dataset(
             split=split, shuffle_files=shuffle_seed is not None, read_config=read_config
@@ -100,7 +99,12 @@ class TFDSSource(Source):
         return ds.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
 
     def num_examples(self, split):
-        return self._builder.info.splits[split].num_examples
+        # TFDS split slicing works everywhere a split is named: "train[:10%]", "train[5000:]".
+        try:
+            return self._builder.info.splits[split].num_examples
+        except (KeyError, ValueError) as e:
+            raise DataError(f"{self.name} has no split {split!r} ({e}); it has {list(self._builder.info.splits)}"
+                            f" (slices such as 'train[:10%]' work too)") from e
 
     def num_classes(self):
         features = self._builder.info.features
