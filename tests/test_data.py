@@ -153,6 +153,18 @@ def test_missing_tfds_names_the_directory_and_how_to_prepare(tmp_path):
     assert str(tmp_path) in str(err.value) and "tfds build cifar10" in str(err.value)
 
 
+def test_url_data_dirs_reach_tfds_intact():
+    # gs:// must not become gs:/ (pathlib would). TF's in-memory filesystem stands in for Cloud Storage.
+    tf.io.gfile.makedirs("ram://zoo_data/tensorflow_datasets")
+    with pytest.raises(DataError) as err:
+        TFDSSource("cifar10", "ram://zoo_data/")
+    # The URL arrives intact, and its tensorflow_datasets/ subfolder was found through tf.io.gfile.
+    # (TFDS itself cannot read ram://, so opening fails there; gs:// it reads.)
+    assert "in ram://zoo_data/tensorflow_datasets" in str(err.value)
+    with pytest.raises(DataError, match="read from local disk"):
+        open_source("folder:imagenette", "gs://bucket/data")
+
+
 def test_data_dir_from_environment(monkeypatch, tmp_path):
     (tmp_path / "pics").mkdir()
     Image.fromarray(_rgb()).save(tmp_path / "pics" / "x.png")

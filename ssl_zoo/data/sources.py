@@ -29,10 +29,15 @@ class DataError(SslZooError, ValueError):
     """Raised for data that cannot be used, with a message that says what and where."""
 
 
-def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
-    """The `--data-dir` flag if given, else `$SSL_ZOO_DATA_DIR`, else None (library defaults)."""
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | str | None:
+    """The `--data-dir` flag if given, else `$SSL_ZOO_DATA_DIR`, else None (library defaults).
+
+    A URL (`gs://bucket/data`, where TPU and cloud jobs keep TFDS data) stays a string: `Path`
+    would turn `gs://` into `gs:/`."""
     value = data_dir if data_dir else os.environ.get(DATA_DIR_ENV)
-    return Path(value).expanduser() if value else None
+    if not value:
+        return None
+    return str(value).rstrip("/") if "://" in str(value) else Path(value).expanduser()
 
 
 class Source:
@@ -62,7 +67,10 @@ class TFDSSource(Source):
         self.stats = SkipStats()
         root = resolve_data_dir(data_dir)
         # Accept either the TFDS data dir itself or a data root holding `tensorflow_datasets/`.
-        if root is not None and (root / "tensorflow_datasets").is_dir():
+        if isinstance(root, str):  # a URL: tf.io.gfile speaks gs:// (and every other TF filesystem)
+            if tf.io.gfile.isdir(f"{root}/tensorflow_datasets"):
+                root = f"{root}/tensorflow_datasets"
+        elif root is not None and (root / "tensorflow_datasets").is_dir():
             root = root / "tensorflow_datasets"
         self.data_dir = str(root) if root is not None else None
         try:
@@ -346,6 +354,9 @@ def open_source(spec: str, data_dir: str | os.PathLike | None = None, *, cache: 
     if kind == "folder":
         path = Path(value).expanduser()
         root = resolve_data_dir(data_dir)
+        if isinstance(root, str) and not path.is_absolute():
+            raise DataError(f"image folders are read from local disk; {spec!r} cannot be under the data dir "
+                            f"{root} (copy the folder locally, or prepare it as a TFDS dataset there)")
         if not path.is_absolute() and root is not None:
             path = root / path
         return ImageFolderSource(path, cache=cache)
