@@ -91,10 +91,15 @@ class PretextMethod:
 def extract_backbone(model: keras.Model) -> keras.Model:
     """The backbone inside a pretext model, found by name (the head is dropped by name too)."""
     try:
-        return model.get_layer(BACKBONE)
+        backbone = model.get_layer(BACKBONE)
     except ValueError as e:
         names = [layer.name for layer in model.layers]
         raise ConfigError(f"model {model.name!r} has no layer {BACKBONE!r}; its layers: {names}") from e
+    if len(backbone.outputs) > 1:
+        # A backbone that also hands a feature map to the head (views.py, fusion "spatial"): the
+        # exported backbone is the same layers up to the pooled features, its usual single output.
+        return keras.Model(backbone.input, backbone.get_layer("pooled").output, name=backbone.name)
+    return backbone
 
 
 def single_view_classifier(backbone: keras.Model, head: keras.Model, image_size) -> keras.Model:

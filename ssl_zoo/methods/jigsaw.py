@@ -26,7 +26,7 @@ from ssl_zoo.backbones.resnet import IMAGENET_MEAN, IMAGENET_STD
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import classification_head
 from ssl_zoo.methods.base import PretextMethod
-from ssl_zoo.methods.views import shared_backbone_over_views
+from ssl_zoo.methods.views import FUSIONS, shared_backbone_over_views
 from ssl_zoo.pretext.jigsaw import (
     NUM_TILES,
     decode_permutations,
@@ -52,6 +52,10 @@ class Jigsaw(PretextMethod):
     grey_probability: float = 0.3
     saturation: tuple[float, float] = (0.4, 1.6)
     head_hidden_units: tuple[int, ...] = (512,)
+    # What each tile contributes before fusion (`ssl_zoo.methods.views`): "pooled" features (the
+    # released entry) or "spatial", the paper's per-tile fc6 on the unpooled last-stage map.
+    fusion: str = "pooled"
+    per_view_units: int = 512
 
     def __post_init__(self):
         if self.permutations is None:
@@ -65,6 +69,8 @@ class Jigsaw(PretextMethod):
                 )
             self.permutations = encode_permutations(perms)
         self._perms = perms
+        if self.fusion not in FUSIONS:
+            raise ConfigError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         size = self.backbone.get("image_size")
         if size is not None and size != self.tile_size:
             raise ConfigError(f"backbone image_size {size} must equal the jigsaw tile_size {self.tile_size}")
@@ -79,7 +85,8 @@ class Jigsaw(PretextMethod):
     def build_model(self) -> keras.Model:
         backbone = self.build_backbone()
         head = classification_head(self.num_permutations, self.head_hidden_units)
-        return shared_backbone_over_views(backbone, head, NUM_TILES, self.tile_size, input_name="tiles")
+        return shared_backbone_over_views(backbone, head, NUM_TILES, self.tile_size, input_name="tiles",
+                                          fusion=self.fusion, per_view_units=self.per_view_units)
 
     def example_transform(self, image, size: int, seed, training: bool = True):
         return jigsaw_example(

@@ -6,7 +6,7 @@ Composition only: the per-example transform `ssl_zoo.pretext.relative_patch.rela
 (two patches with a gap and jitter, chromatic-aberration defence, label = neighbour index), a
 siamese backbone (one backbone, shared weights, over both patches; "the two patches are processed
 by ... networks with tied weights ... fused" after fc6, Fig. 3), fusion = concatenation of the two
-pooled features followed by an MLP, an 8-way softmax, cross-entropy; the default step trains it.
+patches' features (pooled, or the paper's per-patch fc6 on the unpooled map) followed by an MLP, an 8-way softmax, cross-entropy; the default step trains it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ssl_zoo.backbones.resnet import IMAGENET_MEAN
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import classification_head
 from ssl_zoo.methods.base import PretextMethod
-from ssl_zoo.methods.views import shared_backbone_over_views
+from ssl_zoo.methods.views import FUSIONS, shared_backbone_over_views
 from ssl_zoo.pretext.relative_patch import (CHROMA_DEFENCES, NUM_NEIGHBOURS, PLACEMENTS,
                                              relative_patch_example)
 
@@ -39,10 +39,17 @@ class RelativePatch(PretextMethod):
     # transform's module docstring).
     placement: str = "pair"
     head_hidden_units: tuple[int, ...] = (512, 512)
+    # What each patch contributes before fusion (`ssl_zoo.methods.views`): "pooled" features (the
+    # released entries) or "spatial", the paper's per-patch fc6 on the unpooled last-stage map,
+    # which keeps where in the patch a feature lies; `per_view_units` is that fc6's width.
+    fusion: str = "pooled"
+    per_view_units: int = 512
 
     def __post_init__(self):
         if self.chroma_defence not in CHROMA_DEFENCES:
             raise ConfigError(f"chroma_defence must be one of {CHROMA_DEFENCES}, got {self.chroma_defence!r}")
+        if self.fusion not in FUSIONS:
+            raise ConfigError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.placement not in PLACEMENTS:
             raise ConfigError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
         size = self.backbone.get("image_size")
@@ -53,7 +60,8 @@ class RelativePatch(PretextMethod):
     def build_model(self) -> keras.Model:
         backbone = self.build_backbone()
         head = classification_head(NUM_NEIGHBOURS, self.head_hidden_units)
-        return shared_backbone_over_views(backbone, head, 2, self.patch_size, input_name="patches")
+        return shared_backbone_over_views(backbone, head, 2, self.patch_size, input_name="patches",
+                                          fusion=self.fusion, per_view_units=self.per_view_units)
 
     def example_transform(self, image, size: int, seed, training: bool = True):
         return relative_patch_example(
