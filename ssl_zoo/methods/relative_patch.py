@@ -6,7 +6,8 @@ Composition only: the per-example transform `ssl_zoo.pretext.relative_patch.rela
 (two patches with a gap and jitter, chromatic-aberration defence, label = neighbour index), a
 siamese backbone (one backbone, shared weights, over both patches; "the two patches are processed
 by ... networks with tied weights ... fused" after fc6, Fig. 3), fusion = concatenation of the two
-patches' features (pooled, or the paper's per-patch fc6 on the unpooled map) followed by an MLP, an 8-way softmax, cross-entropy; the default step trains it.
+patches' features (pooled, or the paper's per-patch fc6 on the unpooled map) followed by an MLP,
+an 8-way softmax, cross-entropy; the default step trains it.
 """
 
 from __future__ import annotations
