@@ -144,10 +144,10 @@ def resnet(
     return keras.Model(inputs, outputs, name=name)
 
 
-def stage_model(backbone: keras.Model, stages=("pooled",)) -> keras.Model:
+def stage_model(backbone: keras.Model, stages=("pooled",), name: str | None = None) -> keras.Model:
     """A model from the backbone's input to a dict of the named stage outputs (shared weights)."""
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ConfigError(f"unknown stages {unknown}; available: {list(STAGES)}")
     outputs = {s: backbone.get_layer(s).output for s in stages}
-    return keras.Model(backbone.input, outputs, name=f"{backbone.name}_stages")
+    return keras.Model(backbone.input, outputs, name=name or f"{backbone.name}_stages")

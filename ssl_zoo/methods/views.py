@@ -24,6 +24,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from ssl_zoo.backbones import stage_model
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import PRETEXT_HEAD
 
@@ -53,11 +54,10 @@ def shared_backbone_over_views(
     if fusion == "pooled":
         features = backbone(folded)
     else:
-        # Same layers and weights as `backbone`, one more output: the last stage's feature map.
-        with_map = keras.Model(backbone.input, [backbone.output, backbone.get_layer(LAST_STAGE).output],
-                               name=backbone.name)
-        _, feature_map = with_map(folded)
-        features = per_view_projection(per_view_units)(feature_map)
+        # Same layers and weights as `backbone` (and its name, which `extract_backbone` looks for),
+        # one more output: the last stage's feature map.
+        with_map = stage_model(backbone, ("pooled", LAST_STAGE), name=backbone.name)
+        features = per_view_projection(per_view_units)(with_map(folded)[LAST_STAGE])
     dim = features.shape[-1]
     concatenated = keras.ops.reshape(features, (-1, num_views * dim))
     return keras.Model(inputs, head(concatenated), name="pretext_model")
