@@ -111,7 +111,7 @@ def run_part(part: str, method_name: str, data_dir: str, steps: int, warmup: int
         # Epoch after epoch, as training reads it (an epoch of Imagenette is only ~70 steps).
         batches = itertools.chain.from_iterable(trainer._train_dataset(epoch=e, skip=0) for e in itertools.count())
         first = next(batches)
-        per_step, view_side = _backbone_images(first[0])
+        per_step, view_side = _backbone_images(first["inputs"])
         if part == "pipeline":
             for _ in range(warmup):
                 next(batches)

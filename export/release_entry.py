@@ -1,7 +1,8 @@
 """Export, register and verify one zoo entry (see export/README.md).
 
     python export/release_entry.py runs/NAME --name NAME --eval runs/NAME/eval.json \
-        [--out export/NAME] [--hardware "..."] [--hf hf://org/NAME] [--no-register] [--recipe FILE]
+        [--out export/NAME] [--hardware "..."] [--hf hf://org/NAME] [--no-register] [--recipe FILE] \
+        [--diagnostics runs/NAME/diagnostics.json]
 
 Runs `ssl-zoo export --register --recipe training/NAME.toml` (the recipe file must hold exactly the
 values the run used, so that the repository reproduces the released weights; its header, with the
@@ -41,7 +42,9 @@ def main(argv=None) -> int:
     p.add_argument("--hf", default=None)
     p.add_argument("--no-register", action="store_true")
     p.add_argument("--tol", type=float, default=1e-4)
-    p.add_argument("--context-check", default=None, help="ssl-zoo context-check report, shown in the card")
+    p.add_argument("--diagnostics", "--context-check", default=None,
+                   help="ssl-zoo diagnose report of the run, recorded in the metadata and shown in the card "
+                        "(--context-check: its former name)")
     p.add_argument("--recipe", default=None,
                    help="recipe file that reproduces the run (default training/NAME.toml when it exists); "
                         "checked value by value against the run's, its header goes into the card")
@@ -64,8 +67,9 @@ def main(argv=None) -> int:
     recipe = args.recipe or (f"training/{args.name}.toml" if Path(f"training/{args.name}.toml").exists() else None)
     if recipe:
         cmd += ["--recipe", recipe]
-    if args.context_check:
-        cmd += ["--context-check", args.context_check]
+    if args.diagnostics:
+        # Through export's --context-check, which also takes a report written before `ssl-zoo diagnose`.
+        cmd += ["--context-check", args.diagnostics]
     if cli(cmd) != 0:
         return 1
 

@@ -14,6 +14,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ssl_zoo.methods.card import pct as _pct
+from ssl_zoo.preset import CARD_FILE, PLOT_FILE, atomic_file, diagnostics, read_metadata
+
 LICENSE = "apache-2.0"
 
 
@@ -30,84 +33,32 @@ def stages_in_network_order(stages) -> list[str]:
     return sorted(stages, key=depth)
 
 
-# One paragraph per method: the paper, and what the pretext task is.
-METHODS = {
-    "rotnet": {
-        "title": "RotNet",
-        "paper": "Gidaris, Singh & Komodakis, \"Unsupervised Representation Learning by Predicting Image "
-                 "Rotations\", ICLR 2018 (arXiv:1803.07728)",
-        "paragraph": "Every training image is shown at 0, 90, 180 and 270 degrees and the network is trained "
-                     "to classify which rotation it sees. No human label is used: to recognise the rotation "
-                     "\"the ConvNet model must learn to localize salient objects in the image, recognize their "
-                     "orientation and object type\" (Sec. 1). The rotation head is dropped after training; "
-                     "the backbone's features are what this entry releases.",
-        "pretext_classes": 4,
-        "limitation": "RotNet's features depend on images having a canonical orientation; rotation-invariant "
-                      "data (aerial, microscopy) gives the pretext task no signal.",
-    },
-    "jigsaw": {
-        "title": "Jigsaw puzzles",
-        "paper": "Noroozi & Favaro, \"Unsupervised Learning of Visual Representations by Solving Jigsaw "
-                 "Puzzles\", ECCV 2016 (arXiv:1603.09246)",
-        "paragraph": "A crop of each image is cut into a 3x3 grid; one tile is taken inside every cell at a "
-                     "random offset (so tiles never share an edge and their borders cannot simply be matched), "
-                     "normalised on its own and sometimes turned grey (so colour cannot tell neighbours apart). "
-                     "The tiles are shuffled by one permutation of a fixed set chosen for maximal minimum "
-                     "Hamming distance, and the network classifies which permutation it sees. Every tile goes "
-                     "through the same backbone (shared weights); the tile features are concatenated in input "
-                     "order and an MLP classifies the permutation. The backbone alone is released; the "
-                     "permutation set is part of the method configuration below.",
-        "pretext_classes": "num_permutations",  # the configuration field that holds it
-        "limitation": "The backbone was trained on small tiles, not whole images: it has seen objects only in "
-                      "parts, at the tile scale.",
-    },
-    "relative_patch": {
-        "title": "Relative patch location",
-        "paper": "Doersch, Gupta & Efros, \"Unsupervised Visual Representation Learning by Context "
-                 "Prediction\", ICCV 2015 (arXiv:1505.05192)",
-        "paragraph": "A centre patch and one of its eight neighbours are cut from an image with a gap and a "
-                     "random jitter between them (so low-level cues such as continuing lines do not give the "
-                     "answer away), and the network predicts which of the eight positions the second patch came "
-                     "from. Against chromatic aberration, a lens cue that reveals where a patch sits in the "
-                     "frame, two colour channels are dropped and replaced with noise (or the patches are "
-                     "projected towards grey, a parameter). Both patches go through the same backbone; their "
-                     "features are concatenated and an MLP classifies the position. The backbone alone is "
-                     "released.",
-        "pretext_classes": 8,
-        # Depends on the run's chromatic-aberration defence (channel drop was the only one at first).
-        "limitation": lambda method: "The backbone was trained on small patches, not whole images" + {
-            "channel_drop": ", and mostly on single colour channels (the chromatic-aberration defence).",
-            "grey": ", with the green-magenta colour axis projected out (the chromatic-aberration defence).",
-        }.get(method.get("chroma_defence", "channel_drop"), "."),
-    },
-    "exemplar": {
-        "title": "Exemplar CNN",
-        "paper": "Dosovitskiy, Fischer, Springenberg, Riedmiller & Brox, \"Discriminative Unsupervised Feature "
-                 "Learning with Exemplar Convolutional Neural Networks\", TPAMI 2016 (arXiv:1406.6909)",
-        "paragraph": "Seed patches are sampled where the image gradient is strong; each seed becomes its own "
-                     "surrogate class, seen under random translation, scaling, rotation, contrast and colour "
-                     "changes, and the network classifies which seed a transformed view came from. To tell "
-                     "thousands of seeds apart under these changes the features must be invariant to them and "
-                     "still discriminative. The classifier over the surrogate classes is dropped after training; "
-                     "the backbone is released.",
-        # Its classes *are* training seeds, so its held-out measure is new transformations, not new images.
-        "pretext_eval": "fresh random transformations of the seed patches (drawn by the evaluation pipeline's "
-                        "fixed seeds, as many as the {split} split of {data} has images)",
-        "pretext_classes": "num_classes",
-        "limitation": "The surrogate classes are a fixed sample of seed patches from the training images; "
-                      "features are invariant only to the transformations the recipe applied.",
-    },
-}
+def method_class(name: str | None):
+    """The method's class in the registry (`ssl_zoo.methods.METHODS`), None for an unknown one."""
+    from ssl_zoo.methods import METHODS
 
-# Which field of a method's configuration names the side of the views its backbone was trained on.
-VIEW_SIZE_FIELDS = ("tile_size", "patch_size", "image_size")
+    return METHODS.get(name)
+
+
+def method_card(name: str | None):
+    """The method's `MethodCard` (its title, paper, paragraph, ...), None when it has none."""
+    return getattr(method_class(name), "card", None)
 
 
 def pretext_classes(method: dict) -> int | None:
-    """How many classes the pretext task chooses between (for its chance level): fixed by the
-    method, or read from the configuration field METHODS names."""
-    classes = (METHODS.get(method.get("name")) or {}).get("pretext_classes")
-    return method.get(classes) if isinstance(classes, str) else classes
+    """How many classes the pretext task chooses between (for its chance level), from the
+    method's card: fixed by the method, or read from the configuration field it names."""
+    card = method_card(method.get("name"))
+    return card.classes(method) if card else None
+
+
+def diagnostic_lines(meta: dict[str, Any]) -> list[str]:
+    """The card's lines for the method's recorded diagnostics (`ssl-zoo diagnose`), rendered by the
+    method itself (`card_diagnostics`); none for a method that renders none."""
+    found = diagnostics(meta)
+    render = getattr(method_class(meta["method"].get("name")), "card_diagnostics", None)
+    return list(render(found)) if found and render else []
+
 
 DATASETS = {
     "cifar10": ("cifar10", "CIFAR-10"),
@@ -122,10 +73,6 @@ def _dataset(spec: str | None) -> tuple[str, str]:
         if name.startswith(key):
             return value
     return name, name
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f} %"
 
 
 def _probe_epochs(protocol: dict) -> int | None:
@@ -194,19 +141,34 @@ def card_data(meta: dict[str, Any]):
     )
 
 
+# Keys of a history record that the card already states in words.
+_STANDARD_RECORD_KEYS = {"epoch", "step", "seconds", "images_per_second", "train_loss", "train_accuracy", "eval_loss",
+                         "eval_accuracy"}
+
+
+def method_metrics(history: list[dict] | None) -> dict[str, float]:
+    """What a method reported beyond loss and accuracy in its last epoch: its loss terms
+    (`train_*`), held-out measures (`eval_*`), epoch-hook results (`hook_*`, e.g. clustering NMI)
+    and each named optimizer's learning rate."""
+    if not history:
+        return {}
+    last = history[-1]
+    return {k: v for k, v in last.items() if k not in _STANDARD_RECORD_KEYS and isinstance(v, (int, float))}
+
+
 def render_card(meta: dict[str, Any], plot_name: str | None = None) -> str:
     name = meta["name"]
     report = meta.get("evaluation") or {}
     training = meta.get("training") or {}
     recipe = meta.get("recipe") or {}
     method_name = meta["method"].get("name", "unknown")
-    info = METHODS.get(method_name)
+    info = method_card(method_name)
     inp = meta["input"]
     proto = report.get("protocol") or {}
     # A fully convolutional backbone (no fixed input size) is shown at the size it was evaluated at.
     fixed_size = inp["image_size"]
     size = fixed_size or proto.get("image_size") or 32
-    view_size = next((meta["method"][k] for k in VIEW_SIZE_FIELDS if meta["method"].get(k)), None)
+    view_size = info.view_size(meta["method"]) if info else None
     data_size = (recipe.get("data") or {}).get("image_size")
     ds_type, ds_name = _dataset(report.get("dataset") or (meta.get("data") or {}).get("source"))
     train_ds = _dataset((meta.get("data") or {}).get("source"))[1]
@@ -214,7 +176,7 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None) -> str:
     add = L.append
     add(f"# {name}\n")
     add(f"{meta['backbone_label']} ({meta['parameters']:,} parameters) trained with "
-        f"{info['title'] if info else method_name} on {train_ds} without labels, released by "
+        f"{info.title if info else method_name} on {train_ds} without labels, released by "
         f"ssl_zoo as a Keras backbone that maps RGB images in [0, 255] to features "
         f"and, on request, to its named stages ({', '.join(meta['stages'])}).\n")
 
@@ -243,29 +205,20 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None) -> str:
         classes = pretext_classes(meta["method"])
         chance = f"; chance {_pct(1 / classes)}" if classes else ""
         split = (recipe.get("data") or {}).get("eval_split", "test")
-        held_out = (info or {}).get("pretext_eval", "the held-out {split} split of {data}").format(split=split, data=train_ds)
-        add(f"- Pretext task ({info['title'] if info else method_name}) accuracy on {held_out} after epoch "
+        held_out = ((info and info.pretext_eval) or "the held-out {split} split of {data}").format(split=split, data=train_ds)
+        add(f"- Pretext task ({info.title if info else method_name}) accuracy on {held_out} after epoch "
             f"{training['pretext_eval_epoch']}: {_pct(training['pretext_eval_accuracy'])} "
             f"(loss {training['pretext_eval_loss']:.4f}{chance}).")
-    cc = meta.get("context_check")
-    if cc:
-        acc = cc["accuracy"]
-        share = cc.get("context_share")
-        add(f"- Does it use its context? `ssl-zoo context-check` on {cc['examples']} held-out images "
-            f"(`{cc.get('split')}` of {cc.get('data')}): {_pct(acc['as_drawn'])} as drawn, "
-            f"{_pct(acc['centre_from_other_image'])} with the centre patch of another image, "
-            f"{_pct(acc['centre_blanked'])} with the centre blanked (chance {_pct(cc['chance'])})"
-            + (f"; {100 * share:.0f} % of its above-chance accuracy needs the centre patch (the rest survives "
-               f"without it: cues such as where the neighbour lies in the photo)." if share is not None else "."))
+    L.extend(diagnostic_lines(meta))
     add("")
     if plot_name and report:
         add(f"![Linear probe accuracy per stage, trained vs random init]({plot_name})\n")
 
     add("## Method\n")
     if info:
-        add(f"{info['paragraph']}\n\nPaper: {info['paper']}.\n")
+        add(f"{info.paragraph}\n\nPaper: {info.paper}.\n")
     else:
-        add(f"Method `{method_name}` (no description registered in ssl_zoo.cards.METHODS).\n")
+        add(f"Method `{method_name}` (no card registered: its class in ssl_zoo.methods.METHODS has no `card`).\n")
     add("Method configuration as trained:\n")
     add("```json\n" + json.dumps(meta["method"], sort_keys=True) + "\n```\n")
 
@@ -333,8 +286,13 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None) -> str:
         add(f"- Training wall-clock (sum of the per-epoch times in history.json, evaluation excluded): "
             f"{training['train_seconds']:.0f} s ({training['train_seconds'] / 3600:.2f} h); "
             f"mean throughput {training['images_per_second_mean']:.0f} source images/s.")
-        add(f"- Final training loss {training['final_train_loss']}, pretext training accuracy "
-            f"{_pct(training['final_train_accuracy'])}.")
+        accuracy = training.get("final_train_accuracy")
+        add(f"- Final training loss {training['final_train_loss']}"
+            + (f", pretext training accuracy {_pct(accuracy)}." if accuracy is not None else "."))
+        own = method_metrics(meta.get("history"))
+        if own:
+            add(f"- The method's own metrics in the last epoch (history.json): "
+                + ", ".join(f"`{k}` {v:.4g}" for k, v in own.items()) + ".")
     else:
         add("- No training history was available at export time.")
     if meta.get("hardware"):
@@ -360,9 +318,9 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None) -> str:
             f"on {ds_name} at {size} px: other sizes run but were not evaluated.")
     add("- A small backbone trained on a short schedule: compare its numbers with the random-init floor above "
         "and with zoo entries evaluated by the same protocol, not with results from other papers' setups.")
-    if info and info.get("limitation"):
-        limitation = info["limitation"]
-        add(f"- {limitation(meta['method']) if callable(limitation) else limitation}")
+    limitation = info.limitation_text(meta["method"]) if info else None
+    if limitation:
+        add(f"- {limitation}")
     add("- Evaluated with linear probes and kNN on one dataset; transfer to other tasks was not measured.\n")
 
     add("## Files\n")
@@ -400,8 +358,8 @@ def plot_probe(report: dict, path: str | os.PathLike, title: str = "") -> Path |
     return path
 
 
-def write_card_files(meta: dict, folder: str | os.PathLike, card_name: str = "README.md",
-                     plot_name: str = "probe_per_stage.png") -> Path:
+def write_card_files(meta: dict, folder: str | os.PathLike, card_name: str = CARD_FILE,
+                     plot_name: str = PLOT_FILE) -> Path:
     """Writes the card (and its plot beside it) into `folder`; returns the card's path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -413,9 +371,7 @@ def write_card_files(meta: dict, folder: str | os.PathLike, card_name: str = "RE
 
 def write_model_card(preset: str | os.PathLike, cards_dir: str | os.PathLike = "model_cards") -> Path:
     """`model_cards/ENTRY.md` (+ `ENTRY_probe.png`) from a preset folder's metadata."""
-    from ssl_zoo.export import atomic_file
-
-    meta = json.loads((Path(preset) / "metadata.json").read_text())
+    meta = read_metadata(preset)
     cards_dir = Path(cards_dir)
     cards_dir.mkdir(parents=True, exist_ok=True)
     name = meta["name"]

@@ -1,4 +1,4 @@
-"""`ssl-zoo` command line: train, evaluate, context-check, export, list, card, push, finetune."""
+"""`ssl-zoo` command line: train, evaluate, diagnose, export, list, card, push, finetune."""
 
 from __future__ import annotations
 
@@ -75,23 +75,28 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_context_check(args) -> int:
-    from ssl_zoo.evaluation.context_check import relative_patch_context_check
+def cmd_diagnose(args) -> int:
+    from ssl_zoo.methods import diagnose_run
 
-    report = relative_patch_context_check(args.run, data_dir=args.data_dir, split=args.split,
-                                          max_examples=args.max_examples, overrides=args.set or [], out=args.out)
-    print(json.dumps({k: report[k] for k in ("accuracy", "chance", "examples", "context_share")}, indent=2))
+    report = diagnose_run(args.run, data_dir=args.data_dir, split=args.split, max_examples=args.max_examples,
+                          overrides=args.set or [], out=args.out)
+    print(json.dumps({name: {k: v for k, v in d.items() if k not in ("method", "overrides", "run")}
+                      for name, d in report.items()}, indent=2))
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from ssl_zoo.evaluation.run import evaluate_model
+    from ssl_zoo.evaluation.run import evaluate_model, recipe_protocol
 
+    # Flags given override the recipe's [evaluation] section (of --recipe, or of a run folder's run.json).
+    flags = dict(source=args.dataset, train_split=args.train_split, test_split=args.test_split,
+                 image_size=args.image_size, knn_k=args.knn_k,
+                 stages=args.stages.split(",") if args.stages else None)
+    protocol = recipe_protocol(args.model, args.recipe)
+    protocol.update({k: v for k, v in flags.items() if v is not None})
     report = evaluate_model(
-        args.model, data_dir=args.data_dir, source=args.dataset, stages=args.stages.split(","),
-        knn_k=args.knn_k, out=args.out, seed=args.seed, max_train_examples=args.max_train_examples,
-        image_size=args.image_size, probe_epochs=args.probe_epochs,
-        train_split=args.train_split, test_split=args.test_split, cache=args.cache,
+        args.model, data_dir=args.data_dir, out=args.out, seed=args.seed, max_train_examples=args.max_train_examples,
+        probe_epochs=args.probe_epochs, cache=args.cache, **protocol,
     )
     print(json.dumps(report["summary"], indent=2))
     return 0
@@ -104,7 +109,7 @@ def cmd_export(args) -> int:
 
     written = export(args.model, args.name, args.out, eval_report=args.eval,
                      formats=tuple(args.formats.split(",")), hardware=args.hardware,
-                     recipe_file=args.recipe, context_check=args.context_check)
+                     recipe_file=args.recipe, diagnostics=args.diagnostics, context_check=args.context_check)
     for kind, path in written.items():
         print(f"{kind}: {path}")
     if args.register or args.cards_dir:
@@ -131,14 +136,14 @@ def cmd_list(args) -> int:
 def cmd_card(args) -> int:
     from ssl_zoo.cards import write_card_files, write_model_card
     from ssl_zoo.loader import resolve_source
+    from ssl_zoo.preset import read_metadata
 
     res = resolve_source(args.source)
     if res.kind != "preset":
         raise SystemExit(f"{args.source}: a card is generated from a preset folder (its metadata.json)")
     print(write_model_card(res.path, args.out))
     if args.in_preset:
-        meta = json.loads((res.path / "metadata.json").read_text())
-        print(write_card_files(meta, res.path))
+        print(write_card_files(read_metadata(res.path), res.path))
     return 0
 
 
@@ -171,6 +176,8 @@ def cmd_finetune(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ssl_zoo.train.recipe import EvalConfig
+
     parser = argparse.ArgumentParser(prog="ssl-zoo", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -195,15 +202,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a recipe value")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="linear probe per stage and kNN, next to the random-init floor")
-    p.add_argument("model", help="a .keras backbone or pretext model, a preset folder, or a zoo name")
+    p = sub.add_parser("evaluate", help="linear probe per stage and kNN, next to the random-init floor",
+                       description="Linear probe per stage and kNN, next to the random-init floor. The protocol "
+                                   "(--dataset, splits, --stages, --image-size, --knn-k) defaults to the [evaluation] "
+                                   "section of --recipe, else of a run folder's recorded recipe, else that "
+                                   "section's defaults (shown); a flag given overrides it.")
+    ev = EvalConfig()
+    p.add_argument("model", help="a training run folder, a .keras backbone or pretext model, a preset folder, or a zoo name")
     _add_data_dir(p)
-    p.add_argument("--dataset", default="tfds:cifar10")
-    p.add_argument("--train-split", default="train", help="split the probe is trained on")
-    p.add_argument("--test-split", default="test", help="split the accuracy is reported on (e.g. val for image folders)")
-    p.add_argument("--stages", default="stem,stage1,stage2,stage3,stage4,pooled")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--knn-k", type=int, default=200)
+    p.add_argument("--recipe", default=None, help="recipe file (training/NAME.toml) whose [evaluation] section sets the protocol")
+    p.add_argument("--dataset", default=None, help=f"default {ev.source}")
+    p.add_argument("--train-split", default=None, help=f"split the probe is trained on (default {ev.train_split})")
+    p.add_argument("--test-split", default=None,
+                   help=f"split the accuracy is reported on, e.g. val for image folders (default {ev.test_split})")
+    p.add_argument("--stages", default=None, help=f"default {','.join(ev.stages)}")
+    p.add_argument("--image-size", type=int, default=None, help=f"default {ev.image_size}")
+    p.add_argument("--knn-k", type=int, default=None, help=f"default {ev.knn_k}")
     p.add_argument("--probe-epochs", type=int, default=30)
     p.add_argument("--max-train-examples", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -212,16 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the report JSON here")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("context-check", help="relative patch: pretext accuracy with the centre patch swapped or "
-                                              "blanked (does the model use its context?)")
-    p.add_argument("run", help="a relative_patch training run folder (ssl-zoo train --out)")
+    p = sub.add_parser("diagnose", aliases=["context-check"],
+                       help="the method's own checks of a trained run (relative patch: pretext accuracy with the "
+                            "centre patch swapped or blanked, does the model use its context?)")
+    p.add_argument("run", help="a training run folder (ssl-zoo train --out) of a method with diagnostics")
     _add_data_dir(p)
     p.add_argument("--split", default=None, help="held-out split (default: the recipe's eval split)")
     p.add_argument("--max-examples", type=int, default=None, help="default: the whole split")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="correct the run's recorded recipe, e.g. method.placement=grid")
     p.add_argument("--out", default=None, help="write the report JSON here")
-    p.set_defaults(func=cmd_context_check)
+    p.set_defaults(func=cmd_diagnose)
 
     p = sub.add_parser("export", help="release artefacts (preset = HF checkpoint, SavedModel, .keras) of a trained model")
     p.add_argument("model", help="a training run folder (ssl-zoo train --out) or a .keras backbone / pretext model")
@@ -233,8 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default=None,
                    help="the recipe file this release is reproduced with (training/NAME.toml): its values must "
                         "equal the run's, and its header replaces the one recorded when the run started")
-    p.add_argument("--context-check", default=None, help="an `ssl-zoo context-check --out` report of this run, "
-                                                           "shown in the card (relative patch)")
+    p.add_argument("--diagnostics", default=None, help="an `ssl-zoo diagnose --out` report of this run, recorded "
+                                                         "in the metadata and shown in the card")
+    p.add_argument("--context-check", default=None, help="former name of --diagnostics (also takes the bare report "
+                                                           "the former `ssl-zoo context-check` wrote)")
     p.add_argument("--register", action="store_true",
                    help="copy the preset into the zoo (ssl_zoo/zoo/presets/NAME), add/update its registry entry "
                         "and write the card to --cards-dir")

@@ -7,7 +7,8 @@ Layout of `ssl-zoo export RUN --name ENTRY --out DIR`:
         config.json        `keras.saving.serialize_keras_object(backbone)` (+ "ssl_zoo": arch)
         model.weights.h5   the backbone's weights (pretext head dropped by name)
         metadata.json      versions, method, arch, input spec, stage shapes, sha256 of the
-                           weights, recipe, training history, evaluation report
+                           weights, recipe, training history, evaluation report, the
+                           method's diagnostics (`ssl-zoo diagnose`)
         README.md          the generated model card (ssl_zoo.cards)
         probe_per_stage.png
     DIR/saved_model/     TF SavedModel; `serving_default` takes float32 [N, H, W, 3] RGB images
@@ -16,141 +17,29 @@ Layout of `ssl-zoo export RUN --name ENTRY --out DIR`:
                          `tf.saved_model.load`, no ssl_zoo needed.
     DIR/ENTRY.keras      the functional backbone (stock Keras layers, loads with safe_mode=True)
 
-Atomicity: every artefact is written into a temporary sibling (`.NAME.partial-*`) and renamed
-into place; the previous artefact is moved aside first and deleted only after the new one is in
-place. An export killed at any point leaves either the old or the new artefact at the
-destination, never a half-written one. (Directories cannot be swapped in one rename on POSIX; if
-a kill lands in the microseconds between the two renames, the next export or load restores the
-previous artefact from its `.NAME.old-*` sibling.)
+Every artefact is written atomically; the preset format itself (file names, metadata hashing,
+atomic writers, reading and checking) belongs to `ssl_zoo.preset`, and the card to
+`ssl_zoo.cards`, which this module calls.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
 import os
 import platform
-import shutil
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from ssl_zoo.errors import SslZooError
+from ssl_zoo.preset import (FORMAT_VERSION, METADATA_FILE, SAVED_MODEL_METADATA, WEIGHTS_FILE, atomic_dir,
+                            atomic_file, read_json, stall_point, write_preset)
 
 log = logging.getLogger(__name__)
-
-WEIGHTS_FILE = "model.weights.h5"
-CONFIG_FILE = "config.json"
-METADATA_FILE = "metadata.json"
-CARD_FILE = "README.md"
-PLOT_FILE = "probe_per_stage.png"
-SAVED_MODEL_METADATA = "ssl_zoo_metadata.json"
-FORMAT_VERSION = 1
-# Fault injection for the interrupted-export test: when set to an artefact kind ("preset",
-# "saved_model", "keras"), the writer touches $SSL_ZOO_EXPORT_STALL_MARKER halfway through that
-# artefact and sleeps, so that the test can SIGKILL a real export mid-write.
-_STALL_ENV = "SSL_ZOO_EXPORT_STALL_AT"
-_STALL_MARKER_ENV = "SSL_ZOO_EXPORT_STALL_MARKER"
 
 
 class ExportError(SslZooError, ValueError):
     pass
-
-
-# ---- files ---------------------------------------------------------------------------------
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _siblings(dest: Path, kind: str) -> list[Path]:
-    return sorted(dest.parent.glob(f".{dest.name}.{kind}-*"))
-
-
-def recover(dest: str | os.PathLike) -> None:
-    """Restores `dest` from a `.old` sibling if an earlier swap was killed between its renames,
-    and removes temporary folders that killed exports left behind."""
-    dest = Path(dest)
-    olds = _siblings(dest, "old")
-    if not dest.exists() and olds:
-        os.replace(olds[-1], dest)
-        log.warning("restored %s from %s (an earlier export was interrupted)", dest, olds[-1].name)
-        olds = olds[:-1]
-    for p in olds + _siblings(dest, "partial"):
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-
-
-def _fsync_tree(root: Path) -> None:
-    for p in [root, *root.rglob("*")]:
-        try:
-            fd = os.open(p, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_dir(dest: str | os.PathLike):
-    """Yields an empty temporary sibling of `dest`; on success it replaces `dest`."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    recover(dest)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
-    try:
-        yield tmp
-        _fsync_tree(tmp)
-        old = None
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-            os.replace(dest, old) if dest.is_dir() else (old.rmdir(), os.replace(dest, old))
-        os.replace(tmp, dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_file(dest: str | os.PathLike):
-    """Yields a temporary path beside `dest` (same suffix); on success it is renamed to `dest`."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    for p in _siblings(dest, "partial"):
-        p.unlink(missing_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.partial-", suffix=dest.suffix, dir=dest.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def copy_tree(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Copies the files of `src` into the existing folder `dst`."""
-    shutil.copytree(src, dst, dirs_exist_ok=True)
-
-
-def _stall_point(kind: str, tmp: Path) -> None:
-    if os.environ.get(_STALL_ENV) == kind:
-        marker = os.environ.get(_STALL_MARKER_ENV)
-        if marker:
-            Path(marker).write_text(str(tmp))
-        time.sleep(600)
 
 
 # ---- reading a trained run -----------------------------------------------------------------
@@ -225,7 +114,10 @@ def history_summary(history: list[dict] | None) -> dict | None:
 
 def build_metadata(backbone, name: str, run: dict | None = None, history: list | None = None,
                    report: dict | None = None, hardware: str | None = None,
-                   context_check: dict | None = None) -> dict[str, Any]:
+                   diagnostics: dict | None = None) -> dict[str, Any]:
+    """metadata.json of a preset. `diagnostics`: {name: report} from `ssl-zoo diagnose` (the
+    method's own checks of its run, e.g. relative patch's "context_check"); each report's "run"
+    (a local path) is left out."""
     import keras
     import tensorflow as tf
 
@@ -270,34 +162,13 @@ def build_metadata(backbone, name: str, run: dict | None = None, history: list |
         "hardware": run_hw or hardware,
         "hardware_source": "run.json" if run_hw else ("export --hardware" if hardware else None),
         "evaluation": report,
-        # `ssl-zoo context-check` (relative patch): does the pretext model need its centre patch?
-        "context_check": ({k: v for k, v in context_check.items() if k != "run"} if context_check else None),
+        "diagnostics": ({name: {k: v for k, v in d.items() if k != "run"} for name, d in diagnostics.items()}
+                        if diagnostics else None),
         "exported": {"platform": platform.platform(), "python": platform.python_version()},
     }
 
 
 # ---- writers ----------------------------------------------------------------------------------
-def write_preset(backbone, dest: str | os.PathLike, metadata: dict, with_card: bool = True) -> Path:
-    """The keras-hub style preset folder (= the Hub checkpoint), atomically."""
-    import keras
-
-    dest = Path(dest)
-    with atomic_dir(dest) as tmp:
-        config = keras.saving.serialize_keras_object(backbone)
-        config["ssl_zoo"] = {"arch": metadata.get("arch"), "format_version": FORMAT_VERSION}
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        backbone.save_weights(tmp / WEIGHTS_FILE)
-        _stall_point("preset", tmp)
-        metadata = dict(metadata)
-        metadata["weights"] = {"file": WEIGHTS_FILE, "sha256": sha256_file(tmp / WEIGHTS_FILE)}
-        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-        if with_card:
-            from ssl_zoo.cards import write_card_files
-
-            write_card_files(metadata, tmp, card_name=CARD_FILE, plot_name=PLOT_FILE)
-    return dest
-
-
 def serving_module(backbone):
     """(tracked stage model, float32 fn, uint8 fn) for the SavedModel's signatures."""
     import tensorflow as tf
@@ -334,7 +205,7 @@ def write_saved_model(backbone, dest: str | os.PathLike, metadata: dict | None =
         for p in (tmp / "sm").iterdir():
             os.replace(p, tmp / p.name)
         (tmp / "sm").rmdir()
-        _stall_point("saved_model", tmp)
+        stall_point("saved_model", tmp)
         if metadata is not None:
             (tmp / SAVED_MODEL_METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
     return dest
@@ -344,7 +215,7 @@ def write_keras(backbone, dest: str | os.PathLike) -> Path:
     dest = Path(dest)
     with atomic_file(dest) as tmp:
         backbone.save(tmp)
-        _stall_point("keras", tmp)
+        stall_point("keras", tmp)
     return dest
 
 
@@ -382,15 +253,35 @@ def recipe_header_from_file(run: dict | None, recipe_file: str | os.PathLike) ->
     return {**recorded, "description": current.get("description", "")}
 
 
+def read_diagnostics(diagnostics: str | os.PathLike | dict | None = None,
+                     legacy: str | os.PathLike | dict | None = None) -> dict | None:
+    """{name: report} from an `ssl-zoo diagnose` report or its file. `legacy`: the `--context-check`
+    alias, which may also be a bare context-check report (`ssl-zoo context-check` before it
+    became `diagnose`)."""
+    if diagnostics is not None and legacy is not None:
+        raise ExportError("give the diagnostics once (--diagnostics, or its former name --context-check)")
+    value = diagnostics if diagnostics is not None else legacy
+    if isinstance(value, (str, os.PathLike)):
+        value = read_json(value)
+    if value and legacy is not None and "context_check" not in value:
+        value = {"context_check": value}
+    if value is not None and not all(isinstance(v, dict) for v in value.values()):
+        raise ExportError("diagnostics must be {name: report}, as `ssl-zoo diagnose --out` writes them")
+    return value
+
+
 def export(source, name: str, out: str | os.PathLike, *, eval_report: str | os.PathLike | dict | None = None,
            formats=("preset", "saved_model", "keras"), hardware: str | None = None,
            recipe_file: str | os.PathLike | None = None,
+           diagnostics: str | os.PathLike | dict | None = None,
            context_check: str | os.PathLike | dict | None = None) -> dict[str, str]:
     """Exports the backbone of a trained run (folder or .keras file) as release artefacts.
 
     `recipe_file`: the recipe in the repository; it must hold exactly the values the run used, and
     its header (expected and measured numbers) replaces the one recorded when the run started.
-    `context_check`: an `ssl-zoo context-check` report of this run, shown in the card.
+    `diagnostics`: an `ssl-zoo diagnose --out` report of this run (or its path), recorded in the
+    metadata and shown in the card by the method. `context_check`: the former name, which also
+    takes a bare context-check report (written before `ssl-zoo diagnose` existed).
     Returns {"preset": path, "saved_model": path, "keras": path} for the formats written.
     """
     if isinstance(source, (str, os.PathLike)):
@@ -402,14 +293,15 @@ def export(source, name: str, out: str | os.PathLike, *, eval_report: str | os.P
     report = eval_report
     if isinstance(eval_report, (str, os.PathLike)):
         report = json.loads(Path(eval_report).read_text())
-    if isinstance(context_check, (str, os.PathLike)):
-        context_check = json.loads(Path(context_check).read_text())
-    metadata = build_metadata(backbone, name, run, history, report, hardware, context_check)
+    metadata = build_metadata(backbone, name, run, history, report, hardware,
+                              read_diagnostics(diagnostics, legacy=context_check))
     out = Path(out)
     written: dict[str, str] = {}
     if "preset" in formats:
-        write_preset(backbone, out / "preset", metadata)
-        metadata = json.loads((out / "preset" / METADATA_FILE).read_text())  # now with the sha256
+        from ssl_zoo.cards import write_card_files
+
+        write_preset(backbone, out / "preset", metadata, write_card=write_card_files)
+        metadata = read_json(out / "preset" / METADATA_FILE)  # now with the sha256
         written["preset"] = str(out / "preset")
     if "saved_model" in formats:
         written["saved_model"] = str(write_saved_model(backbone, out / "saved_model", metadata))

@@ -11,10 +11,8 @@ weights, same schedule) is the floor the pretrained numbers should be read again
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from pathlib import Path
 
 from ssl_zoo.errors import ConfigError
 
@@ -149,8 +147,7 @@ def finetune(source, *, dataset: str = "tfds:cifar10", data_dir=None, epochs_fro
             report["random_init"] = _run(random_init_like(backbone, seed), train, test, num_classes, image_size, **common)
     report["seconds"] = round(time.time() - t0, 1)
     if out:
-        from ssl_zoo.export import atomic_file
+        from ssl_zoo.preset import write_json
 
-        with atomic_file(out) as tmp:
-            Path(tmp).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        write_json(report, out, sort_keys=True)
     return report

@@ -6,19 +6,20 @@ behave as everywhere else in the Hugging Face ecosystem. `$HF_ENDPOINT`, `$HF_HU
 `$HF_HUB_OFFLINE` are read when a call is made (huggingface_hub itself reads them once, at import).
 
 A pushed repository is exactly the preset folder written by `ssl-zoo export` (config.json,
-model.weights.h5, metadata.json, README.md card, probe plot): nothing is converted on the way.
+model.weights.h5, metadata.json, README.md card, probe plot; see `ssl_zoo.preset`): nothing is
+converted on the way, and a folder that `ssl_zoo.preset.check_preset_folder` finds incomplete or
+tampered with is refused before anything is uploaded.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
+from ssl_zoo import preset
 from ssl_zoo.errors import SslZooError
 
 PREFIX = "hf://"
-PRESET_FILES = ("config.json", "model.weights.h5", "metadata.json", "README.md")
 
 
 class HubError(SslZooError, ValueError):
@@ -70,22 +71,6 @@ def download(uri: str, *, cache_dir: str | os.PathLike | None = None, endpoint: 
     return Path(path)
 
 
-def check_preset_folder(folder: str | os.PathLike) -> dict:
-    """The preset's metadata, after checking that the folder is a complete, untampered preset."""
-    from ssl_zoo.export import sha256_file
-
-    folder = Path(folder)
-    missing = [f for f in PRESET_FILES if not (folder / f).is_file()]
-    if missing:
-        raise HubError(f"{folder} is not a complete preset folder: missing {missing} (write one with `ssl-zoo export`)")
-    meta = json.loads((folder / "metadata.json").read_text())
-    expected = meta["weights"]["sha256"]
-    actual = sha256_file(folder / meta["weights"]["file"])
-    if expected != actual:
-        raise HubError(f"{folder / meta['weights']['file']}: sha256 {actual} does not match metadata.json's {expected}")
-    return meta
-
-
 def push(source: str | os.PathLike, uri: str, *, private: bool = False, token: str | None = None,
          endpoint: str | None = None, commit_message: str | None = None) -> str:
     """Uploads a preset folder (or the preset of a zoo entry) to `hf://org/name[@revision]`.
@@ -101,7 +86,10 @@ def push(source: str | os.PathLike, uri: str, *, private: bool = False, token: s
         folder = zoo.preset_dir(zoo.get_entry(str(source)))
         if folder is None or not folder.is_dir():
             raise HubError(f"zoo entry {source!r} has no local preset folder to push")
-    meta = check_preset_folder(folder)
+    try:
+        meta = preset.check_preset_folder(folder)
+    except preset.LoadError as e:
+        raise HubError(str(e)) from e
     repo_id, revision = parse_hf(uri)
     api = HfApi(endpoint=_endpoint(endpoint), token=token, library_name="ssl_zoo")
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")

@@ -19,29 +19,13 @@ What is checked, so that a load never half-succeeds:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from ssl_zoo.errors import SslZooError
-
-
-_PARTIAL_LOAD_WARNINGS = ("Skipping", "freshly-initialized", "could not be loaded", "did not load")
-
-
-class LoadError(SslZooError, ValueError):
-    """A backbone could not be loaded; the message says which file and why."""
-
-
-class UnsafeModelError(LoadError):
-    """The file would run code on load or call: a Keras `Lambda` layer, or SavedModel ops beyond pure
-    tensor computations (file access, Python callbacks)."""
-
-
-class IntegrityError(LoadError):
-    pass
+from ssl_zoo.preset import (  # noqa: F401  (the load errors users catch are re-exported here)
+    SAVED_MODEL_METADATA, IntegrityError, LoadError, UnsafeModelError, check_stages, is_preset_folder, load_preset,
+    read_json, read_metadata, unsafe_error, verify_weights)
 
 
 @dataclasses.dataclass
@@ -53,28 +37,19 @@ class ResolvedSource:
     expected_sha256: dict[str, str] | None = None  # from the zoo registry
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise LoadError(f"cannot read {path}: {e}") from e
-
-
 def _from_path(path: Path, origin: str) -> ResolvedSource:
-    from ssl_zoo.export import CONFIG_FILE, METADATA_FILE, SAVED_MODEL_METADATA
-
     if not path.exists():
         aside = sorted(path.parent.glob(f".{path.name}.old-*"))
         hint = (f"; an interrupted export left the previous version in {aside[-1]} (the next export to this "
                 f"destination restores it, or rename it back)") if aside else ""
         raise LoadError(f"{path} does not exist{hint}")
     if path.is_dir():
-        if (path / CONFIG_FILE).is_file() and (path / METADATA_FILE).is_file():
-            return ResolvedSource("preset", path, origin, _read_json(path / METADATA_FILE))
+        if is_preset_folder(path):
+            return ResolvedSource("preset", path, origin, read_metadata(path))
         if (path / "saved_model.pb").is_file():
             meta = path / SAVED_MODEL_METADATA
-            return ResolvedSource("saved_model", path, origin, _read_json(meta) if meta.is_file() else None)
-        if (path / "preset" / CONFIG_FILE).is_file():  # an `ssl-zoo export --out` folder
+            return ResolvedSource("saved_model", path, origin, read_json(meta) if meta.is_file() else None)
+        if is_preset_folder(path / "preset"):  # an `ssl-zoo export --out` folder
             return _from_path(path / "preset", origin)
         for name in ("backbone.keras", "pretext_model.keras"):  # an `ssl-zoo train --out` folder
             if (path / name).is_file():
@@ -112,95 +87,9 @@ def resolve_source(source: str | os.PathLike) -> ResolvedSource:
                     f"(known entries: {known}; see `ssl-zoo list`)")
 
 
-def _unsafe(e: Exception, what) -> UnsafeModelError | None:
-    text = str(e)
-    if "safe_mode" in text or "Lambda" in text:
-        return UnsafeModelError(
-            f"{what} was refused: it contains code that Keras would have to execute to load it "
-            f"(e.g. a Lambda layer), and ssl_zoo keeps Keras safe_mode on. ssl_zoo backbones are built "
-            f"from stock layers only. Keras said: {text.splitlines()[0]}"
-        )
-    return None
-
-
-def _count_h5_arrays(path: Path) -> int:
-    import h5py
-
-    arrays = []
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: arrays.append(name) if isinstance(obj, h5py.Dataset) else None)
-    return len(arrays)
-
-
-def verify_weights(path: Path, expected: dict[str, str | None]) -> str:
-    """Checks the file's sha256 against every expected value (metadata, registry)."""
-    from ssl_zoo.export import sha256_file
-
-    actual = sha256_file(path)
-    for where, value in expected.items():
-        if value and value != actual:
-            raise IntegrityError(
-                f"{path}: sha256 is {actual} but {where} expects {value}. The weight file was modified or "
-                f"corrupted after export; refusing to load it."
-            )
-    return actual
-
-
 def _load_preset(res: ResolvedSource, verify: bool = True):
-    import keras
-
-    from ssl_zoo.export import CONFIG_FILE
-
-    meta = res.metadata or {}
-    weights = res.path / (meta.get("weights") or {}).get("file", "model.weights.h5")
-    if not weights.is_file():
-        raise LoadError(f"preset {res.path} has no weight file {weights.name}")
-    if verify:
-        expected = {f"{res.path / 'metadata.json'}": (meta.get("weights") or {}).get("sha256")}
-        if res.expected_sha256:
-            expected[f"the zoo registry entry {res.origin!r}"] = res.expected_sha256.get(weights.name)
-        if not any(expected.values()):
-            raise IntegrityError(f"{weights}: no sha256 recorded in metadata.json or the registry to check it against")
-        verify_weights(weights, expected)
-    config = _read_json(res.path / CONFIG_FILE)
-    config.pop("ssl_zoo", None)
-    try:
-        model = keras.saving.deserialize_keras_object(config, safe_mode=True)
-    except Exception as e:
-        raise (_unsafe(e, res.path / CONFIG_FILE) or LoadError(f"{res.path / CONFIG_FILE}: cannot build the model: {e}")) from e
-    n_arrays, n_vars = _count_h5_arrays(weights), len(model.weights)
-    if n_arrays != n_vars:
-        raise LoadError(f"{weights} holds {n_arrays} arrays but the architecture in config.json has {n_vars} "
-                        f"variables: refusing a partial load")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            model.load_weights(weights)
-        except Exception as e:
-            raise LoadError(f"{weights} does not match the architecture in config.json: {str(e).splitlines()[0]}") from e
-    # Keras reports some skipped (left freshly initialised) variables only as warnings.
-    skipped = [str(w.message) for w in caught if any(t in str(w.message) for t in _PARTIAL_LOAD_WARNINGS)]
-    if skipped:
-        raise LoadError(f"{weights}: Keras skipped part of the weights ({skipped[0]}): refusing a partial load")
-    for w in caught:
-        if not any(t in str(w.message) for t in _PARTIAL_LOAD_WARNINGS):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    _check_stages(model, meta, res.path)
-    return model
-
-
-def _check_stages(model, meta: dict, where) -> None:
-    from ssl_zoo.backbones import STAGES
-
-    names = {layer.name for layer in model.layers}
-    missing = [s for s in STAGES if s not in names]
-    if missing:
-        raise LoadError(f"{where}: the model has no stage layers {missing}; an ssl_zoo backbone names "
-                        f"its stages {list(STAGES)}")
-    for stage, shape in (meta.get("stages") or {}).items():
-        actual = [d for d in model.get_layer(stage).output.shape[1:]]
-        if list(shape) != actual:
-            raise LoadError(f"{where}: stage {stage} has shape {actual}, metadata.json says {shape}")
+    return load_preset(res.path, res.metadata or {}, verify=verify, expected_sha256=res.expected_sha256,
+                       origin=res.origin)
 
 
 def _load_keras_file(path: Path):
@@ -211,12 +100,12 @@ def _load_keras_file(path: Path):
     try:
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as e:
-        raise (_unsafe(e, path) or LoadError(f"{path}: cannot load: {e}")) from e
+        raise (unsafe_error(e, path) or LoadError(f"{path}: cannot load: {e}")) from e
     try:
         backbone = model.get_layer(BACKBONE)  # a pretext model: the head is dropped by name
     except ValueError:
         backbone = model
-    _check_stages(backbone, {}, path)
+    check_stages(backbone, {}, path)
     return backbone
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ssl_zoo.errors import SslZooError
+from ssl_zoo.preset import atomic_dir, copy_tree, read_metadata, write_json
 
 REGISTRY_ENV = "SSL_ZOO_REGISTRY"
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
@@ -76,19 +77,14 @@ def preset_dir(entry: dict[str, Any]) -> Path | None:
 
 
 def save_registry(entries: list[dict[str, Any]], path=None) -> Path:
-    p = registry_path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     clean = [{k: v for k, v in e.items() if not k.startswith("_")} for e in sorted(entries, key=lambda e: e["name"])]
-    tmp = p.with_name(f".{p.name}.partial")
-    tmp.write_text(json.dumps({"entries": clean}, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, p)
-    return p
+    return write_json({"entries": clean}, registry_path(path), sort_keys=True)
 
 
 def entry_from_preset(preset: str | os.PathLike, *, location: str | None = None, hf: str | None = None) -> dict[str, Any]:
     """A registry entry whose every value is read from the preset's metadata.json."""
     preset = Path(preset)
-    meta = json.loads((preset / "metadata.json").read_text())
+    meta = read_metadata(preset)
     ev = meta.get("evaluation") or {}
     summary = ev.get("summary") or {}
     entry = {
@@ -119,14 +115,12 @@ def register_preset(preset: str | os.PathLike, *, registry=None, copy_into_zoo: 
     """Adds (or replaces) the entry for an exported preset folder.
 
     With `copy_into_zoo` the preset is copied next to the registry under `presets/<name>/`
-    (atomically, see `ssl_zoo.export.atomic_dir`) and the entry points there by a relative path,
+    (atomically, see `ssl_zoo.preset.atomic_dir`) and the entry points there by a relative path,
     which is what makes a released entry loadable from a pip install.
     """
-    from ssl_zoo.export import atomic_dir, copy_tree
-
     preset = Path(preset)
     reg = registry_path(registry)
-    name = json.loads((preset / "metadata.json").read_text())["name"]
+    name = read_metadata(preset)["name"]
     location = None
     if copy_into_zoo:
         dest = reg.parent / "presets" / name

@@ -63,7 +63,7 @@ def assert_replicas_match(single, mirrored, whole, halves, steps: int = 2) -> No
     per_replica = mirrored.strategy.experimental_distribute_values_from_function(
         lambda ctx: halves[ctx.replica_id_in_sync_group]
     )
-    count = int(whole[1].shape[0])
+    count = int(whole["targets"].shape[0])
     for _ in range(steps):  # the second step also uses momentum and updated BN statistics
         one = single.train_step(whole)
         two = mirrored.train_step(per_replica)
@@ -89,12 +89,12 @@ def assert_two_step_fit(method, images, image_size: int) -> None:
     transform's output (batches of 4 from `images`), with a finite loss."""
     import keras
 
-    from ssl_zoo.data.pipeline import build_dataset
+    from ssl_zoo.data.pipeline import build_pretext_dataset, keras_pairs
     from ssl_zoo.data.sources import ArraySource
 
     model = method.build_model()
-    ds = build_dataset(ArraySource(images), "train", batch_size=4, image_size=image_size,
-                       augment=method.example_transform, batch_transform=method.batch_transform, training=True)
+    ds = keras_pairs(build_pretext_dataset(ArraySource(images), "train", method, batch_size=4, image_size=image_size,
+                                           training=True))
     model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     history = model.fit(ds.take(2), epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])

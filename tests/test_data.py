@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from helpers import write_image_folder
 from ssl_zoo.data.augment import center_crop, random_crop_flip, random_resized_crop
 from ssl_zoo.data.pipeline import build_dataset, check_not_empty
 from ssl_zoo.data.sources import (ArraySource, DataError, ImageFolderSource, ImagelessSource, TFDSSource,
@@ -217,3 +218,28 @@ def test_real_imagenette_folder(data_dir):
     assert source.num_classes() == 10
     images, _ = next(iter(build_dataset(source, "val", batch_size=4, image_size=64)))
     assert images.shape == (4, 64, 64, 3)
+
+
+@pytest.mark.data
+def test_tfds_index_names_the_same_record_whatever_the_shuffle_or_slice(data_dir):
+    source = TFDSSource("cifar10", data_dir)
+    plain = list(source.examples("test[:40]").as_numpy_iterator())
+    assert [int(e["index"]) for e in plain] == list(range(40))
+    shuffled = list(source.examples("test[:40]", shuffle_seed=3).as_numpy_iterator())
+    assert sorted(int(e["index"]) for e in shuffled) == list(range(40))
+    for e in shuffled:
+        np.testing.assert_array_equal(e["image"], plain[int(e["index"])]["image"])
+    sliced = list(source.examples("test[10:20]").as_numpy_iterator())  # a slice counts from its own start
+    assert [int(e["index"]) for e in sliced] == list(range(10))
+    for e, p in zip(sliced, plain[10:20]):
+        np.testing.assert_array_equal(e["image"], p["image"])
+
+
+def test_folder_index_is_the_listing_position_under_any_shuffle(tmp_path):
+    write_image_folder(tmp_path, n=10, size=8)
+    source = ImageFolderSource(tmp_path / "images")
+    plain = {int(e["index"]): e["image"] for e in source.examples("train").as_numpy_iterator()}
+    assert sorted(plain) == list(range(10))
+    for seed in (1, 2):
+        for e in source.examples("train", shuffle_seed=seed).as_numpy_iterator():
+            np.testing.assert_array_equal(e["image"], plain[int(e["index"])])

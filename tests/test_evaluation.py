@@ -104,3 +104,38 @@ def test_evaluate_on_a_folder_with_cache_gives_the_same_report_from_one_decode(t
     assert spy.call_count == 36  # every file once
     assert cached["linear_probe"] == plain["linear_probe"] and cached["knn"] == plain["knn"]
     assert cached["protocol"]["num_train"] == 24 and cached["protocol"]["num_test"] == 12
+
+
+def test_evaluate_follows_the_recipes_evaluation_section_and_flags_override(tmp_path):
+    """`ssl-zoo evaluate RUN_FOLDER` / `--recipe FILE`: the [evaluation] section is the protocol,
+    a flag given overrides it; with neither, the section's defaults (what the CLI always had)."""
+    from ssl_zoo import cli
+    from ssl_zoo.train.recipe import load_recipe, recipe_from_dict
+
+    recipe_file = tmp_path / "r.toml"
+    recipe_file.write_text('name = "r"\n[method]\nname = "rotnet"\n[backbone]\narch = "resnet"\ndepth = 18\n'
+                           '[evaluation]\nsource = "folder:x"\ntest_split = "val"\nimage_size = 48\n'
+                           'stages = ["stage3", "pooled"]\nknn_k = 20\n')
+    run = tmp_path / "run"
+    run.mkdir()
+    raw = load_recipe(recipe_file).to_dict()
+    raw["evaluation"]["image_size"] = 64
+    (run / "run.json").write_text(json.dumps({"recipe": recipe_from_dict(raw).to_dict()}))
+
+    def protocol(argv):
+        with mock.patch("ssl_zoo.evaluation.run.evaluate_model", return_value={"summary": {}}) as fake:
+            assert cli.main(["evaluate", *argv]) == 0
+        kw = fake.call_args.kwargs
+        return {k: kw[k] for k in ("source", "train_split", "test_split", "image_size", "stages", "knn_k",
+                                   "probe_epochs", "seed")}
+
+    section = {"source": "folder:x", "train_split": "train", "test_split": "val", "stages": ["stage3", "pooled"],
+               "knn_k": 20, "probe_epochs": 30, "seed": 0}
+    assert protocol([str(run)]) == {**section, "image_size": 64}
+    assert protocol([str(run), "--recipe", str(recipe_file)]) == {**section, "image_size": 48}
+    assert protocol([str(run), "--image-size", "32", "--stages", "pooled", "--dataset", "tfds:cifar10"]) == {
+        **section, "image_size": 32, "stages": ["pooled"], "source": "tfds:cifar10"}
+    assert protocol([str(run / "backbone.keras")]) == {
+        "source": "tfds:cifar10", "train_split": "train", "test_split": "test", "image_size": 32,
+        "stages": ["stem", "stage1", "stage2", "stage3", "stage4", "pooled"], "knn_k": 200, "probe_epochs": 30,
+        "seed": 0}

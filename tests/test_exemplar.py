@@ -1,16 +1,14 @@
 """Exemplar CNN: seed selection, seed bank, transform (eager and in tf.data), model, fit,
 trainer integration, replicas, saving."""
 
-import functools
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import (assert_replicas_match, assert_round_trips_in_safe_mode, assert_two_step_fit, tiny_recipe,
-                     two_replica_strategy, write_image_folder)
-from ssl_zoo.data.pipeline import build_dataset
+from helpers import assert_round_trips_in_safe_mode, tiny_recipe, write_image_folder
+from method_contract import MethodContract
+from ssl_zoo.data.pipeline import build_pretext_dataset
 from ssl_zoo.data import sources
 from ssl_zoo.data.sources import ArraySource, ImageFolderSource
 from ssl_zoo.methods import build_method
@@ -105,10 +103,9 @@ def test_transforms_change_the_view_and_stay_in_range():
 
 def test_transform_inside_tf_data_through_the_pipeline():
     method = _method()
-    ds = build_dataset(ArraySource(_images(12)), "train", batch_size=4, image_size=IMG,
-                       augment=functools.partial(method.example_transform, training=True),
-                       batch_transform=method.batch_transform, training=True, seed=3)
-    batches = list(ds.as_numpy_iterator())
+    ds = build_pretext_dataset(ArraySource(_images(12)), "train", method, batch_size=4, image_size=IMG,
+                               training=True, seed=3)
+    batches = [(b["inputs"], b["targets"]) for b in ds.as_numpy_iterator()]
     assert len(batches) == 3
     for views, labels in batches:
         assert views.shape == (4, P, P, 3) and views.dtype == np.float32
@@ -129,12 +126,6 @@ def test_transform_inside_tf_data_through_the_pipeline():
     with pytest.raises(RuntimeError, match="prepare"):
         build_method("exemplar", backbone=dict(BACKBONE), num_classes=3, patch_size=P, context_size=C) \
             .example_transform(tf.zeros([IMG, IMG, 3]), IMG, tf.constant([0, 0], tf.int64))
-
-
-def test_two_step_keras_fit_on_the_pretext_model():
-    method = _method()
-    assert method.build_model().output_shape == (None, 6)
-    assert_two_step_fit(method, _images(8), IMG)
 
 
 def test_prepare_builds_the_bank_from_a_seeded_choice_of_the_split():
@@ -172,35 +163,33 @@ def test_trainer_streams_placeholders_and_gets_the_batches_decoding_would_give(t
     decodes = []
     real_decode = sources.decode_file
     monkeypatch.setattr(sources, "decode_file", lambda *a: decodes.append(a[0]) or real_decode(*a))
-    streamed = [(x.numpy(), y.numpy()) for x, y in trainer._train_dataset(epoch=1, skip=0)]
+    streamed = [(b["inputs"].numpy(), b["targets"].numpy()) for b in trainer._train_dataset(epoch=1, skip=0)]
     assert decodes == []
-    decoded = build_dataset(source, recipe.data.train_split, batch_size=recipe.train.global_batch,
-                            image_size=recipe.data.image_size,
-                            augment=functools.partial(method.example_transform, training=True),
-                            batch_transform=method.batch_transform, training=True, seed=recipe.train.seed,
-                            epoch=1, repeat=True).take(2)
-    for (xa, ya), (xb, yb) in zip(streamed, decoded, strict=True):
-        np.testing.assert_array_equal(xa, xb.numpy())
-        np.testing.assert_array_equal(ya, yb.numpy())
+    decoded = build_pretext_dataset(source, recipe.data.train_split, method, batch_size=recipe.train.global_batch,
+                                    image_size=recipe.data.image_size, training=True, seed=recipe.train.seed,
+                                    epoch=1, repeat=True).take(2)
+    for (xa, ya), b in zip(streamed, decoded, strict=True):
+        np.testing.assert_array_equal(xa, b["inputs"].numpy())
+        np.testing.assert_array_equal(ya, b["targets"].numpy())
     assert decodes  # the spy sees decoding where it happens
-
-
-@pytest.mark.slow  # ~45 s on a busy 2-core CPU (tracing two ResNet steps), as in test_distribute
-def test_two_replicas_match_one_replica_on_the_same_global_batch(tmp_path):
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-    assert len(devices) == 2
-    recipe = tiny_recipe(epochs=1, steps_per_epoch=2)
-    source = ArraySource(_images(16))
-    single = Trainer(_method(), recipe, source, tf.distribute.get_strategy(), tmp_path / "one")
-    mirrored = Trainer(_method(), recipe, source, two_replica_strategy(devices), tmp_path / "two")
-    method = _method()
-    examples = [exemplar_example(method.bank, tf.constant([0, i], tf.int64), patch_size=P, **method.transform_ranges())
-                for i in range(8)]
-    views, labels = tf.stack([e[0] for e in examples]), tf.stack([e[1] for e in examples])
-    halves = [(views[:4], labels[:4]), (views[4:], labels[4:])]
-    assert_replicas_match(single, mirrored, (views, labels), halves)
 
 
 def test_saved_pretext_model_round_trips_with_safe_mode_and_the_backbone_extracts(tmp_path):
     x = np.random.default_rng(2).uniform(0, 255, (3, P, P, 3)).astype(np.float32)
     assert_round_trips_in_safe_mode(_method().build_model(), x, x, tmp_path)
+
+
+# ---- the method contract (tests/method_contract.py) --------------------------------------------
+CONTRACT = MethodContract(
+    method={"name": "exemplar", "num_classes": 6, "patch_size": P, "context_size": C, "candidates": 8,
+            "head_hidden_units": [16]},
+    image_size=IMG, images=_images(12), backbone=dict(BACKBONE))
+
+
+def test_method_contract(tmp_path):
+    CONTRACT.run_fast(tmp_path)
+
+
+@pytest.mark.slow
+def test_method_contract_two_replicas_and_sigkill_resume(tmp_path):
+    CONTRACT.run_slow(tmp_path)

@@ -34,7 +34,7 @@ def _tree_bytes(folder: Path) -> dict[str, bytes]:
 
 
 def test_preset_layout_and_metadata(tmp_path_factory):
-    from ssl_zoo.export import sha256_file
+    from ssl_zoo.preset import sha256_file
 
     ex = rf.exported(tmp_path_factory)
     preset = ex["preset"]
@@ -122,7 +122,8 @@ def test_saved_model_loads_with_plain_tf_in_subprocess(tmp_path_factory, tmp_pat
 
 def test_interrupted_export_keeps_previous_preset(tmp_path, tmp_path_factory):
     """A real export, SIGKILLed halfway through writing the preset, leaves the old one intact."""
-    from ssl_zoo.export import export, sha256_file
+    from ssl_zoo.export import export
+    from ssl_zoo.preset import sha256_file
     from ssl_zoo.loader import load_backbone
 
     ex = rf.copy_export(tmp_path, tmp_path_factory)
@@ -158,7 +159,7 @@ def test_interrupted_export_keeps_previous_preset(tmp_path, tmp_path_factory):
 
 
 def test_writer_error_midway_keeps_previous(tmp_path):
-    from ssl_zoo.export import atomic_dir, atomic_file
+    from ssl_zoo.preset import atomic_dir, atomic_file
 
     dest = tmp_path / "artefact"
     with atomic_dir(dest) as tmp:
@@ -180,7 +181,7 @@ def test_writer_error_midway_keeps_previous(tmp_path):
 
 def test_swap_interrupted_between_renames_is_recovered(tmp_path):
     """The one window directories cannot close (old moved aside, new not yet in place)."""
-    from ssl_zoo.export import atomic_dir, recover
+    from ssl_zoo.preset import atomic_dir, recover
     from ssl_zoo.loader import LoadError, load_backbone
 
     dest = tmp_path / "preset"
@@ -270,19 +271,31 @@ def test_export_takes_recipe_header_only_from_a_file_that_reproduces_the_run(tmp
     assert not (tmp_path / "out2").exists()
 
 
-def test_context_check_report_goes_into_metadata_and_card(tmp_path, tmp_path_factory):
+def test_diagnostics_go_into_metadata_and_the_methods_card(tmp_path, tmp_path_factory):
+    """`export --diagnostics` records an `ssl-zoo diagnose` report as the metadata's generic
+    "diagnostics" section; the card shows it as the entry's method renders it. `--context-check`
+    (the former name) also takes the bare report the former `ssl-zoo context-check` wrote."""
+    from ssl_zoo.cards import render_card
     from ssl_zoo.export import export
 
     ex = rf.exported(tmp_path_factory)
     report = {"accuracy": {"as_drawn": 0.3335, "centre_from_other_image": 0.2810, "centre_blanked": 0.2757},
               "chance": 0.125, "examples": 3925, "context_share": 0.2774, "run": "runs/somewhere",
               "data": "folder:imagenette-96px", "split": "val"}
+    (tmp_path / "diagnostics.json").write_text(json.dumps({"context_check": report}))
     (tmp_path / "context.json").write_text(json.dumps(report))
-    export(ex["run"], rf.NAME, tmp_path / "out", formats=("preset",), context_check=tmp_path / "context.json")
+    export(ex["run"], rf.NAME, tmp_path / "out", formats=("preset",), diagnostics=tmp_path / "diagnostics.json")
+    export(ex["run"], rf.NAME, tmp_path / "alias", formats=("preset",), context_check=tmp_path / "context.json")
     meta = json.loads((tmp_path / "out" / "preset" / "metadata.json").read_text())
-    assert meta["context_check"]["accuracy"] == report["accuracy"] and "run" not in meta["context_check"]
-    card = (tmp_path / "out" / "preset" / "README.md").read_text()
+    recorded = meta["diagnostics"]["context_check"]
+    assert recorded["accuracy"] == report["accuracy"] and "run" not in recorded and "context_check" not in meta
+    alias = json.loads((tmp_path / "alias" / "preset" / "metadata.json").read_text())
+    assert alias["diagnostics"] == meta["diagnostics"]
+    # The fixture is a RotNet run: RotNet renders no line for a relative-patch diagnostic.
+    assert "context-check" not in (tmp_path / "out" / "preset" / "README.md").read_text()
+    meta["method"] = {"name": "relative_patch", "patch_size": 24}
     assert ("33.35 % as drawn, 28.10 % with the centre patch of another image, 27.57 % with the centre blanked "
-            "(chance 12.50 %); 28 % of its above-chance accuracy needs the centre patch (the rest survives") in card
+            "(chance 12.50 %); 28 % of its above-chance accuracy needs the centre patch (the rest survives") in \
+        render_card(meta)
     export(ex["run"], rf.NAME, tmp_path / "plain", formats=("preset",))
-    assert "context-check" not in (tmp_path / "plain" / "preset" / "README.md").read_text()
+    assert json.loads((tmp_path / "plain" / "preset" / "metadata.json").read_text())["diagnostics"] is None

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import (assert_replicas_match, assert_round_trips_in_safe_mode, assert_two_step_fit, tiny_recipe,
-                     two_replica_strategy)
+from helpers import assert_round_trips_in_safe_mode
+from method_contract import MethodContract
 from ssl_zoo.backbones.resnet import IMAGENET_MEAN, IMAGENET_STD
-from ssl_zoo.data.pipeline import build_dataset
+from ssl_zoo.data.pipeline import build_pretext_dataset
 from ssl_zoo.data.sources import ArraySource
 from ssl_zoo.methods import build_method, extract_backbone
 from ssl_zoo.pretext.jigsaw import jigsaw_example
@@ -24,7 +24,6 @@ from ssl_zoo.pretext.permutations import (
     maximal_hamming_permutations,
     min_hamming_distance,
 )
-from ssl_zoo.train.loop import Trainer
 
 TILE = 8
 CROP = 27  # cells of 9 px: tiles of 8 px with one pixel of jitter/gap
@@ -201,21 +200,18 @@ def test_colour_jitter_makes_some_tiles_grey():
 def test_transform_inside_tf_data_through_the_pipeline():
     method = _method()
     source = ArraySource(_images(12))
-    ds = build_dataset(source, "train", batch_size=4, image_size=CROP,
-                       augment=functools.partial(method.example_transform, training=True), training=True)
-    batches = list(ds.as_numpy_iterator())
+    ds = build_pretext_dataset(source, "train", method, batch_size=4, image_size=CROP, training=True)
+    batches = [(b["inputs"], b["targets"]) for b in ds.as_numpy_iterator()]
     assert len(batches) == 3
     for tiles, labels in batches:
         assert tiles.shape == (4, 9, TILE, TILE, 3) and tiles.dtype == np.float32
         assert labels.dtype == np.int32 and ((labels >= 0) & (labels < 10)).all()
     # The same pipeline again gives the same examples (stateless seeds), and evaluation works too.
-    again = list(build_dataset(source, "train", batch_size=4, image_size=CROP,
-                               augment=functools.partial(method.example_transform, training=True), training=True)
+    again = list(build_pretext_dataset(source, "train", method, batch_size=4, image_size=CROP, training=True)
                  .as_numpy_iterator())
-    np.testing.assert_array_equal(batches[0][0], again[0][0])
-    ev = build_dataset(source, "train", batch_size=4, image_size=CROP,
-                       augment=functools.partial(method.example_transform, training=False))
-    assert next(iter(ev))[0].shape == (4, 9, TILE, TILE, 3)
+    np.testing.assert_array_equal(batches[0][0], again[0]["inputs"])
+    ev = build_pretext_dataset(source, "train", method, batch_size=4, image_size=CROP)
+    assert next(iter(ev))["inputs"].shape == (4, 9, TILE, TILE, 3)
 
     # Exact label check inside a graph (tf.data map) as well.
     perms = method.permutation_array
@@ -228,13 +224,6 @@ def test_transform_inside_tf_data_through_the_pipeline():
 
 
 # ---- model, training, replicas, saving ---------------------------------------------------------
-def test_two_step_keras_fit_on_the_pretext_model():
-    method = _method()
-    model = method.build_model()
-    assert model.input_shape == (None, 9, TILE, TILE, 3) and model.output_shape == (None, 10)
-    assert_two_step_fit(method, _images(8), CROP)
-
-
 def test_tiles_share_one_backbone_and_features_concatenate_in_tile_order():
     method = _method()
     model = method.build_model()
@@ -247,31 +236,22 @@ def test_tiles_share_one_backbone_and_features_concatenate_in_tile_order():
     assert sum(isinstance(layer, keras.Model) and layer.name == "backbone" for layer in model.layers) == 1
 
 
-@pytest.mark.slow  # ~45 s on a busy 2-core CPU (tracing two ResNet steps), as in test_distribute
-def test_two_replicas_match_one_replica_on_the_same_global_batch(tmp_path):
-    """Synchronized batch norm over all 9 x B tiles and the global-mean loss: two replicas with half
-    of the global batch each give the loss and updated weights of one replica with all of it."""
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-    assert len(devices) == 2
-    recipe = tiny_recipe(epochs=1, steps_per_epoch=2)
-    source = ArraySource(np.zeros((16, 16, 16, 3), np.uint8))
-
-    def trainer(strategy, name):
-        return Trainer(_method(), recipe, source, strategy, tmp_path / name)
-
-    single = trainer(tf.distribute.get_strategy(), "one")
-    mirrored = trainer(two_replica_strategy(devices), "two")
-
-    method = _method()
-    examples = [method.example_transform(tf.constant(im), CROP, tf.constant([0, i], tf.int64))
-                for i, im in enumerate(_images(8))]
-    tiles = tf.stack([e[0] for e in examples])
-    labels = tf.stack([e[1] for e in examples])
-    halves = [(tiles[:4], labels[:4]), (tiles[4:], labels[4:])]
-    assert_replicas_match(single, mirrored, (tiles, labels), halves)
-
-
 def test_saved_pretext_model_round_trips_with_safe_mode_and_the_backbone_extracts(tmp_path):
     x = np.random.default_rng(2).uniform(0, 255, (3, 9, TILE, TILE, 3)).astype(np.float32)
     backbone = assert_round_trips_in_safe_mode(_method().build_model(), x, x[:, 0], tmp_path)
     assert backbone.get_layer("stage4") is not None
+
+
+# ---- the method contract (tests/method_contract.py) --------------------------------------------
+CONTRACT = MethodContract(
+    method={"name": "jigsaw", "num_permutations": 10, "tile_size": TILE, "head_hidden_units": [16]},
+    image_size=CROP, images=_images(12), backbone=dict(BACKBONE))
+
+
+def test_method_contract(tmp_path):
+    CONTRACT.run_fast(tmp_path)
+
+
+@pytest.mark.slow
+def test_method_contract_two_replicas_and_sigkill_resume(tmp_path):
+    CONTRACT.run_slow(tmp_path)

@@ -125,7 +125,7 @@ def test_tampered_weights_are_refused(tmp_path, tmp_path_factory):
         load_backbone(ex["preset"])
     message = str(err.value)
     assert str(weights) in message and expected in message
-    from ssl_zoo.export import sha256_file
+    from ssl_zoo.preset import sha256_file
 
     assert sha256_file(weights) in message
 

@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import (assert_replicas_match, assert_round_trips_in_safe_mode, assert_two_step_fit, tiny_recipe,
-                     two_replica_strategy)
+from helpers import assert_round_trips_in_safe_mode
+from method_contract import MethodContract
 from ssl_zoo.backbones.resnet import IMAGENET_MEAN
-from ssl_zoo.data.pipeline import build_dataset
+from ssl_zoo.data.pipeline import build_pretext_dataset
 from ssl_zoo.data.sources import ArraySource
 from ssl_zoo.methods import build_method, extract_backbone
 from ssl_zoo.pretext.relative_patch import OFFSETS, relative_patch_example
-from ssl_zoo.train.loop import Trainer
 
 P, GAP, JIT, CROP = 8, 3, 2, 36  # 3*8 + 2*3 + 2*2 = 34 <= 36
 BACKBONE = {"arch": "resnet", "depth": 18, "width": 0.125, "stem": "cifar", "image_size": P}
@@ -74,16 +73,15 @@ def test_transform_inside_tf_data():
         labels.add(int(label))
     assert labels == set(range(8))  # all eight neighbours occur
     method = _method()
-    pipe = build_dataset(ArraySource(_images(12)), "train", batch_size=4, image_size=CROP,
-                         augment=functools.partial(method.example_transform, training=True), training=True)
-    batches = list(pipe.as_numpy_iterator())
+    pipe = build_pretext_dataset(ArraySource(_images(12)), "train", method, batch_size=4, image_size=CROP,
+                                 training=True)
+    batches = [(b["inputs"], b["targets"]) for b in pipe.as_numpy_iterator()]
     assert len(batches) == 3
     for patches, labels in batches:
         assert patches.shape == (4, 2, P, P, 3) and labels.dtype == np.int32
         assert ((labels >= 0) & (labels < 8)).all()
-    ev = build_dataset(ArraySource(_images(4)), "train", batch_size=4, image_size=CROP,
-                       augment=functools.partial(method.example_transform, training=False))
-    assert next(iter(ev))[0].shape == (4, 2, P, P, 3)
+    ev = build_pretext_dataset(ArraySource(_images(4)), "train", method, batch_size=4, image_size=CROP)
+    assert next(iter(ev))["inputs"].shape == (4, 2, P, P, 3)
 
 
 def test_jitter_moves_patches_and_the_same_seed_repeats():
@@ -163,13 +161,6 @@ def test_pair_placement_keeps_absolute_position_from_giving_the_label_away(train
     assert all(0 <= r <= CROP - P for rows in pair.values() for r in rows)
 
 
-def test_two_step_keras_fit_on_the_pretext_model():
-    method = _method()
-    model = method.build_model()
-    assert model.input_shape == (None, 2, P, P, 3) and model.output_shape == (None, 8)
-    assert_two_step_fit(method, _images(8), CROP)
-
-
 def test_siamese_backbone_is_shared_and_fused_by_concatenation():
     model = _method().build_model()
     backbone = extract_backbone(model)
@@ -179,22 +170,21 @@ def test_siamese_backbone_is_shared_and_fused_by_concatenation():
     np.testing.assert_allclose(fused, per_patch.reshape(3, -1), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.slow  # ~45 s on a busy 2-core CPU (tracing two ResNet steps), as in test_distribute
-def test_two_replicas_match_one_replica_on_the_same_global_batch(tmp_path):
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-    assert len(devices) == 2
-    recipe = tiny_recipe(epochs=1, steps_per_epoch=2)
-    source = ArraySource(np.zeros((16, 16, 16, 3), np.uint8))
-    single = Trainer(_method(), recipe, source, tf.distribute.get_strategy(), tmp_path / "one")
-    mirrored = Trainer(_method(), recipe, source, two_replica_strategy(devices), tmp_path / "two")
-    method = _method()
-    examples = [method.example_transform(tf.constant(im), CROP, tf.constant([0, i], tf.int64))
-                for i, im in enumerate(_images(8))]
-    patches, labels = tf.stack([e[0] for e in examples]), tf.stack([e[1] for e in examples])
-    halves = [(patches[:4], labels[:4]), (patches[4:], labels[4:])]
-    assert_replicas_match(single, mirrored, (patches, labels), halves)
-
-
 def test_saved_pretext_model_round_trips_with_safe_mode_and_the_backbone_extracts(tmp_path):
     x = np.random.default_rng(2).uniform(0, 255, (3, 2, P, P, 3)).astype(np.float32)
     assert_round_trips_in_safe_mode(_method().build_model(), x, x[:, 0], tmp_path)
+
+
+# ---- the method contract (tests/method_contract.py) --------------------------------------------
+CONTRACT = MethodContract(
+    method={"name": "relative_patch", "patch_size": P, "gap": GAP, "jitter": JIT, "head_hidden_units": [16]},
+    image_size=CROP, images=_images(12))
+
+
+def test_method_contract(tmp_path):
+    CONTRACT.run_fast(tmp_path)
+
+
+@pytest.mark.slow
+def test_method_contract_two_replicas_and_sigkill_resume(tmp_path):
+    CONTRACT.run_slow(tmp_path)

@@ -1,4 +1,9 @@
-"""Data sources. Each yields unbatched `{"image": uint8 HxWx3, "label": int64}` examples.
+"""Data sources. Each yields unbatched `{"image": uint8 HxWx3, "label": int64, "index": int64}` examples.
+
+`index` is the example's identity within its split: 0 ... num_examples - 1, the same for an image
+whatever the shuffle seed, the epoch or the shard that reads it (a file's position in the sorted
+listing, an array's row, a TFDS record's position in the split or slice). Methods that keep
+something per image (pseudo-labels, a memory bank) key it by this index.
 
 Three kinds, one pipeline (`ssl_zoo.data.pipeline`): a TFDS dataset by name, a folder of images,
 in-memory arrays. A source is named by a spec string so that recipes and the command line can
@@ -90,10 +95,11 @@ class TFDSSource(Source):
         import tensorflow_datasets as tfds
 
         self.num_examples(split)  # an unknown split (or a bad slice) is a DataError naming the splits
-        read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
+        read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False, add_tfds_id=True)
         ds = self._builder.as_dataset(
             split=split, shuffle_files=shuffle_seed is not None, read_config=read_config
         )
+        index_of = self._record_index(split)
         image_key = "image"
         label_key = "label" if "label" in self._builder.info.features else None
 
@@ -102,9 +108,28 @@ class TFDSSource(Source):
             if image.shape.rank == 3 and image.shape[-1] == 1:
                 image = tf.image.grayscale_to_rgb(image)
             label = tf.cast(ex[label_key], tf.int64) if label_key else tf.constant(-1, tf.int64)
-            return {"image": image, "label": label}
+            return {"image": image, "label": label, "index": index_of(ex["tfds_id"])}
 
         return ds.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def _record_index(self, split):
+        """tfds_id ("<shard file>__<record>") -> the record's position in `split` (a slice counts
+        from its own first record), from the split's file instructions: shuffled shards still give
+        every image the same index."""
+        offsets, keys = [], []
+        position = 0
+        for fi in self._builder.info.splits[split].file_instructions:
+            keys.append(os.path.basename(fi.filename))
+            offsets.append(position - fi.skip)
+            position += fi.take
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.constant(offsets, tf.int64)), default_value=-1)
+
+        def index_of(tfds_id):
+            parts = tf.strings.split(tfds_id, "__")
+            return table.lookup(parts[0]) + tf.strings.to_number(parts[-1], tf.int64)
+
+        return index_of
 
     def num_examples(self, split):
         # TFDS split slicing works everywhere a split is named: "train[:10%]", "train[5000:]".
@@ -182,8 +207,8 @@ class ImageFolderSource(Source):
 
     def examples(self, split, shuffle_seed=None):
         paths, labels, _ = self._list(split)
-        keys = np.arange(len(paths), dtype=np.int64) if self.cache else paths
-        ds = tf.data.Dataset.from_tensor_slices((keys, np.asarray(labels, np.int64)))
+        indices = np.arange(len(paths), dtype=np.int64)
+        ds = tf.data.Dataset.from_tensor_slices((indices, np.asarray(paths), np.asarray(labels, np.int64)))
         if shuffle_seed is not None:
             # Shuffling the file list is cheap and gives a full shuffle before any decoding. The
             # permutation depends only on the seed and the count, so the cache's index list is
@@ -192,18 +217,19 @@ class ImageFolderSource(Source):
         if self.cache:
             memory = self._decoded_split(split)
 
-            def read(index, label):
+            def read(index, path, label):
+                del path
                 begin, end = memory["offsets"][index], memory["offsets"][index + 1]
                 image = tf.reshape(memory["flat"][begin:end], memory["shapes"][index])
-                return {"image": image, "label": label, "ok": memory["ok"][index]}
+                return {"image": image, "label": label, "index": index, "ok": memory["ok"][index]}
 
             ds = ds.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         else:
             decode = self._decode_fn()
-            ds = ds.map(lambda path, label: {**decode(path), "label": label},
+            ds = ds.map(lambda index, path, label: {**decode(path), "label": label, "index": index},
                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.filter(lambda ex: ex["ok"])
-        return ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+        return ds.map(lambda ex: {"image": ex["image"], "label": ex["label"], "index": ex["index"]})
 
     def _decode_fn(self):
         """path -> {"image": uint8 HxWx3, "ok": bool}; a file that fails is counted in `stats` and
@@ -299,7 +325,8 @@ class ArraySource(Source):
             raise DataError(f"{len(images)} images but {len(self.labels)} labels")
 
     def examples(self, split, shuffle_seed=None):
-        ds = tf.data.Dataset.from_tensor_slices({"image": self.images, "label": self.labels})
+        ds = tf.data.Dataset.from_tensor_slices(
+            {"image": self.images, "label": self.labels, "index": np.arange(len(self.images), dtype=np.int64)})
         if shuffle_seed is not None:
             ds = ds.shuffle(len(self.images), seed=shuffle_seed, reshuffle_each_iteration=False)
         return ds
@@ -329,8 +356,8 @@ class ImagelessSource(Source):
         n = self.num_examples(split)
         if not n:
             raise DataError(f"{self.source.name}/{split} has no examples to count")
-        placeholder = {"image": tf.zeros([1, 1, 3], tf.uint8), "label": tf.constant(-1, tf.int64)}
-        return tf.data.Dataset.from_tensors(placeholder).repeat(n)
+        return tf.data.Dataset.range(n).map(
+            lambda i: {"image": tf.zeros([1, 1, 3], tf.uint8), "label": tf.constant(-1, tf.int64), "index": i})
 
     def num_examples(self, split):
         return self.source.num_examples(split)

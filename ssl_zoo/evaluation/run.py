@@ -58,6 +58,28 @@ def evaluate_backbone(
     return result
 
 
+def recipe_protocol(model=None, recipe=None) -> dict:
+    """The protocol `ssl-zoo evaluate` follows where no flag says otherwise: the `[evaluation]`
+    section of the recipe file `recipe` (training/NAME.toml), else of the recipe recorded by the
+    run folder `model` (its run.json), else the section's defaults. Keys are `evaluate_model`'s:
+    source, train_split, test_split, image_size, stages, knn_k."""
+    import dataclasses
+    import json
+
+    from ssl_zoo.train.recipe import EvalConfig, load_recipe, recipe_from_dict
+
+    if recipe is not None:
+        section = load_recipe(recipe).evaluation
+    elif isinstance(model, (str, Path)) and (Path(model) / "run.json").is_file():
+        recorded = json.loads((Path(model) / "run.json").read_text()).get("recipe")
+        section = recipe_from_dict(dict(recorded)).evaluation if recorded else EvalConfig()
+    else:
+        section = EvalConfig()
+    values = dataclasses.asdict(section)
+    values["stages"] = list(values["stages"])
+    return values
+
+
 def evaluate_model(
     model: str | keras.Model,
     *,
@@ -122,7 +144,7 @@ def evaluate_model(
         "seconds": round(time.time() - t0, 1),
     }
     if out:
-        from ssl_zoo.train.loop import write_json_atomic
+        from ssl_zoo.preset import write_json
 
-        write_json_atomic(report, Path(out))
+        write_json(report, out, sort_keys=True)
     return report

@@ -13,6 +13,17 @@ from ssl_zoo.methods.rotnet import RotNet
 METHODS: dict[str, type[PretextMethod]] = {cls.name: cls for cls in (RotNet, Jigsaw, RelativePatch, Exemplar)}
 
 
+def register_method(cls: type[PretextMethod]) -> type[PretextMethod]:
+    """Adds a method class to the registry (usable as a decorator): a user's own method, or a
+    test's, then trains from a recipe like the zoo's."""
+    if not cls.name:
+        raise ConfigError(f"{cls.__name__} has no name")
+    if METHODS.get(cls.name, cls) is not cls:
+        raise ConfigError(f"a different method is already registered as {cls.name!r}")
+    METHODS[cls.name] = cls
+    return cls
+
+
 def build_method(name: str, **kwargs) -> PretextMethod:
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r}; available: {sorted(METHODS)}")
@@ -31,4 +42,33 @@ def method_from_recipe(recipe) -> PretextMethod:
     return build_method(method_cfg.pop("name"), backbone=recipe.backbone, **method_cfg)
 
 
-__all__ = ["METHODS", "PretextMethod", "build_method", "extract_backbone", "method_from_recipe"]
+def diagnose_run(run_dir, *, data_dir=None, overrides=(), out=None, **options) -> dict:
+    """`ssl-zoo diagnose RUN`: the run's method checks what its trained model learned, with its
+    own `diagnose(run_dir, recipe=, data_dir=, **options)` -> {name: report} (relative patch:
+    "context_check"). The run's recorded recipe builds the method; `overrides`
+    (`section.key=value`) correct it, e.g. `method.placement=grid` for a run recorded before that
+    parameter existed. `out`: the report file `ssl-zoo export --diagnostics` takes."""
+    import json
+    from pathlib import Path
+
+    from ssl_zoo.preset import write_json
+    from ssl_zoo.train.recipe import apply_overrides, recipe_from_dict
+
+    run_dir = Path(run_dir)
+    run = json.loads((run_dir / "run.json").read_text())
+    recipe = apply_overrides(recipe_from_dict(dict(run["recipe"]), name=run["recipe"].get("name", "run")),
+                             list(overrides))
+    method = method_from_recipe(recipe)
+    if not hasattr(method, "diagnose"):
+        having = sorted(n for n, cls in METHODS.items() if hasattr(cls, "diagnose"))
+        raise ConfigError(f"{run_dir} trained {method.name!r}, which has no diagnostics (methods with some: {having})")
+    report = method.diagnose(run_dir, recipe=recipe, data_dir=data_dir, **options)
+    for diagnostic in report.values():
+        diagnostic.update(run=str(run_dir), overrides=list(overrides))
+    if out:
+        write_json(report, out)
+    return report
+
+
+__all__ = ["METHODS", "PretextMethod", "build_method", "diagnose_run", "extract_backbone", "method_from_recipe",
+           "register_method"]

@@ -1,9 +1,32 @@
-"""What a method is: composition of a backbone, a pretext transform, a head and a loss.
+"""What a method is: composition of a backbone, a pretext transform, a head and a loss, plus
+whatever it keeps between steps.
 
-Discriminative pretexts (rotation, jigsaw, …) only say how to build the model and how to turn a
-batch of images into `(inputs, targets)`; the shared training loop's default step (forward,
-`loss(targets, outputs)`, backward, optimizer) trains them. Methods with extra state (momentum
-encoders, queues, pseudo-labels) override `train_step` and keep that state on themselves.
+The contract, from the simplest method to the most stateful:
+
+- **Composition** (every method): `build_model()`, `example_transform()` (an image -> a
+  `{"inputs", "targets"}` dict, see `ssl_zoo.data.pipeline.pretext_example`) and optionally
+  `batch_transform` (a batch dict -> a batch dict). Discriminative pretexts (rotation, jigsaw,
+  ...) stop here: the default `train_step` (forward, `loss(targets, outputs)`, backward, the one
+  optimizer of the recipe's `[optimizer]`) trains them.
+- **State** (`build_state`): EMA targets, queues, memory banks, per-image pseudo-labels. Built by
+  the trainer under the strategy scope and checkpointed with the model, so a killed run resumes
+  with it (lightly's memory bank is `persistent=False`: a resumed MoCo loses its queue; not here).
+- **Several optimizers** (`optimizer_names` + `optimizer_variables`): each name gets its own
+  recipe section `[optimizers.NAME]` (keys it leaves out come from `[optimizer]`) and schedule;
+  the step reads `ctx.optimizers[NAME]` (mmagic's `optim_wrapper["generator"]`).
+- **Step context** (`StepContext`): the model, optimizers, state, global step and total steps
+  (BYOL's momentum schedule) reach the step; the batch carries `index`, each source image's
+  identity (memory banks, pseudo-labels).
+- **Epoch hooks** (`on_epoch_begin`): run by the trainer after any restore, at the start of
+  every epoch that starts afresh (never on a mid-epoch resume, which restores what the hook
+  computed from the checkpoint), with `EpochContext.inference`, an in-order distributed pass
+  over a split (DeepCluster's features of the whole training set).
+- **Metrics** (`metrics`, or the dict a step returns): sums over examples, reduced over
+  replicas and averaged by `count`; every name the method returns reaches the history,
+  TensorBoard and the card.
+- **Export** (`export_backbone`): what the release is, a Keras model from RGB in [0, 255] to
+  features with stages named `stem` ... `pooled`, made of stock layers (safe mode). Default:
+  the sub-model named "backbone".
 """
 
 from __future__ import annotations
@@ -19,8 +42,62 @@ from ssl_zoo.backbones import build_backbone
 from ssl_zoo.data.augment import AUGMENTATIONS
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import PRETEXT_HEAD
+from ssl_zoo.methods.card import MethodCard
 
 BACKBONE = "backbone"
+# The one optimizer of a method that names none: the recipe's [optimizer] section.
+DEFAULT_OPTIMIZER = "default"
+
+
+@dataclasses.dataclass
+class StepContext:
+    """What a training step sees besides its batch. Built once by the trainer; `step` is read
+    inside the compiled step, so schedules that depend on it need no retracing."""
+
+    model: keras.Model
+    optimizers: dict[str, Any]
+    state: dict[str, Any]
+    step: tf.Variable  # optimizer steps completed before this one (int64)
+    total_steps: int
+    steps_per_epoch: int
+
+    @property
+    def optimizer(self):
+        """The single optimizer of a method that names none."""
+        if list(self.optimizers) != [DEFAULT_OPTIMIZER]:
+            raise ConfigError(f"this method has several optimizers {sorted(self.optimizers)}: use ctx.optimizers[name]")
+        return self.optimizers[DEFAULT_OPTIMIZER]
+
+    def progress(self) -> tf.Tensor:
+        """Fraction of the run done before this step, float32 in [0, 1]."""
+        return tf.cast(self.step, tf.float32) / float(max(self.total_steps, 1))
+
+
+@dataclasses.dataclass
+class EpochContext:
+    """What an epoch hook sees. `inference(fn, ...)` runs `fn(model, state, inputs)` over a whole
+    split on every replica and returns its outputs gathered in index order (see
+    `ssl_zoo.train.loop.Trainer.inference_pass`)."""
+
+    epoch: int  # 0-based: the epoch about to start
+    step: int
+    model: keras.Model
+    optimizers: dict[str, Any]
+    state: dict[str, Any]
+    train_split: str
+    num_examples: int
+    inference: Callable[..., dict]
+
+
+def state_variable(initial_value, name: str, dtype=None) -> tf.Variable:
+    """A variable for method state, created in `build_state` (under the strategy scope).
+
+    Non-trainable, and assigned from the first replica: a state update must compute the same
+    value on every replica (from gathered or identical inputs), and ONLY_FIRST_REPLICA makes a
+    plain `assign` inside the step legal under every strategy and keeps the copies identical."""
+    return tf.Variable(initial_value, dtype=dtype, trainable=False, name=name,
+                       synchronization=tf.VariableSynchronization.ON_WRITE,
+                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
 
 @dataclasses.dataclass
@@ -29,7 +106,10 @@ class PretextMethod:
 
     backbone: dict = dataclasses.field(default_factory=lambda: {"arch": "resnet", "depth": 18})
     name: ClassVar[str] = ""
-    # Per-example view augmentation the pipeline applies before batching (see data.augment).
+    card: ClassVar["MethodCard | None"] = None
+    # () = one optimizer, the recipe's [optimizer]; else one [optimizers.NAME] section per name.
+    optimizer_names: ClassVar[tuple[str, ...]] = ()
+    # Per-example view augmentation the default transform applies before batching (data.augment).
     augment: str = "crop_flip"
     # False for methods whose examples do not depend on the image the pipeline hands them
     # (Exemplar CNN samples its seed bank): the trainer then streams placeholders (ImagelessSource)
@@ -39,46 +119,84 @@ class PretextMethod:
     def build_backbone(self) -> keras.Model:
         return build_backbone(self.backbone, name=BACKBONE)
 
-    # Optional transform of a whole batch `(images, labels) -> (inputs, targets)`, for pretexts that
-    # need every variant of an image in the same batch (RotNet). None: the batch is used as is.
+    # Optional transform of a whole batch dict `{"inputs", "targets"?} -> {"inputs", "targets"?}`,
+    # for pretexts that need every variant of an image in the same batch (RotNet). None: as is.
     batch_transform: Callable | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
+    # ---- composition --------------------------------------------------------------------------
     def build_model(self) -> keras.Model:
         raise NotImplementedError
 
-    def example_transform(self, image, size: int, seed, training: bool = True):
-        """Per-example transform, before batching: an image -> a view (float32 [size, size, 3]),
-        or -> `(inputs, target)` for pretexts whose label is made per example (jigsaw, …).
-        `seed` is a stateless seed; at evaluation (`training=False`) the view is the centre crop."""
-        return AUGMENTATIONS[self.augment if training else "center"](image, size, seed)
+    def example_transform(self, image, size: int, seed, training: bool = True, index=None) -> dict:
+        """Per-example transform, before batching: an image -> `{"inputs": ..., "targets": ...}`
+        ("targets" optional). `seed` is a stateless seed, `index` the image's identity in its split.
+        The default is a view (float32 [size, size, 3]) without a target, for a batch transform to
+        label; at evaluation (`training=False`) the view is the centre crop."""
+        del index
+        return {"inputs": AUGMENTATIONS[self.augment if training else "center"](image, size, seed)}
 
+    # ---- state, optimizers, hooks -------------------------------------------------------------
+    def build_state(self, model: keras.Model) -> dict[str, Any]:
+        """Trackables (tf.Variables, Keras models) the method keeps between steps; called once
+        under the strategy scope after `build_model`, checkpointed with the model. None here."""
+        del model
+        return {}
+
+    def optimizer_variables(self, name: str, model: keras.Model, state: dict) -> list:
+        """The variables optimizer `name` updates (built before the first step, so that its slots
+        exist under the strategy scope and in the checkpoint)."""
+        if name != DEFAULT_OPTIMIZER:
+            raise NotImplementedError(f"{type(self).__name__} names optimizer {name!r} but does not say which "
+                                      f"variables it updates (override optimizer_variables)")
+        return model.trainable_variables
+
+    def on_epoch_begin(self, ctx: EpochContext) -> dict[str, float]:
+        """Runs before each epoch that starts afresh, after any restore. Returns metrics for the
+        epoch's history record (e.g. clustering NMI). Nothing here."""
+        del ctx
+        return {}
+
+    # ---- steps ----------------------------------------------------------------------------------
     def loss(self, targets, outputs):
-        """Per-example loss; reduced to the global mean by the loop."""
+        """Per-example loss; reduced to the global mean by the step."""
         return losses.sparse_cross_entropy(targets, outputs)
 
-    def train_step(self, model, optimizer, inputs, targets) -> dict[str, tf.Tensor]:
-        """One replica's step. Returns sums that the loop reduces (SUM) across replicas."""
+    def train_step(self, ctx: StepContext, batch: dict) -> dict[str, tf.Tensor]:
+        """One replica's step. Returns sums over this replica's examples (and their `count`),
+        which the loop sums over replicas and divides by the total count."""
+        model, targets = ctx.model, batch["targets"]
         with tf.GradientTape() as tape:
-            outputs = model(inputs, training=True)
+            outputs = model(batch["inputs"], training=True)
             per_example = self.loss(targets, outputs)
             loss = losses.global_mean(per_example)
             if model.losses:
                 loss += tf.add_n(model.losses) / losses.num_replicas()
         grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        ctx.optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return self.metrics(targets, outputs, per_example)
 
-    def eval_step(self, model, inputs, targets) -> dict[str, tf.Tensor]:
-        outputs = model(inputs, training=False)
-        return self.metrics(targets, outputs, self.loss(targets, outputs))
+    def eval_step(self, ctx: StepContext, batch: dict) -> dict[str, tf.Tensor]:
+        outputs = ctx.model(batch["inputs"], training=False)
+        return self.metrics(batch["targets"], outputs, self.loss(batch["targets"], outputs))
 
     def metrics(self, targets, outputs, per_example) -> dict[str, tf.Tensor]:
+        """Sums the loop averages: "loss_sum" -> loss, "correct" -> accuracy, "NAME_sum" -> NAME,
+        any other key by its own name; all divided by the summed "count"."""
         correct = tf.equal(tf.argmax(outputs, -1, output_type=tf.int32), tf.cast(targets, tf.int32))
         return {
             "loss_sum": tf.reduce_sum(per_example),
             "correct": tf.reduce_sum(tf.cast(correct, tf.float32)),
             "count": tf.cast(tf.shape(per_example)[0], tf.float32),
         }
+
+    # ---- release --------------------------------------------------------------------------------
+    def export_backbone(self, model: keras.Model, state: dict) -> keras.Model:
+        """The released backbone: a functional model from RGB in [0, 255] to the pooled features
+        whose stages are top-level layers named `stem` ... `pooled`, of stock layers only (safe
+        mode). Default: the sub-model named "backbone"; a method may release another encoder (an
+        EMA target from `state`) or wrap one whose input is not RGB."""
+        del state
+        return extract_backbone(model)
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}}
@@ -108,4 +226,5 @@ def single_view_classifier(backbone: keras.Model, head: keras.Model, image_size)
     return keras.Model(inputs, head(backbone(inputs)), name="pretext_model")
 
 
-__all__ = ["BACKBONE", "PRETEXT_HEAD", "PretextMethod", "extract_backbone", "single_view_classifier"]
+__all__ = ["BACKBONE", "DEFAULT_OPTIMIZER", "PRETEXT_HEAD", "EpochContext", "PretextMethod", "StepContext",
+           "extract_backbone", "single_view_classifier", "state_variable"]

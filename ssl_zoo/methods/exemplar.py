@@ -37,6 +37,7 @@ import tensorflow as tf
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import classification_head
 from ssl_zoo.methods.base import PretextMethod, single_view_classifier
+from ssl_zoo.methods.card import MethodCard
 from ssl_zoo.pretext.exemplar import apply_transformations, draw_example, seed_context
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,24 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class Exemplar(PretextMethod):
     name: ClassVar[str] = "exemplar"
+    card: ClassVar[MethodCard] = MethodCard(
+        title="Exemplar CNN",
+        paper="Dosovitskiy, Fischer, Springenberg, Riedmiller & Brox, \"Discriminative Unsupervised Feature "
+              "Learning with Exemplar Convolutional Neural Networks\", TPAMI 2016 (arXiv:1406.6909)",
+        paragraph="Seed patches are sampled where the image gradient is strong; each seed becomes its own "
+                  "surrogate class, seen under random translation, scaling, rotation, contrast and colour "
+                  "changes, and the network classifies which seed a transformed view came from. To tell "
+                  "thousands of seeds apart under these changes the features must be invariant to them and "
+                  "still discriminative. The classifier over the surrogate classes is dropped after training; "
+                  "the backbone is released.",
+        # Its classes *are* training seeds, so its held-out measure is new transformations, not new images.
+        pretext_eval="fresh random transformations of the seed patches (drawn by the evaluation pipeline's "
+                     "fixed seeds, as many as the {split} split of {data} has images)",
+        pretext_classes="num_classes",
+        limitation="The surrogate classes are a fixed sample of seed patches from the training images; "
+                   "features are invariant only to the transformations the recipe applied.",
+        view_size_field="patch_size",
+    )
     reads_images: ClassVar[bool] = False  # examples come from the seed bank (see `prepare`)
     # The paper used 8000 classes (16000 and 32000 in later tables) from 96 px STL-10 images,
     # 32 px seed patches: the setting reproduced here with Imagenette at 96 px.
@@ -113,19 +132,20 @@ class Exemplar(PretextMethod):
                     contrast=self.contrast, sv_power=self.sv_power, sv_factor=self.sv_factor,
                     sv_shift=self.sv_shift, hue_shift=self.hue_shift)
 
-    def example_transform(self, image, size: int, seed, training: bool = True):
-        """(ignored image) -> ((a random seed's context, its view's parameters), class id); the
+    def example_transform(self, image, size: int, seed, training: bool = True, index=None):
+        """(ignored image) -> {"inputs": (a random seed's context, its view's parameters), "targets": class id}; the
         batch transform turns each batch of them into views. At evaluation (`training=False`) the
         same distribution, from the evaluation pipeline's fixed seeds: the pretext accuracy then
         measures recognition of the seeds under unseen transformations."""
-        del image, size, training
+        del image, size, training, index
         if self.bank is None:
             raise RuntimeError("Exemplar needs its seed bank: call prepare(source, split, image_size) first "
                                "(the trainer does so before building datasets)")
         context, params, label = draw_example(self.bank, seed, patch_size=self.patch_size, **self.transform_ranges())
-        return (context, params), label
+        return {"inputs": (context, params), "targets": label}
 
-    def views_from_batch(self, inputs, labels):
-        """((contexts [B, C, C, 3], parameters), labels) -> (views [B, P, P, 3], labels)."""
-        contexts, params = inputs
-        return apply_transformations(contexts, params, patch_size=self.patch_size), labels
+    def views_from_batch(self, batch: dict) -> dict:
+        """{"inputs": (contexts [B, C, C, 3], parameters), "targets"} -> {"inputs": views [B, P, P, 3], "targets"}."""
+        contexts, params = batch["inputs"]
+        return {"inputs": apply_transformations(contexts, params, patch_size=self.patch_size),
+                "targets": batch["targets"]}

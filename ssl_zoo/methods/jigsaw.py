@@ -26,6 +26,7 @@ from ssl_zoo.backbones.resnet import IMAGENET_MEAN, IMAGENET_STD
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import classification_head
 from ssl_zoo.methods.base import PretextMethod
+from ssl_zoo.methods.card import MethodCard
 from ssl_zoo.methods.views import FUSIONS, shared_backbone_over_views
 from ssl_zoo.pretext.jigsaw import (
     NUM_TILES,
@@ -39,6 +40,23 @@ from ssl_zoo.pretext.jigsaw import (
 @dataclasses.dataclass
 class Jigsaw(PretextMethod):
     name: ClassVar[str] = "jigsaw"
+    card: ClassVar[MethodCard] = MethodCard(
+        title="Jigsaw puzzles",
+        paper="Noroozi & Favaro, \"Unsupervised Learning of Visual Representations by Solving Jigsaw "
+              "Puzzles\", ECCV 2016 (arXiv:1603.09246)",
+        paragraph="A crop of each image is cut into a 3x3 grid; one tile is taken inside every cell at a "
+                  "random offset (so tiles never share an edge and their borders cannot simply be matched), "
+                  "normalised on its own and sometimes turned grey (so colour cannot tell neighbours apart). "
+                  "The tiles are shuffled by one permutation of a fixed set chosen for maximal minimum "
+                  "Hamming distance, and the network classifies which permutation it sees. Every tile goes "
+                  "through the same backbone (shared weights); the tile features are concatenated in input "
+                  "order and an MLP classifies the permutation. The backbone alone is released; the "
+                  "permutation set is part of the method configuration below.",
+        pretext_classes="num_permutations",  # the configuration field that holds it
+        limitation="The backbone was trained on small tiles, not whole images: it has seen objects only in "
+                   "parts, at the tile scale.",
+        view_size_field="tile_size",
+    )
     # "we use ... a set of 1000 permutations" is the paper's default; 100 is its cheaper setting
     # with a larger minimum Hamming distance (Table 3); both work here.
     num_permutations: int = 100
@@ -88,10 +106,12 @@ class Jigsaw(PretextMethod):
         return shared_backbone_over_views(backbone, head, NUM_TILES, self.tile_size, input_name="tiles",
                                           fusion=self.fusion, per_view_units=self.per_view_units)
 
-    def example_transform(self, image, size: int, seed, training: bool = True):
-        return jigsaw_example(
+    def example_transform(self, image, size: int, seed, training: bool = True, index=None):
+        del index
+        tiles, permutation = jigsaw_example(
             image, seed, self._perms, crop_size=size, tile_size=self.tile_size, training=training,
             jitter=self.jitter, grey_probability=self.grey_probability, saturation=self.saturation,
             mean=tuple(self.backbone.get("mean", IMAGENET_MEAN)),
             std=tuple(self.backbone.get("std", IMAGENET_STD)),
         )
+        return {"inputs": tiles, "targets": permutation}

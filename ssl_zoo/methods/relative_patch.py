@@ -21,14 +21,40 @@ from ssl_zoo.backbones.resnet import IMAGENET_MEAN
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import classification_head
 from ssl_zoo.methods.base import PretextMethod
+from ssl_zoo.methods.card import MethodCard
+from ssl_zoo.methods.relative_patch_diagnostics import card_lines, run_context_check
 from ssl_zoo.methods.views import FUSIONS, shared_backbone_over_views
 from ssl_zoo.pretext.relative_patch import (CHROMA_DEFENCES, NUM_NEIGHBOURS, PLACEMENTS,
                                              relative_patch_example)
 
 
+def _card_limitation(config: dict) -> str:
+    # Depends on the run's chromatic-aberration defence (channel drop was the only one at first).
+    return "The backbone was trained on small patches, not whole images" + {
+        "channel_drop": ", and mostly on single colour channels (the chromatic-aberration defence).",
+        "grey": ", with the green-magenta colour axis projected out (the chromatic-aberration defence).",
+    }.get(config.get("chroma_defence", "channel_drop"), ".")
+
+
 @dataclasses.dataclass
 class RelativePatch(PretextMethod):
     name: ClassVar[str] = "relative_patch"
+    card: ClassVar[MethodCard] = MethodCard(
+        title="Relative patch location",
+        paper="Doersch, Gupta & Efros, \"Unsupervised Visual Representation Learning by Context "
+              "Prediction\", ICCV 2015 (arXiv:1505.05192)",
+        paragraph="A centre patch and one of its eight neighbours are cut from an image with a gap and a "
+                  "random jitter between them (so low-level cues such as continuing lines do not give the "
+                  "answer away), and the network predicts which of the eight positions the second patch came "
+                  "from. Against chromatic aberration, a lens cue that reveals where a patch sits in the "
+                  "frame, two colour channels are dropped and replaced with noise (or the patches are "
+                  "projected towards grey, a parameter). Both patches go through the same backbone; their "
+                  "features are concatenated and an MLP classifies the position. The backbone alone is "
+                  "released.",
+        pretext_classes=NUM_NEIGHBOURS,
+        limitation=_card_limitation,
+        view_size_field="patch_size",
+    )
     # The paper: 96 px patches, a gap of 48 px, jitter up to 7 px, in images of 150k-450k pixels.
     # On 96 px images: 3 x 24 + 2 x 8 + 2 x 3 = 94 px; the gap stays a third of a patch.
     patch_size: int = 24
@@ -64,9 +90,23 @@ class RelativePatch(PretextMethod):
         return shared_backbone_over_views(backbone, head, 2, self.patch_size, input_name="patches",
                                           fusion=self.fusion, per_view_units=self.per_view_units)
 
-    def example_transform(self, image, size: int, seed, training: bool = True):
-        return relative_patch_example(
+    def example_transform(self, image, size: int, seed, training: bool = True, index=None):
+        del index
+        patches, neighbour = relative_patch_example(
             image, seed, crop_size=size, patch_size=self.patch_size, gap=self.gap, jitter=self.jitter,
             training=training, chroma_defence=self.chroma_defence, placement=self.placement,
             mean=tuple(self.backbone.get("mean", IMAGENET_MEAN)),
         )
+        return {"inputs": patches, "targets": neighbour}
+
+    # ---- diagnostics (`ssl-zoo diagnose`, the card) ------------------------------------------------
+    def diagnose(self, run_dir, *, recipe, data_dir=None, split: str | None = None,
+                 max_examples: int | None = None, batch_size: int = 200) -> dict:
+        """{"context_check": report}: does the trained pretext model of `run_dir` need its centre
+        patch? (`ssl_zoo.methods.relative_patch_diagnostics`.)"""
+        return {"context_check": run_context_check(self, run_dir, recipe, data_dir=data_dir, split=split,
+                                                   max_examples=max_examples, batch_size=batch_size)}
+
+    @staticmethod
+    def card_diagnostics(diagnostics: dict) -> list[str]:
+        return card_lines(diagnostics)

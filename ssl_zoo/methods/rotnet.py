@@ -15,12 +15,27 @@ import keras
 
 from ssl_zoo.heads import classification_head
 from ssl_zoo.methods.base import PretextMethod, single_view_classifier
+from ssl_zoo.methods.card import MethodCard
 from ssl_zoo.pretext.rotation import NUM_ROTATIONS, rotate_batch
 
 
 @dataclasses.dataclass
 class RotNet(PretextMethod):
     name: ClassVar[str] = "rotnet"
+    card: ClassVar[MethodCard] = MethodCard(
+        title="RotNet",
+        paper="Gidaris, Singh & Komodakis, \"Unsupervised Representation Learning by Predicting Image "
+              "Rotations\", ICLR 2018 (arXiv:1803.07728)",
+        paragraph="Every training image is shown at 0, 90, 180 and 270 degrees and the network is trained "
+                  "to classify which rotation it sees. No human label is used: to recognise the rotation "
+                  "\"the ConvNet model must learn to localize salient objects in the image, recognize their "
+                  "orientation and object type\" (Sec. 1). The rotation head is dropped after training; "
+                  "the backbone's features are what this entry releases.",
+        pretext_classes=4,
+        limitation="RotNet's features depend on images having a canonical orientation; rotation-invariant "
+                   "data (aerial, microscopy) gives the pretext task no signal.",
+        view_size_field="image_size",
+    )
     head_hidden_units: tuple[int, ...] = (256,)
     image_size: int | None = None
 
@@ -30,4 +45,10 @@ class RotNet(PretextMethod):
         return single_view_classifier(backbone, head, self.image_size)
 
     def __post_init__(self):
-        self.batch_transform = rotate_batch
+        self.batch_transform = self.rotations
+
+    @staticmethod
+    def rotations(batch: dict) -> dict:
+        """A batch of B views -> its 4B rotations, labelled by rotation (`rotate_batch`)."""
+        inputs, targets = rotate_batch(batch["inputs"])
+        return {"inputs": inputs, "targets": targets}

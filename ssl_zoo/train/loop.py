@@ -4,7 +4,8 @@ Why our own loop: Keras 3's `Model.fit` fails under `MultiWorkerMirroredStrategy
 TF 2.21: "Attempt to convert a value (PerReplica…) with an unsupported type",
 keras-team/keras#20585), while `strategy.run` over a `tf.function` step with Keras layers, losses
 and optimizers trains correctly under all strategies. The loop owns distribution, checkpoints,
-resumption, logs and progress; a method owns only its step (`PretextMethod.train_step`).
+resumption, logs and progress; a method owns only its step (`PretextMethod.train_step`), its
+state, its optimizers' variables and its epoch hooks (see `ssl_zoo.methods.base`).
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from ssl_zoo.data.pipeline import build_dataset, check_not_empty
+import numpy as np
+
+from ssl_zoo.data.pipeline import build_inference_dataset, build_pretext_dataset, check_not_empty
 from ssl_zoo.data.sources import ImagelessSource, Source
 from ssl_zoo.errors import ConfigError
-from ssl_zoo.methods.base import PretextMethod, extract_backbone
+from ssl_zoo.methods.base import DEFAULT_OPTIMIZER, EpochContext, PretextMethod, StepContext
 from ssl_zoo.train.recipe import OptimizerConfig, Recipe
 from ssl_zoo.train.strategy import is_chief, worker_dir
 
@@ -87,9 +90,11 @@ class Trainer:
     """Trains `method` on `source` under `strategy` as the recipe says, in `out_dir`.
 
     out_dir/
-      checkpoints/      tf.train.CheckpointManager (model, optimizer, step); resumed automatically
+      checkpoints/      tf.train.CheckpointManager (model, optimizers, step, method state);
+                        resumed automatically
       tensorboard/      scalars (chief only)
       history.json      one record per epoch
+      epoch_hooks.json  what each epoch's hook reported (kept for a mid-epoch resume)
       pretext_model.keras, backbone.keras   written atomically at the end
     """
 
@@ -114,12 +119,27 @@ class Trainer:
         # What the training and evaluation pipelines read: the source, or only its example count
         # for methods that draw their examples from what `prepare` built.
         self.stream = source if method.reads_images else ImagelessSource(source)
+        configs = optimizer_configs(method, recipe)
+        # The recipe's seed also fixes the initial weights (Keras, NumPy and Python RNGs): two runs of
+        # one recipe start alike, so a resumed run can be compared with an unbroken one.
+        keras.utils.set_random_seed(train.seed)
         with strategy.scope():
             self.model = method.build_model()
-            self.optimizer = build_optimizer(recipe.optimizer, train.global_batch, self.total_steps, self.steps_per_epoch)
-            self.optimizer.build(self.model.trainable_variables)
+            self.state = dict(method.build_state(self.model))
+            self.optimizers = {}
+            for opt_name, cfg in configs.items():
+                opt = build_optimizer(cfg, train.global_batch, self.total_steps, self.steps_per_epoch)
+                opt.build(method.optimizer_variables(opt_name, self.model, self.state))
+                self.optimizers[opt_name] = opt
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step)
+        # The one-optimizer layout keeps the checkpoint keys of runs made before named optimizers.
+        saved = {"model": self.model, "step": self.step}
+        saved.update({"optimizer" if k == DEFAULT_OPTIMIZER else f"optimizer_{k}": v for k, v in self.optimizers.items()})
+        if self.state:
+            saved["state"] = tf.train.Checkpoint(**self.state)
+        self.checkpoint = tf.train.Checkpoint(**saved)
+        self.context = StepContext(model=self.model, optimizers=self.optimizers, state=self.state, step=self.step,
+                                   total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch)
         ckpt_dir = worker_dir(str(self.out_dir / "checkpoints"), strategy)
         self.manager = tf.train.CheckpointManager(self.checkpoint, ckpt_dir, max_to_keep=2)
         self.preemption = None
@@ -130,17 +150,39 @@ class Trainer:
             )
         self._train_fn = None
         self._eval_fn = None
+        self._inference_fns: dict = {}
+
+    @property
+    def optimizer(self):
+        """The optimizer of a one-optimizer method."""
+        return self.context.optimizer
+
+    def checkpoint_variables(self) -> dict:
+        """Every variable the checkpoint holds, by a readable path: model weights, each optimizer's
+        variables, the step and the method's state (for tests and for inspecting a run)."""
+        out = {f"model/{v.path}": v for v in self.model.weights}
+        for name, opt in self.optimizers.items():
+            # By position and name: Keras numbers optimizer paths per process (sgd, sgd_1, ...).
+            out.update({f"optimizer/{name}/{i}/{v.name}": v for i, v in enumerate(opt.variables)})
+        out["step"] = self.step
+        for key, value in self.state.items():
+            if isinstance(value, tf.Variable):
+                out[f"state/{key}"] = value
+            elif hasattr(value, "weights"):  # a Keras model or layer
+                out.update({f"state/{key}/{v.path}": v for v in value.weights})
+            else:
+                out.update({f"state/{key}/{i}": v for i, v in enumerate(value.variables)})
+        return out
 
     # ---- data -------------------------------------------------------------------------------
     def _train_dataset(self, epoch: int, skip: int):
         data, train = self.recipe.data, self.recipe.train
 
         def dataset_fn(ctx):
-            ds = build_dataset(
-                self.stream, data.train_split,
+            ds = build_pretext_dataset(
+                self.stream, data.train_split, self.method,
                 batch_size=ctx.get_per_replica_batch_size(self.global_batch),
-                image_size=data.image_size, augment=functools.partial(self.method.example_transform, training=True),
-                batch_transform=self.method.batch_transform, training=True, seed=train.seed,
+                image_size=data.image_size, training=True, seed=train.seed,
                 epoch=epoch, skip_batches=skip, shuffle_buffer=data.shuffle_buffer,
                 input_context=ctx, repeat=True,
             )
@@ -152,11 +194,10 @@ class Trainer:
         data = self.recipe.data
 
         def dataset_fn(ctx):
-            return build_dataset(
-                self.stream, data.eval_split,
+            return build_pretext_dataset(
+                self.stream, data.eval_split, self.method,
                 batch_size=ctx.get_per_replica_batch_size(self.global_batch),
-                image_size=data.image_size, augment=functools.partial(self.method.example_transform, training=False),
-                batch_transform=self.method.batch_transform, input_context=ctx,
+                image_size=data.image_size, input_context=ctx,
             )
 
         return self.strategy.distribute_datasets_from_function(dataset_fn)
@@ -165,12 +206,12 @@ class Trainer:
     def train_step(self, dist_inputs):
         """One synchronous step over all replicas; returns metrics summed over replicas."""
         if self._train_fn is None:
-            def step_fn(inputs, targets):
-                return self.method.train_step(self.model, self.optimizer, inputs, targets)
+            def step_fn(batch):
+                return self.method.train_step(self.context, batch)
 
             @tf.function
             def distributed(batch):
-                per_replica = self.strategy.run(step_fn, args=batch)
+                per_replica = self.strategy.run(step_fn, args=(batch,))
                 self.step.assign_add(1)
                 return {k: self.strategy.reduce(SUM, v, axis=None) for k, v in per_replica.items()}
 
@@ -182,9 +223,7 @@ class Trainer:
         if self._eval_fn is None:
             @tf.function
             def distributed(batch):
-                per_replica = self.strategy.run(
-                    lambda x, y: self.method.eval_step(self.model, x, y), args=batch
-                )
+                per_replica = self.strategy.run(lambda b: self.method.eval_step(self.context, b), args=(batch,))
                 return {k: self.strategy.reduce(SUM, v, axis=None) for k, v in per_replica.items()}
 
             self._eval_fn = distributed
@@ -193,6 +232,74 @@ class Trainer:
             for k, v in self._eval_fn(batch).items():
                 totals[k] = totals.get(k, 0.0) + float(v)
         return _averages(totals)
+
+    def inference_pass(self, fn, split: str | None = None, transform=None, global_batch: int | None = None) -> dict:
+        """`fn(model, state, inputs)` (a tensor or a dict of tensors [B, ...]) over the whole
+        `split` (default: the training split) on every replica, gathered from all of them and
+        returned as NumPy arrays in index order, with "index" (the source images' identity).
+
+        `transform(image, size, seed, index=)` makes each example's `{"inputs"}` (default: the
+        method's evaluation transform). Images that failed to decode are missing from the result.
+        A trace is kept per `fn`, so calling it every epoch with the same function costs no retrace."""
+        split = split or self.recipe.data.train_split
+        transform = transform or functools.partial(self.method.example_transform, training=False)
+        batch = global_batch or self.global_batch
+        n = self.stream.num_examples(split)
+
+        def dataset_fn(ctx):
+            return build_inference_dataset(self.stream, split, transform, global_batch=batch,
+                                           image_size=self.recipe.data.image_size, num_examples=n, input_context=ctx)
+
+        if fn not in self._inference_fns:
+            @tf.function
+            def distributed(dist_batch):
+                def replica_fn(b):
+                    return fn(self.model, self.state, b["inputs"]), b["index"]
+
+                out = self.strategy.run(replica_fn, args=(dist_batch,))
+                return tf.nest.map_structure(lambda t: self.strategy.gather(t, axis=0), out)
+
+            self._inference_fns[fn] = distributed
+        distributed = self._inference_fns[fn]
+        chunks, indices = [], []
+        steps = -(-n // batch)
+        progbar = keras.utils.Progbar(steps, verbose=1 if (self.chief and sys.stdout.isatty()) else 0,
+                                      unit_name="batch")
+        t0 = time.time()
+        for i, dist_batch in enumerate(self.strategy.distribute_datasets_from_function(dataset_fn)):
+            out, index = distributed(dist_batch)
+            chunks.append(tf.nest.map_structure(np.asarray, out))
+            indices.append(np.asarray(index))
+            progbar.update(min(i + 1, steps))
+        index = np.concatenate(indices)
+        keep = index >= 0
+        order = np.argsort(index[keep], kind="stable")
+        as_dict = isinstance(chunks[0], dict)
+        outputs = {k: np.concatenate([c[k] for c in chunks])[keep][order] for k in chunks[0]} if as_dict else \
+            {"outputs": np.concatenate(chunks)[keep][order]}
+        if self.chief:
+            log.info("inference pass over %s/%s: %d examples in %.1f s", self.source.name, split, int(keep.sum()),
+                     time.time() - t0)
+        return {**outputs, "index": index[keep][order]}
+
+    def _epoch_hook(self, epoch: int) -> dict[str, float]:
+        """Runs the method's hook for an epoch that starts afresh and keeps what it reported."""
+        ctx = EpochContext(epoch=epoch, step=int(self.step.numpy()), model=self.model, optimizers=self.optimizers,
+                           state=self.state, train_split=self.recipe.data.train_split,
+                           num_examples=self.stream.num_examples(self.recipe.data.train_split),
+                           inference=self.inference_pass)
+        reported = {k: float(v) for k, v in (self.method.on_epoch_begin(ctx) or {}).items()}
+        if self.chief and reported:
+            path = self.out_dir / "epoch_hooks.json"
+            hooks = json.loads(path.read_text()) if path.exists() else {}
+            hooks[str(epoch + 1)] = reported
+            write_json_atomic(hooks, path)
+        return reported
+
+    def _reported_by_hook(self, epoch: int) -> dict[str, float]:
+        """A mid-epoch resume: the hook's state comes from the checkpoint, its report from disk."""
+        path = self.out_dir / "epoch_hooks.json"
+        return (json.loads(path.read_text()) if path.exists() else {}).get(str(epoch + 1), {})
 
     # ---- loop -------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -205,10 +312,9 @@ class Trainer:
         history = json.loads(history_path.read_text()) if (restored and history_path.exists()) else []
         history = [h for h in history if h["step"] <= start]
         if start == 0:
-            probe = build_dataset(
-                self.stream, recipe.data.train_split, batch_size=self.per_replica_batch,
-                image_size=recipe.data.image_size, augment=functools.partial(self.method.example_transform, training=True), training=True,
-                seed=train.seed,
+            probe = build_pretext_dataset(
+                self.stream, recipe.data.train_split, self.method, batch_size=self.per_replica_batch,
+                image_size=recipe.data.image_size, training=True, seed=train.seed,
             )
             check_not_empty(probe, self.stream, recipe.data.train_split)
         writer = tf.summary.create_file_writer(str(self.out_dir / "tensorboard")) if self.chief else tf.summary.create_noop_writer()
@@ -232,6 +338,9 @@ class Trainer:
         recipe, train = self.recipe, self.recipe.train
         for epoch in range(start // self.steps_per_epoch, train.epochs):
             skip = int(self.step.numpy()) - epoch * self.steps_per_epoch
+            # After the restore above: the hook never sees the random weights of a model about to be
+            # restored, and a mid-epoch resume keeps the state the hook computed before the kill.
+            reported = self._epoch_hook(epoch) if skip == 0 else self._reported_by_hook(epoch)
             totals: dict[str, float] = {}
             t0 = time.time()
             steps_run = 0
@@ -253,7 +362,9 @@ class Trainer:
                     with writer.as_default(step=step):
                         for k, v in avg.items():
                             tf.summary.scalar(f"train/{k}", v)
-                        tf.summary.scalar("train/learning_rate", float(self.optimizer.learning_rate))
+                        for opt_name, opt in self.optimizers.items():
+                            suffix = "" if opt_name == DEFAULT_OPTIMIZER else f"/{opt_name}"
+                            tf.summary.scalar(f"train/learning_rate{suffix}", float(opt.learning_rate))
                 if step % train.checkpoint_every == 0:
                     self.manager.save(checkpoint_number=step)
             if not steps_run:
@@ -261,7 +372,11 @@ class Trainer:
             seconds = time.time() - t0
             record = {"epoch": epoch + 1, "step": int(self.step.numpy()), "seconds": round(seconds, 1),
                       "images_per_second": round(steps_run * self.global_batch / seconds, 1),
-                      **{f"train_{k}": round(v, 5) for k, v in _averages(totals).items()}}
+                      **{f"train_{k}": round(v, 5) for k, v in _averages(totals).items()},
+                      **{f"hook_{k}": round(v, 5) for k, v in reported.items()}}
+            for opt_name, opt in self.optimizers.items():
+                if opt_name != DEFAULT_OPTIMIZER:  # each named optimizer's schedule, logged on its own
+                    record[f"learning_rate_{opt_name}"] = float(opt.learning_rate)
             # Checkpoint first: nothing after the epoch's last step may cost the epoch.
             self.manager.save(checkpoint_number=int(self.step.numpy()))
             if recipe.data.eval_split and ((epoch + 1) % train.eval_every_epochs == 0 or epoch + 1 == train.epochs):
@@ -273,13 +388,15 @@ class Trainer:
                     for k, v in record.items():
                         if k.startswith("eval_"):
                             tf.summary.scalar(f"eval/{k[5:]}", v)
+                        elif k.startswith("hook_"):
+                            tf.summary.scalar(f"epoch/{k[5:]}", v)
                 write_json_atomic(history, history_path)
         return history
 
     def _save_final(self) -> None:
         target = worker_dir(str(self.out_dir), self.strategy)
         save_model_atomic(self.model, Path(target) / "pretext_model.keras")
-        save_model_atomic(extract_backbone(self.model), Path(target) / "backbone.keras")
+        save_model_atomic(self.method.export_backbone(self.model, self.state), Path(target) / "backbone.keras")
         if self.chief:
             write_json_atomic(
                 {"recipe": self.recipe.to_dict(), "method": self.method.config(),
@@ -336,17 +453,32 @@ def describe_hardware(strategy) -> dict:
     }
 
 
+def optimizer_configs(method: PretextMethod, recipe: Recipe) -> dict[str, OptimizerConfig]:
+    """name -> the recipe section that configures it; the method's names and the recipe's sections
+    must match exactly (a missing or unused section is a ConfigError naming it)."""
+    names = tuple(method.optimizer_names)
+    if not names:
+        if recipe.optimizers:
+            raise ConfigError(f"method {method.name!r} has one optimizer ([optimizer]); the recipe also has "
+                              f"[optimizers.*] sections {sorted(recipe.optimizers)}")
+        return {DEFAULT_OPTIMIZER: recipe.optimizer}
+    missing = [n for n in names if n not in recipe.optimizers]
+    unused = sorted(set(recipe.optimizers) - set(names))
+    if missing or unused:
+        raise ConfigError(f"method {method.name!r} trains with optimizers {list(names)}: the recipe needs one "
+                          f"[optimizers.NAME] section each (missing {missing}, unused {unused})")
+    return {n: recipe.optimizers[n] for n in names}
+
+
 def _averages(totals: dict[str, float]) -> dict[str, float]:
+    """Summed metrics over the summed count: loss_sum -> loss, correct -> accuracy, X_sum -> X."""
     count = totals.get("count", 0.0)
     out = {}
-    if count:
-        if "loss_sum" in totals:
-            out["loss"] = totals["loss_sum"] / count
-        if "correct" in totals:
-            out["accuracy"] = totals["correct"] / count
     for k, v in totals.items():
-        if k not in ("loss_sum", "correct", "count"):
-            out[k] = v / max(count, 1.0)
+        if k == "count":
+            continue
+        name = {"loss_sum": "loss", "correct": "accuracy"}.get(k, k.removesuffix("_sum"))
+        out[name] = v / max(count, 1.0)
     if not math.isfinite(out.get("loss", 0.0)):
         raise FloatingPointError(f"loss is not finite: {out}")
     return out

@@ -72,11 +72,18 @@ class Recipe:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    # Methods with several optimizers (`PretextMethod.optimizer_names`): one [optimizers.NAME]
+    # section each; the keys a section leaves out are taken from [optimizer].
+    optimizers: dict[str, OptimizerConfig] = dataclasses.field(default_factory=dict)
     evaluation: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     description: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if not out["optimizers"]:
+            # A one-optimizer recipe is recorded (run.json) exactly as before named optimizers existed.
+            del out["optimizers"]
+        return out
 
 
 def _typed(cls, values: dict, section: str):
@@ -96,13 +103,18 @@ def recipe_from_dict(raw: dict[str, Any], name: str = "recipe", description: str
     for required in ("method", "backbone"):
         if required not in raw:
             raise ConfigError(f"recipe {name!r} has no [{required}] section")
+    base_optimizer = raw.pop("optimizer", {})
+    named = raw.pop("optimizers", {})
+    if not isinstance(named, dict) or not all(isinstance(v, dict) for v in named.values()):
+        raise ConfigError(f"recipe {name!r}: [optimizers] must hold one [optimizers.NAME] section per optimizer")
     recipe = Recipe(
         name=raw.pop("name", name),
         method=dict(raw.pop("method")),
         backbone=dict(raw.pop("backbone")),
         data=_typed(DataConfig, raw.pop("data", {}), "data"),
         train=_typed(TrainConfig, raw.pop("train", {}), "train"),
-        optimizer=_typed(OptimizerConfig, raw.pop("optimizer", {}), "optimizer"),
+        optimizer=_typed(OptimizerConfig, base_optimizer, "optimizer"),
+        optimizers={k: _typed(OptimizerConfig, {**base_optimizer, **v}, f"optimizers.{k}") for k, v in named.items()},
         evaluation=_typed(EvalConfig, raw.pop("evaluation", {}), "evaluation"),
         description=raw.pop("description", description),
     )
@@ -131,12 +143,15 @@ def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
         key, sep, value = item.partition("=")
         if not sep or "." not in key:
             raise ConfigError(f"override {item!r} must look like section.key=value")
-        section, field = key.split(".", 1)
-        if section not in raw or not isinstance(raw[section], dict):
-            raise ConfigError(f"override {item!r}: no section {section!r}")
+        *path, field = key.split(".")
+        target = raw
+        for section in path:  # "optimizers.generator.learning_rate" reaches a named optimizer
+            if not isinstance(target.get(section), dict):
+                raise ConfigError(f"override {item!r}: no section {'.'.join(path)!r}")
+            target = target[section]
         try:
             parsed = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:
             parsed = value  # bare strings
-        raw[section][field] = parsed
+        target[field] = parsed
     return recipe_from_dict(raw, name=recipe.name, description=recipe.description)

@@ -1,9 +1,10 @@
-"""Does a relative-patch model use its context, or read where the neighbour sits in the photo?
+"""Relative patch's own diagnostic: does the model use its context, or read where the neighbour
+sits in the photo? (`RelativePatch.diagnose`, `ssl-zoo diagnose RUN`.)
 
 Relative patch location (Doersch et al. 2015) is meant to be solved by relating the neighbour to
 the centre patch. If the centre patch is not needed, the model found a shortcut: on small photos
 the neighbour's absolute position (sky at the top, vignetting, framing) can give its offset
-away. This check measures pretext accuracy on held-out images three ways:
+away. The context check measures pretext accuracy on held-out images three ways:
 
 - `as_drawn`: centre and neighbour as the pretext task draws them (the held-out accuracy);
 - `centre_from_other_image`: each centre patch replaced by the centre patch of the next image in
@@ -18,8 +19,6 @@ centre, 0 = none does).
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ssl_zoo.errors import ConfigError
+from ssl_zoo.methods.card import pct as _pct
 
 log = logging.getLogger(__name__)
 
@@ -67,32 +67,23 @@ def context_check(pretext_model, batches, fill, chance: float) -> dict[str, Any]
     return {"accuracy": accuracy, "chance": chance, "examples": count, "context_share": share}
 
 
-def relative_patch_context_check(run_dir: str | Path, *, data_dir=None, split: str | None = None,
-                                 max_examples: int | None = None, batch_size: int = 200, overrides=(),
-                                 out: str | Path | None = None) -> dict[str, Any]:
-    """The check on a relative-patch training run folder (`ssl-zoo train --out`).
+def run_context_check(method, run_dir: str | Path, recipe, *, data_dir=None, split: str | None = None,
+                      max_examples: int | None = None, batch_size: int = 200) -> dict[str, Any]:
+    """The check on a relative-patch training run folder (`ssl-zoo train --out`), whose recorded
+    `recipe` (already corrected by the caller's overrides) built `method`.
 
-    The run's recorded recipe gives the transform (patch size, gap, placement, chroma defence) and
-    the data; `overrides` (`section.key=value`) correct it, e.g. `method.placement=grid` for a run
-    recorded before that parameter existed. Held-out images: the recipe's eval split unless `split`;
-    all of it, or its first `max_examples` in the split's order (an image folder lists by class).
+    Held-out images: the recipe's eval split unless `split`; all of it, or its first
+    `max_examples` in the split's order (an image folder lists by class). Their pretext batches
+    come from the training pipeline (`build_pretext_dataset`, evaluation mode).
     """
     import keras
 
     from ssl_zoo.backbones.resnet import IMAGENET_MEAN
-    from ssl_zoo.data.pipeline import build_dataset
+    from ssl_zoo.data.pipeline import build_pretext_dataset
     from ssl_zoo.data.sources import open_source
-    from ssl_zoo.methods import method_from_recipe
     from ssl_zoo.pretext.relative_patch import NUM_NEIGHBOURS
-    from ssl_zoo.train.recipe import apply_overrides, recipe_from_dict
 
     run_dir = Path(run_dir)
-    run = json.loads((run_dir / "run.json").read_text())
-    recipe = apply_overrides(recipe_from_dict(dict(run["recipe"]), name=run["recipe"].get("name", "run")),
-                             list(overrides))
-    method = method_from_recipe(recipe)
-    if method.name != "relative_patch":
-        raise ConfigError(f"{run_dir} trained {method.name!r}; the context check is for relative_patch runs")
     split = split or recipe.data.eval_split
     if not split:
         raise ConfigError("the recipe has no eval split; pass split=")
@@ -100,16 +91,28 @@ def relative_patch_context_check(run_dir: str | Path, *, data_dir=None, split: s
     model = keras.saving.load_model(run_dir / "pretext_model.keras", compile=False, safe_mode=True)
     source = open_source(recipe.data.source, data_dir)
     batch_size = min(batch_size, max_examples or batch_size)
-    ds = build_dataset(source, split, batch_size=batch_size, image_size=recipe.data.image_size,
-                       augment=functools.partial(method.example_transform, training=False))
+    ds = build_pretext_dataset(source, split, method, batch_size=batch_size, image_size=recipe.data.image_size,
+                               training=False)
     if max_examples:
         ds = ds.take(-(-max_examples // batch_size))
-    batches = ds.as_numpy_iterator()
+    batches = ((b["inputs"], b["targets"]) for b in ds.as_numpy_iterator())
     fill = 255.0 * np.asarray(method.backbone.get("mean", IMAGENET_MEAN), np.float32)
     report = context_check(model, batches, fill, chance=1.0 / NUM_NEIGHBOURS)
-    report.update(run=str(run_dir), data=recipe.data.source, split=split,
-                  method={k: v for k, v in method.config().items() if k != "backbone"},
-                  overrides=list(overrides))
-    if out:
-        Path(out).write_text(json.dumps(report, indent=2) + "\n")
+    report.update(data=recipe.data.source, split=split,
+                  method={k: v for k, v in method.config().items() if k != "backbone"})
     return report
+
+
+def card_lines(diagnostics: dict) -> list[str]:
+    """The card's line for a recorded context check (none without one)."""
+    cc = diagnostics.get("context_check")
+    if not cc:
+        return []
+    acc = cc["accuracy"]
+    share = cc.get("context_share")
+    return [f"- Does it use its context? `ssl-zoo context-check` on {cc['examples']} held-out images "
+            f"(`{cc.get('split')}` of {cc.get('data')}): {_pct(acc['as_drawn'])} as drawn, "
+            f"{_pct(acc['centre_from_other_image'])} with the centre patch of another image, "
+            f"{_pct(acc['centre_blanked'])} with the centre blanked (chance {_pct(cc['chance'])})"
+            + (f"; {100 * share:.0f} % of its above-chance accuracy needs the centre patch (the rest survives "
+               f"without it: cues such as where the neighbour lies in the photo)." if share is not None else ".")]
