@@ -31,3 +31,38 @@ def sparse_cross_entropy(labels, logits):
     return tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32)
     )
+
+
+def nt_xent(z1, z2, temperature: float, replica_context=None):
+    """SimCLR's NT-Xent (Chen et al. 2020, Eq. 1) with the negatives of the *global* batch.
+
+    `z1`, `z2`: this replica's projections of the two views of its B images. Every replica
+    gathers both views' projections from all R replicas (differentiable `all_gather`), so each of
+    its 2B queries is scored against all 2RB keys: its positive (the other view of its image)
+    and 2RB - 2 negatives, itself masked out. This is what one replica computes on the whole
+    global batch; the gradient reaching a key from other replicas' queries flows back through
+    the gather (google-research/simclr's TF2 code does the same with a cross-replica concat).
+
+    `replica_context` defaults to the current one (inside `strategy.run`, or the default
+    strategy's). Returns `(per_example_loss [2B], positive_is_top1 [2B])` for this replica's
+    queries, the first view's queries first; reduce with `global_mean`.
+    """
+    ctx = replica_context or tf.distribute.get_replica_context()
+    z1 = tf.math.l2_normalize(tf.cast(z1, tf.float32), axis=-1)
+    z2 = tf.math.l2_normalize(tf.cast(z2, tf.float32), axis=-1)
+    local = tf.shape(z1)[0]
+    if ctx.num_replicas_in_sync > 1:
+        k1, k2 = ctx.all_gather(z1, axis=0), ctx.all_gather(z2, axis=0)
+    else:
+        k1, k2 = z1, z2
+    total = tf.shape(k1)[0]
+    keys = tf.concat([k1, k2], axis=0)  # [2N]: every first view, then every second view
+    queries = tf.concat([z1, z2], axis=0)  # [2B]
+    logits = tf.matmul(queries, keys, transpose_b=True) / temperature
+    mine = tf.cast(ctx.replica_id_in_sync_group, tf.int32) * local + tf.range(local)  # global rows of my images
+    self_key = tf.concat([mine, total + mine], axis=0)
+    positive = tf.concat([total + mine, mine], axis=0)
+    logits -= 1e9 * tf.one_hot(self_key, 2 * total)
+    per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=positive, logits=logits)
+    correct = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), positive)
+    return per_example, correct

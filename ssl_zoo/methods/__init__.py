@@ -9,8 +9,11 @@ from ssl_zoo.methods.exemplar import Exemplar
 from ssl_zoo.methods.jigsaw import Jigsaw
 from ssl_zoo.methods.relative_patch import RelativePatch
 from ssl_zoo.methods.rotnet import RotNet
+from ssl_zoo.methods.simclr import SimCLR
 
-METHODS: dict[str, type[PretextMethod]] = {cls.name: cls for cls in (RotNet, Jigsaw, RelativePatch, Exemplar)}
+METHODS: dict[str, type[PretextMethod]] = {
+    cls.name: cls for cls in (RotNet, Jigsaw, RelativePatch, Exemplar, SimCLR)
+}
 
 
 def register_method(cls: type[PretextMethod]) -> type[PretextMethod]:
