@@ -2,8 +2,9 @@
 
 Inputs are the preset's metadata (which carries run.json's recipe, history.json and the
 `ssl-zoo evaluate` report); the card states only numbers found there. The YAML header is
-Hugging Face model-card metadata (`library_name: keras`, tags, datasets, license, `model-index`
-with the measured results), built with huggingface_hub's own `ModelCardData` so the Hub parses it.
+Hugging Face model-card metadata (`library_name: keras`, tags, Hub dataset ids, license,
+`model-index` with this model's own measured results, rounded; the random-init floor is in the
+text only), built with huggingface_hub's own `ModelCardData` so the Hub parses it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ssl_zoo.methods.card import pct as _pct
-from ssl_zoo.preset import CARD_FILE, PLOT_FILE, atomic_file, diagnostics, read_metadata
+from ssl_zoo.preset import CARD_FILE, PLOT_FILE, atomic_file, diagnostics, read_metadata, round_accuracy
 
 LICENSE = "apache-2.0"
 
@@ -60,9 +61,12 @@ def diagnostic_lines(meta: dict[str, Any]) -> list[str]:
     return list(render(found)) if found and render else []
 
 
+# Hub dataset ids (the repositories the Hub links a card's `datasets` and `model-index` to): CIFAR
+# moved from the legacy un-namespaced "cifar10" to "uoft-cs/cifar10" (the old id only redirects).
+# Longest key first: "cifar100" must not be read as "cifar10".
 DATASETS = {
-    "cifar10": ("cifar10", "CIFAR-10"),
-    "cifar100": ("cifar100", "CIFAR-100"),
+    "cifar100": ("uoft-cs/cifar100", "CIFAR-100"),
+    "cifar10": ("uoft-cs/cifar10", "CIFAR-10"),
     "imagenette": ("frgfm/imagenette", "Imagenette"),
 }
 
@@ -110,7 +114,10 @@ def _card_datasets(meta: dict[str, Any]) -> list[str]:
 
 
 def card_data(meta: dict[str, Any]):
-    """huggingface_hub.ModelCardData with the measured results as model-index."""
+    """huggingface_hub.ModelCardData with this model's measured results as model-index: its best-stage
+    linear probe and its kNN accuracy, rounded (`ssl_zoo.preset.round_accuracy`). The random-init
+    floor is another model's result (the same architecture, untrained): the Hub would list it as a
+    score of these weights, so it is stated in the card's text only."""
     from huggingface_hub import EvalResult, ModelCardData
 
     report = meta.get("evaluation") or {}
@@ -123,11 +130,9 @@ def card_data(meta: dict[str, Any]):
         common = dict(task_type="image-classification", dataset_type=ds_type, dataset_name=ds_name,
                       dataset_split=split, metric_type="accuracy")
         results.append(EvalResult(task_name="Linear probe on frozen features", metric_name=f"linear probe top-1 ({s['best_stage']})",
-                                  metric_value=s["best_stage_probe"], **common))
-        results.append(EvalResult(task_name="Linear probe on frozen features", metric_name=f"random-init floor, best stage ({s['random_init_best_stage']})",
-                                  metric_value=s["random_init_best_probe"], **common))
+                                  metric_value=round_accuracy(s["best_stage_probe"]), **common))
         results.append(EvalResult(task_name="kNN on frozen features", metric_name=f"kNN top-1 (k={report['knn']['k']}, {report['knn']['stage']})",
-                                  metric_value=report["knn"]["trained"], **common))
+                                  metric_value=round_accuracy(report["knn"]["trained"]), **common))
     tags = ["self-supervised-learning", "image-feature-extraction", "keras", "tensorflow", method,
             meta["arch"].get("arch", "backbone") if meta.get("arch") else "backbone", "ssl_zoo"]
     return ModelCardData(
@@ -139,6 +144,21 @@ def card_data(meta: dict[str, Any]):
         model_name=meta["name"],
         eval_results=results or None,
     )
+
+
+def batch_norm_sentence(record: dict | None) -> str | None:
+    """The card's sentence on the released batch norm (metadata "batch_norm", written by
+    ssl_zoo.preset), None for metadata written before it was recorded."""
+    if not record or record.get("config") != "plain":
+        return None
+    text = ("Batch normalisation in this preset's `config.json` (and in the `.keras` export) is plain "
+            "(`synchronized: false`), so it loads on the TensorFlow, JAX and PyTorch Keras backends; "
+            "synchronised batch norm, which ssl_zoo's trainer uses across replicas, is a training-time option "
+            "that only TensorFlow accepts, and both kinds hold the same four variables per layer")
+    if record.get("config_rewritten"):
+        text += (" (first released with `synchronized: true`, this entry was re-released with only its "
+                 "`config.json` rewritten: the weight file, its sha256 and every number on this card are unchanged)")
+    return text + "."
 
 
 # Keys of a history record that the card already states in words.
@@ -252,6 +272,9 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None) -> str:
         "(`keras.saving.deserialize_keras_object(config)`, then `load_weights`), and the SavedModel export loads "
         "with `tf.saved_model.load(path).signatures[\"serving_default\"](images=float_images)`, which returns "
         "`pooled` and every stage.\n")
+    backends = batch_norm_sentence(meta.get("batch_norm"))
+    if backends:
+        add(backends + "\n")
 
     add("## Training recipe and how to reproduce\n")
     if recipe:

@@ -4,7 +4,8 @@ TensorFlow SavedModel and a `.keras` file, each written atomically.
 Layout of `ssl-zoo export RUN --name ENTRY --out DIR`:
 
     DIR/preset/          keras-hub style preset = the Hub repository's content
-        config.json        `keras.saving.serialize_keras_object(backbone)` (+ "ssl_zoo": arch)
+        config.json        `keras.saving.serialize_keras_object(backbone)` (+ "ssl_zoo": arch), with
+                           plain batch norm (`synchronized: false`: loads on TF, JAX and PyTorch)
         model.weights.h5   the backbone's weights (pretext head dropped by name)
         metadata.json      versions, method, arch, input spec, stage shapes, sha256 of the
                            weights, recipe, training history, evaluation report, the
@@ -15,7 +16,8 @@ Layout of `ssl-zoo export RUN --name ENTRY --out DIR`:
                          in [0, 255] ("images"), `serving_uint8` the same as uint8; both return
                          {"pooled", "stem", "stage1" … "stage4"}. Loads with plain
                          `tf.saved_model.load`, no ssl_zoo needed.
-    DIR/ENTRY.keras      the functional backbone (stock Keras layers, loads with safe_mode=True)
+    DIR/ENTRY.keras      the functional backbone (stock Keras layers, loads with safe_mode=True;
+                         plain batch norm, as in the preset)
 
 Every artefact is written atomically; the preset format itself (file names, metadata hashing,
 atomic writers, reading and checking) belongs to `ssl_zoo.preset`, and the card to
@@ -33,7 +35,7 @@ from typing import Any
 
 from ssl_zoo.errors import SslZooError
 from ssl_zoo.preset import (FORMAT_VERSION, METADATA_FILE, SAVED_MODEL_METADATA, WEIGHTS_FILE, atomic_dir,
-                            atomic_file, read_json, stall_point, write_preset)
+                            atomic_file, read_json, stall_point, write_keras_with_plain_batch_norm, write_preset)
 
 log = logging.getLogger(__name__)
 
@@ -212,9 +214,11 @@ def write_saved_model(backbone, dest: str | os.PathLike, metadata: dict | None =
 
 
 def write_keras(backbone, dest: str | os.PathLike) -> Path:
+    """The `.keras` file, with plain batch norm in its config (ssl_zoo.preset.plain_batch_norm)."""
     dest = Path(dest)
     with atomic_file(dest) as tmp:
         backbone.save(tmp)
+        write_keras_with_plain_batch_norm(tmp, tmp)
         stall_point("keras", tmp)
     return dest
 

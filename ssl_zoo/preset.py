@@ -5,10 +5,12 @@ preset folder is; `ssl_zoo.export`, `ssl_zoo.loader`, `ssl_zoo.hub`, `ssl_zoo.zo
 `ssl_zoo.cards` call into it and it imports none of them back. A preset folder (= the Hugging
 Face Hub repository of an entry):
 
-    config.json          `keras.saving.serialize_keras_object(backbone)` (+ "ssl_zoo": arch, format)
+    config.json          `keras.saving.serialize_keras_object(backbone)` (+ "ssl_zoo": arch, format),
+                         batch norm plain (`synchronized: false`) so that it loads on every backend
     model.weights.h5     the backbone's weights
     metadata.json        versions, method, arch, input spec, stage shapes, sha256 of the weights,
-                         recipe, training history, evaluation report, the method's "diagnostics"
+                         recipe, training history, evaluation report, the method's "diagnostics",
+                         "batch_norm" (what the config holds and what training used)
     README.md            the model card (written by the caller's card writer, ssl_zoo.cards)
     probe_per_stage.png  its per-stage probe plot
 
@@ -57,6 +59,16 @@ FORMAT_VERSION = 1
 _STALL_ENV = "SSL_ZOO_EXPORT_STALL_AT"
 _STALL_MARKER_ENV = "SSL_ZOO_EXPORT_STALL_MARKER"
 _PARTIAL_LOAD_WARNINGS = ("Skipping", "freshly-initialized", "could not be loaded", "did not load")
+
+
+# Accuracies that release files state as numbers (the registry's probe, the card's model-index) are
+# fractions rounded to 4 decimals, the 2 decimals of the percentages printed beside them: evaluation
+# reports hold float32 values such as 0.7315000295639038, which would be written 0.7315.
+ACCURACY_DECIMALS = 4
+
+
+def round_accuracy(value: float | None) -> float | None:
+    return None if value is None else round(float(value), ACCURACY_DECIMALS)
 
 
 class LoadError(SslZooError, ValueError):
@@ -193,6 +205,121 @@ def stall_point(kind: str, tmp: Path) -> None:
         time.sleep(600)
 
 
+# ---- batch norm: plain in every released config ------------------------------------------------
+# The trainer builds BatchNormalization(synchronized=True) so that batch statistics are the same
+# whatever the replica count. That is a training-time choice, and one that only Keras' TensorFlow
+# backend accepts: a config that says `synchronized: true` fails to load under KERAS_BACKEND=jax or
+# torch ("Argument synchronized=True is only supported with the TensorFlow backend"). It changes
+# nothing in inference mode or on one replica, and a plain and a synchronised layer hold the same
+# four variables (gamma, beta, moving mean and variance), so released configs say `false` and the
+# weights are the trained ones, byte for byte.
+BATCH_NORM_CLASS = "BatchNormalization"
+
+
+def plain_batch_norm(config) -> int:
+    """Sets `synchronized: false` in every BatchNormalization of a serialized Keras config (nested
+    models included), in place; returns how many layers said true."""
+    changed = 0
+    if isinstance(config, dict):
+        inner = config.get("config")
+        if config.get("class_name") == BATCH_NORM_CLASS and isinstance(inner, dict) and inner.get("synchronized"):
+            inner["synchronized"] = False
+            changed += 1
+        for value in config.values():
+            changed += plain_batch_norm(value)
+    elif isinstance(config, list):
+        for value in config:
+            changed += plain_batch_norm(value)
+    return changed
+
+
+KERAS_CONFIG_MEMBER = "config.json"  # the architecture inside a `.keras` zip
+
+
+def write_keras_with_plain_batch_norm(src: str | os.PathLike, dest: str | os.PathLike) -> int:
+    """Copies the `.keras` file `src` to `dest` with plain batch norm in its config.json (every other
+    member byte for byte); returns how many layers said synchronized. `dest` may be `src`."""
+    import zipfile
+
+    src, dest = Path(src), Path(dest)
+    with zipfile.ZipFile(src) as zin:
+        members = [(info, zin.read(info)) for info in zin.infolist()]
+    names = [info.filename for info, _ in members]
+    if KERAS_CONFIG_MEMBER not in names:
+        raise LoadError(f"{src}: not a Keras v3 file (no {KERAS_CONFIG_MEMBER} inside)")
+    changed = 0
+    with atomic_file(dest) as tmp, zipfile.ZipFile(tmp, "w") as zout:
+        for info, data in members:
+            if info.filename == KERAS_CONFIG_MEMBER:
+                try:
+                    config = json.loads(data)
+                except json.JSONDecodeError as e:
+                    raise LoadError(f"{src}: its {KERAS_CONFIG_MEMBER} is not JSON ({e})") from e
+                changed = plain_batch_norm(config)
+                data = json.dumps(config).encode() if changed else data
+            zout.writestr(info, data)
+    return changed
+
+
+def keras_file_has_synchronized_batch_norm(path: str | os.PathLike) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            config = json.loads(z.read(KERAS_CONFIG_MEMBER))
+    except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
+        return False  # not ours to diagnose here: Keras' own loader names the problem
+    return plain_batch_norm(config) > 0
+
+
+def batch_norm_record(config_rewritten: bool = False) -> dict:
+    """metadata.json's "batch_norm": what the released config holds (always "plain");
+    `config_rewritten` for an entry whose config.json was rewritten from synchronized to plain after
+    its first release (weights untouched)."""
+    record = {"config": "plain"}
+    if config_rewritten:
+        record["config_rewritten"] = True
+    return record
+
+
+def rewrite_preset_with_plain_batch_norm(folder: str | os.PathLike) -> int:
+    """Re-releases a preset folder released with synchronised batch norm: config.json gets plain batch
+    norm (the same JSON layout as `write_preset`'s, only those values change) and metadata.json a
+    "batch_norm" record; the weight file is not touched (its sha256 is checked before and after).
+    Returns how many layers were rewritten (0: already plain, nothing written). The card is the
+    caller's to re-render (`ssl-zoo card NAME --in-preset`)."""
+    folder = Path(folder)
+    meta = check_preset_folder(folder)
+    before = sha256_file(folder / meta["weights"]["file"])
+    config = read_json(folder / CONFIG_FILE)
+    changed = plain_batch_norm(config)
+    if not changed:
+        return 0  # already plain (rewritten before, or exported so)
+    write_json(config, folder / CONFIG_FILE)
+    meta["batch_norm"] = batch_norm_record(config_rewritten=True)
+    write_json(meta, folder / METADATA_FILE)
+    if sha256_file(folder / meta["weights"]["file"]) != before:
+        raise IntegrityError(f"{folder}: the weight file changed while its config was rewritten")
+    return changed
+
+
+@contextlib.contextmanager
+def keras_file_for_any_backend(path: str | os.PathLike):
+    """Yields `path` itself, or, when its config has synchronised batch norm (a file written before
+    releases used plain batch norm, or a training run's), a temporary copy with plain batch norm
+    (module comment above). Always, not only off TensorFlow: a file then loads as the same model on
+    every backend, old or new, and on TensorFlow the two differ only in training mode across several
+    replicas, which no ssl_zoo command runs on a loaded backbone."""
+    path = Path(path)
+    if not keras_file_has_synchronized_batch_norm(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="ssl_zoo_keras_") as tmp:
+        copy = Path(tmp) / path.name
+        write_keras_with_plain_batch_norm(path, copy)
+        yield copy
+
+
 # ---- writing -----------------------------------------------------------------------------------
 def write_preset(backbone, dest: str | os.PathLike, metadata: dict,
                  write_card: Callable[[dict, Path], Any] | None = None) -> Path:
@@ -203,12 +330,14 @@ def write_preset(backbone, dest: str | os.PathLike, metadata: dict,
     dest = Path(dest)
     with atomic_dir(dest) as tmp:
         config = keras.saving.serialize_keras_object(backbone)
+        plain_batch_norm(config)
         config["ssl_zoo"] = {"arch": metadata.get("arch"), "format_version": FORMAT_VERSION}
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         backbone.save_weights(tmp / WEIGHTS_FILE)
         stall_point("preset", tmp)
         metadata = dict(metadata)
         metadata["weights"] = {"file": WEIGHTS_FILE, "sha256": sha256_file(tmp / WEIGHTS_FILE)}
+        metadata["batch_norm"] = batch_norm_record()
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
         if write_card is not None:
             write_card(metadata, tmp)
@@ -302,6 +431,10 @@ def load_preset(folder: str | os.PathLike, metadata: dict | None = None, *, veri
         verify_weights(weights, expected)
     config = read_json(folder / CONFIG_FILE)
     config.pop("ssl_zoo", None)
+    # Presets released before batch norm was plain say synchronized: true. They are rewritten on every
+    # backend, TensorFlow included, so that one preset is one model wherever it loads (the comment
+    # above `plain_batch_norm`); safe mode stays on.
+    plain_batch_norm(config)
     try:
         model = keras.saving.deserialize_keras_object(config, safe_mode=True)
     except Exception as e:

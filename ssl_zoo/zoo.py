@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ssl_zoo.errors import SslZooError
-from ssl_zoo.preset import atomic_dir, copy_tree, read_metadata, write_json
+from ssl_zoo.preset import atomic_dir, copy_tree, read_metadata, round_accuracy, write_json
 
 REGISTRY_ENV = "SSL_ZOO_REGISTRY"
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
@@ -101,12 +101,13 @@ def entry_from_preset(preset: str | os.PathLike, *, location: str | None = None,
         "probe": None,
     }
     if summary:
+        # Rounded (preset.round_accuracy): evaluation reports hold float32 noise (0.7315000295639038).
         entry["probe"] = {
             "dataset": ev.get("dataset"),
             "best_stage": summary["best_stage"],
-            "accuracy": summary["best_stage_probe"],
-            "random_init_best": summary["random_init_best_probe"],
-            "knn": summary["knn"],
+            "accuracy": round_accuracy(summary["best_stage_probe"]),
+            "random_init_best": round_accuracy(summary["random_init_best_probe"]),
+            "knn": round_accuracy(summary["knn"]),
         }
     return entry
 

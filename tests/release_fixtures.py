@@ -128,3 +128,53 @@ def copy_export(tmp_path: Path, tmp_path_factory) -> dict:
     shutil.copytree(src["out"], dst)
     return {"run": src["run"], "out": dst, "preset": dst / "preset", "saved_model": dst / "saved_model",
             "keras": dst / f"{NAME}.keras"}
+
+
+def with_synchronized_batch_norm(config) -> int:
+    """The reverse of ssl_zoo.preset.plain_batch_norm, in place: a config as released before batch
+    norm was plain (and as a training run writes it). Returns the number of layers set."""
+    n = 0
+    if isinstance(config, dict):
+        if config.get("class_name") == "BatchNormalization":
+            config["config"]["synchronized"] = True
+            n += 1
+        n += sum(with_synchronized_batch_norm(v) for v in config.values())
+    elif isinstance(config, list):
+        n += sum(with_synchronized_batch_norm(v) for v in config)
+    return n
+
+
+def legacy_preset(folder: Path) -> None:
+    """Turns a preset folder into one released before batch norm was plain (config says
+    synchronized: true, metadata has no "batch_norm" record), in place."""
+    config = json.loads((folder / "config.json").read_text())
+    assert with_synchronized_batch_norm(config) > 0
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    meta = json.loads((folder / "metadata.json").read_text())
+    meta.pop("batch_norm", None)
+    (folder / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def legacy_keras_file(src: Path, dst: Path) -> None:
+    """A copy of the .keras file `src` whose config says synchronized: true (other members as they are)."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin:
+        members = [(info, zin.read(info)) for info in zin.infolist()]
+    with zipfile.ZipFile(dst, "w") as zout:
+        for info, data in members:
+            if info.filename == "config.json":
+                config = json.loads(data)
+                assert with_synchronized_batch_norm(config) > 0
+                data = json.dumps(config).encode()
+            zout.writestr(info, data)
+
+
+def synchronized_layers(config) -> int:
+    """How many BatchNormalization layers of a serialized config say synchronized: true."""
+    if isinstance(config, dict):
+        own = config.get("class_name") == "BatchNormalization" and bool(config["config"].get("synchronized"))
+        return int(own) + sum(synchronized_layers(v) for v in config.values())
+    if isinstance(config, list):
+        return sum(synchronized_layers(v) for v in config)
+    return 0

@@ -27,14 +27,14 @@ def test_card_parses_and_model_index_equals_eval_json(preset):
     card = ModelCard.load(preset / "README.md")
     data = card.data
     assert data.library_name == "keras" and data.license == "apache-2.0"
-    assert data.datasets == ["cifar10"] and "self-supervised-learning" in data.tags and "rotnet" in data.tags
+    assert data.datasets == ["uoft-cs/cifar10"] and "self-supervised-learning" in data.tags and "rotnet" in data.tags
     assert data.model_name == rf.NAME
     values = {r.metric_name: r.metric_value for r in data.eval_results}
     s = report["summary"]
-    assert values[f"linear probe top-1 ({s['best_stage']})"] == s["best_stage_probe"]
-    assert values[f"random-init floor, best stage ({s['random_init_best_stage']})"] == s["random_init_best_probe"]
-    assert values[f"kNN top-1 (k={report['knn']['k']}, {report['knn']['stage']})"] == report["knn"]["trained"]
-    assert {r.dataset_type for r in data.eval_results} == {"cifar10"}
+    # Only this model's own results, rounded to 4 decimals; the random-init floor is in the text only.
+    assert values == {f"linear probe top-1 ({s['best_stage']})": round(s["best_stage_probe"], 4),
+                      f"kNN top-1 (k={report['knn']['k']}, {report['knn']['stage']})": round(report["knn"]["trained"], 4)}
+    assert {r.dataset_type for r in data.eval_results} == {"uoft-cs/cifar10"}
     assert {r.dataset_split for r in data.eval_results} == {"test"}
 
 
@@ -113,6 +113,48 @@ def test_released_cards_are_what_the_current_template_renders(name):
     meta = json.loads((preset / "metadata.json").read_text())
     assert (preset / "README.md").read_text() == render_card(meta, "probe_per_stage.png")
     assert (REPO / "model_cards" / f"{name}.md").read_text() == render_card(meta, f"{name}_probe.png")
+    # Re-released with plain batch norm (config.json only; the weights kept their registry hash), and
+    # the card says so from the metadata's record.
+    assert meta["batch_norm"] == {"config": "plain", "config_rewritten": True}
+    assert '"synchronized": true' not in (preset / "config.json").read_text()
+    assert "is plain (`synchronized: false`)" in (preset / "README.md").read_text()
+    assert "re-released with only its `config.json` rewritten" in (preset / "README.md").read_text()
+
+
+KNOWN_HUB_DATASETS = {"uoft-cs/cifar10", "uoft-cs/cifar100", "frgfm/imagenette"}
+
+
+@pytest.mark.parametrize("name", [e["name"] for e in json.loads(
+    (REPO / "ssl_zoo" / "zoo" / "entries.json").read_text())["entries"]])
+def test_released_cards_read_right_on_the_hub(name):
+    """What the Hub reads from a released card, parsed by huggingface_hub itself: model-index holds
+    only this model's results (probe and kNN, no random-init floor), each equal to the evaluation
+    report rounded to 4 decimals; dataset ids are Hub repositories; the model-index round-trips."""
+    from huggingface_hub import ModelCardData
+    from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
+
+    preset = REPO / "ssl_zoo" / "zoo" / "presets" / name
+    meta = json.loads((preset / "metadata.json").read_text())
+    report = meta["evaluation"]
+    card = ModelCard.load(preset / "README.md")
+    data = card.data
+    assert isinstance(data, ModelCardData) and data.library_name == "keras" and data.model_name == name
+    assert set(data.datasets) <= KNOWN_HUB_DATASETS and data.datasets[-1] == "uoft-cs/cifar10"
+    results = {r.metric_name: r for r in data.eval_results}
+    s, knn = report["summary"], report["knn"]
+    assert {k: r.metric_value for k, r in results.items()} == {
+        f"linear probe top-1 ({s['best_stage']})": round(s["best_stage_probe"], 4),
+        f"kNN top-1 (k={knn['k']}, {knn['stage']})": round(knn["trained"], 4)}
+    assert not any("random" in k or "floor" in k for k in results)
+    for r in data.eval_results:
+        assert r.dataset_type in KNOWN_HUB_DATASETS and r.metric_type == "accuracy" and r.dataset_split == "test"
+        assert len(repr(r.metric_value).split(".")[-1]) <= 4, r.metric_value
+    header = card.content.split("---")[1]
+    assert "random-init" not in header and "0000" not in header
+    model_name, parsed = model_index_to_eval_results(data.to_dict()["model-index"])
+    assert model_name == name and eval_results_to_model_index(name, parsed) == data.to_dict()["model-index"]
+    # The floor is still stated, in the text.
+    assert f"best random-init stage ({s['random_init_best_stage']})" in card.text
 
 
 def test_card_without_evaluation_states_it(preset):
@@ -142,8 +184,8 @@ def test_card_of_any_size_backbone_trained_on_tiles(preset):
     meta["recipe"]["data"] = {"source": "folder:imagenette-96px", "image_size": 96, "eval_split": "val"}
     text = render_card(meta)
     card = ModelCard(text)
-    assert card.data.datasets == ["frgfm/imagenette", "cifar10"]
-    assert {r.dataset_type for r in card.data.eval_results} == {"cifar10"}
+    assert card.data.datasets == ["frgfm/imagenette", "uoft-cs/cifar10"]
+    assert {r.dataset_type for r in card.data.eval_results} == {"uoft-cs/cifar10"}
     assert "any size" in text and "trained on 28 px views and evaluated at 16 px" in text
     assert "keras.Input((16, 16, 3))" in text and "--image-size 16" in text
     assert "Jigsaw puzzles" in text and "Noroozi & Favaro" in text

@@ -73,6 +73,43 @@ def test_preset_loads_with_plain_keras(tmp_path_factory):
     np.testing.assert_allclose(np.asarray(keras_file(x.astype("float32"))), ref["pooled"], atol=1e-5)
 
 
+def test_released_configs_have_plain_batch_norm(tmp_path_factory):
+    """The run trained with synchronised batch norm (TensorFlow only); the preset's config.json and
+    the .keras file say synchronized: false, so they load on JAX and PyTorch (tests/test_backends.py),
+    and the metadata records it for the card."""
+    import zipfile
+
+    ex = rf.exported(tmp_path_factory)
+    assert rf.synchronized_layers(json.loads(zipfile.ZipFile(ex["run"] / "backbone.keras").read("config.json"))) == 20
+    preset_config = json.loads((ex["preset"] / "config.json").read_text())
+    keras_config = json.loads(zipfile.ZipFile(ex["keras"]).read("config.json"))
+    for config in (preset_config, keras_config):
+        batch_norms = [layer for layer in config["config"]["layers"] if layer["class_name"] == "BatchNormalization"]
+        assert len(batch_norms) == 20 and rf.synchronized_layers(config) == 0
+        assert all(layer["config"]["synchronized"] is False for layer in batch_norms)
+    assert json.loads((ex["preset"] / "metadata.json").read_text())["batch_norm"] == {"config": "plain"}
+
+
+def test_rewriting_an_old_preset_changes_only_its_batch_norm(tmp_path, tmp_path_factory):
+    """How the released entries were re-released: config.json rewritten to exactly what an export
+    writes now, a "batch_norm" record in metadata.json, the weight file byte for byte; twice = once."""
+    from ssl_zoo.preset import rewrite_preset_with_plain_batch_norm
+
+    preset = rf.copy_export(tmp_path, tmp_path_factory)["preset"]
+    exported_config = (preset / "config.json").read_text()
+    exported_meta = json.loads((preset / "metadata.json").read_text())
+    rf.legacy_preset(preset)
+    weights = (preset / "model.weights.h5").read_bytes()
+    assert rewrite_preset_with_plain_batch_norm(preset) == 20
+    assert (preset / "config.json").read_text() == exported_config
+    assert (preset / "model.weights.h5").read_bytes() == weights
+    meta = json.loads((preset / "metadata.json").read_text())
+    assert meta.pop("batch_norm") == {"config": "plain", "config_rewritten": True}
+    assert meta == {k: v for k, v in exported_meta.items() if k != "batch_norm"}
+    files = _tree_bytes(preset)
+    assert rewrite_preset_with_plain_batch_norm(preset) == 0 and _tree_bytes(preset) == files
+
+
 _PLAIN_TF = textwrap.dedent("""
     import sys, json
     import numpy as np
@@ -299,3 +336,17 @@ def test_diagnostics_go_into_metadata_and_the_methods_card(tmp_path, tmp_path_fa
         render_card(meta)
     export(ex["run"], rf.NAME, tmp_path / "plain", formats=("preset",))
     assert json.loads((tmp_path / "plain" / "preset" / "metadata.json").read_text())["diagnostics"] is None
+
+
+def test_registry_probe_numbers_are_rounded(tmp_path, tmp_path_factory):
+    """Evaluation reports hold float32 accuracies (0.7315000295639038); the registry writes them
+    rounded to 4 decimals, as the cards' model-index does."""
+    from ssl_zoo.zoo import entry_from_preset
+
+    preset = rf.copy_export(tmp_path, tmp_path_factory)["preset"]
+    meta = json.loads((preset / "metadata.json").read_text())
+    meta["evaluation"]["summary"].update(best_stage_probe=0.7315000295639038, random_init_best_probe=0.5616000294685364,
+                                         knn=0.62379997)
+    (preset / "metadata.json").write_text(json.dumps(meta))
+    probe = entry_from_preset(preset)["probe"]
+    assert (probe["accuracy"], probe["random_init_best"], probe["knn"]) == (0.7315, 0.5616, 0.6238)
