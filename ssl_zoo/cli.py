@@ -163,6 +163,7 @@ def cmd_finetune(args) -> int:
         batch_size=args.batch_size, max_train_examples=args.max_train_examples,
         max_test_examples=args.max_test_examples, steps_per_epoch=args.steps_per_epoch,
         random_init=not args.no_random_init, seed=args.seed, out=args.out, image_size=args.image_size,
+        train_split=args.train_split, test_split=args.test_split,
     )
     print(json.dumps({k: report[k] for k in ("trained", "random_init") if k in report}, indent=2))
 
@@ -170,7 +171,9 @@ def cmd_finetune(args) -> int:
         return ", ".join(f"{phase} {run[phase]['test_accuracy']:.2%}" for phase in ("frozen", "unfrozen")
                          if isinstance(run.get(phase), dict) and "test_accuracy" in run[phase])
 
-    print(f"test accuracy on {args.dataset}: pretrained {accuracies(report['trained'])}"
+    split = report["protocol"]["test_split"]
+    where = args.dataset if split == "test" else f"{args.dataset} ({split} split)"
+    print(f"test accuracy on {where}: pretrained {accuracies(report['trained'])}"
           + (f" | random init {accuracies(report['random_init'])}" if "random_init" in report else ""))
     return 0
 
@@ -285,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="tfds:cifar10")
     p.add_argument("--image-size", type=int, default=None,
                    help="image side; default the backbone's input size (required for any-size backbones)")
+    p.add_argument("--train-split", default="train", help="split trained on (default train)")
+    p.add_argument("--test-split", default=None,
+                   help="split the accuracy is measured on (default: test, or val for an image folder with "
+                        "train/ and val/ such as Imagenette)")
     p.add_argument("--epochs-frozen", type=int, default=2)
     p.add_argument("--epochs-unfrozen", type=int, default=2)
     p.add_argument("--lr-frozen", type=float, default=1e-3)

@@ -30,16 +30,17 @@ def build_classifier(backbone, num_classes: int, image_size: int, seed: int = 0)
     return keras.Model(inputs, logits, name="finetune_classifier")
 
 
-def _datasets(source, image_size, batch_size, max_train, max_test, seed, steps_per_epoch=None):
+def _datasets(source, image_size, batch_size, max_train, max_test, seed, steps_per_epoch=None,
+              train_split="train", test_split="test"):
     from ssl_zoo.data.pipeline import build_dataset
 
-    train = build_dataset(source, "train", batch_size=batch_size, image_size=image_size, augment="crop_flip",
+    train = build_dataset(source, train_split, batch_size=batch_size, image_size=image_size, augment="crop_flip",
                           training=True, seed=seed, drop_remainder=False)
     if max_train:
         train = train.unbatch().take(max_train).batch(batch_size)
     if steps_per_epoch:  # epochs of a fixed number of steps: the data wraps around
         train = train.repeat()
-    test = build_dataset(source, "test", batch_size=batch_size, image_size=image_size, augment="center")
+    test = build_dataset(source, test_split, batch_size=batch_size, image_size=image_size, augment="center")
     if max_test:
         test = test.unbatch().take(max_test).batch(batch_size)
     return train, test
@@ -84,13 +85,18 @@ def finetune(source, *, dataset: str = "tfds:cifar10", data_dir=None, epochs_fro
              epochs_unfrozen: int = 1, lr_frozen: float = 1e-3, lr_unfrozen: float = 1e-4,
              batch_size: int = 128, max_train_examples: int | None = None, max_test_examples: int | None = None,
              steps_per_epoch: int | None = None, random_init: bool = True, seed: int = 0,
-             out: str | None = None, run_eagerly: bool = False, image_size: int | None = None) -> dict:
+             out: str | None = None, run_eagerly: bool = False, image_size: int | None = None,
+             train_split: str = "train", test_split: str | None = None) -> dict:
     """Fine-tunes `source` (anything `load_backbone` accepts, or a keras.Model) on `dataset`
     (a source spec such as "tfds:cifar10", or an `ssl_zoo.data.sources.Source`).
 
     `image_size` is the side the dataset's images are resized and cropped to. It defaults to the
     backbone's fixed input size; a fully convolutional backbone (no fixed size, e.g. one trained on
     jigsaw tiles) needs it given.
+
+    `test_split` is the split the accuracy is measured on; by default the dataset's held-out split
+    (`Source.held_out_split`: "test" where there is one, "val" for an image folder with `train/`
+    and `val/` such as Imagenette). Labels come from the dataset, the same in every split.
 
     `run_eagerly` skips tracing the training graph (tens of seconds for a ResNet on CPU): faster
     for a handful of steps (tests, smoke runs), slower for real fine-tuning.
@@ -123,13 +129,16 @@ def finetune(source, *, dataset: str = "tfds:cifar10", data_dir=None, epochs_fro
     num_classes = data.num_classes()
     if not num_classes:
         raise ConfigError(f"{dataset} has no class labels to fine-tune on")
-    train, test = _datasets(data, image_size, batch_size, max_train_examples, max_test_examples, seed, steps_per_epoch)
+    test_split = test_split or data.held_out_split()
+    train, test = _datasets(data, image_size, batch_size, max_train_examples, max_test_examples, seed, steps_per_epoch,
+                            train_split, test_split)
     common = dict(epochs_frozen=epochs_frozen, epochs_unfrozen=epochs_unfrozen, lr_frozen=lr_frozen,
                   lr_unfrozen=lr_unfrozen, steps_per_epoch=steps_per_epoch, seed=seed, run_eagerly=run_eagerly)
     report = {
         "model": name,
         "dataset": dataset if isinstance(dataset, str) else data.name,
         "protocol": {
+            "train_split": train_split, "test_split": test_split,
             "image_size": image_size, "batch_size": batch_size, "max_train_examples": max_train_examples,
             "max_test_examples": max_test_examples, "steps_per_epoch": steps_per_epoch, "seed": seed,
             "optimizer": "Adam", "loss": "sparse categorical cross-entropy (logits)",

@@ -9,6 +9,9 @@
 What is checked, so that a load never half-succeeds:
 - Keras safe mode stays on: a model that would run arbitrary Python (a `Lambda` layer) is refused
   with `UnsafeModelError`.
+- Batch norm is plain in what is loaded: a preset or `.keras` file that still says
+  `synchronized: true` (released before that, or a training run's) is read with `false`, on every
+  backend, so that it loads under JAX and PyTorch too (`ssl_zoo.preset.plain_batch_norm`).
 - The weight file's sha256 must equal the one in the preset's metadata.json and, for a zoo entry,
   the one in the registry (`IntegrityError`, naming the file and both hashes).
 - The weight file must hold exactly as many arrays as the architecture has variables, each of the
@@ -24,8 +27,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ssl_zoo.preset import (  # noqa: F401  (the load errors users catch are re-exported here)
-    SAVED_MODEL_METADATA, IntegrityError, LoadError, UnsafeModelError, check_stages, is_preset_folder, load_preset,
-    read_json, read_metadata, unsafe_error, verify_weights)
+    SAVED_MODEL_METADATA, IntegrityError, LoadError, UnsafeModelError, check_stages, is_preset_folder,
+    keras_file_for_any_backend, load_preset, read_json, read_metadata, unsafe_error, verify_weights)
 
 
 @dataclasses.dataclass
@@ -98,7 +101,12 @@ def _load_keras_file(path: Path):
     from ssl_zoo.methods.base import BACKBONE
 
     try:
-        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+        # A file with synchronised batch norm (written before releases used plain batch norm, or a
+        # training run's) is read through a copy with plain batch norm: see preset.plain_batch_norm.
+        with keras_file_for_any_backend(path) as readable:
+            model = keras.saving.load_model(readable, safe_mode=True, compile=False)
+    except LoadError:
+        raise
     except Exception as e:
         raise (unsafe_error(e, path) or LoadError(f"{path}: cannot load: {e}")) from e
     try:
@@ -145,20 +153,25 @@ def _select(model, stages, name: str):
 
 
 def _refuse_impure_saved_model(path: Path) -> None:
-    """A SavedModel is a program: read which ops it would run before TensorFlow loads it."""
+    """A SavedModel is a program: account for every op in it, and for every route by which loading
+    runs any (ssl_zoo.saved_model_ops), before TensorFlow reads it."""
     from google.protobuf.message import DecodeError
 
-    from ssl_zoo.saved_model_ops import impure_ops
+    from ssl_zoo.saved_model_ops import audit
 
     try:
-        impure = impure_ops(path)
+        found = audit(path)
     except DecodeError as e:
         raise LoadError(f"{path}/saved_model.pb is not a SavedModel protobuf ({e})") from e
-    if impure:
-        found = "; ".join(f"{op} (in {', '.join(sorted(where)[:2])})" for op, where in sorted(impure.items()))
+    reasons = []
+    if found.refused:
+        ops = "; ".join(f"{op} (in {', '.join(sorted(where)[:2])})" for op, where in sorted(found.refused.items()))
+        reasons.append(f"it holds ops that are not pure tensor computations: {ops}")
+    reasons.extend(found.problems[:5] + ([f"and {len(found.problems) - 5} more"] if len(found.problems) > 5 else []))
+    if reasons:
         raise UnsafeModelError(
-            f"{path}: refused, the SavedModel would run ops that are not pure tensor computations: {found}. "
-            f"A backbone reads no files and runs no Python; see ssl_zoo.saved_model_ops.PURE_TENSOR_OPS")
+            f"{path}: refused, nothing of it was run: {'; '.join(reasons)}. A backbone reads no files and runs "
+            f"no Python; see ssl_zoo.saved_model_ops (PURE_TENSOR_OPS, and what else is checked)")
 
 
 def _load_saved_model(res: ResolvedSource, stages, trainable: bool):

@@ -107,11 +107,12 @@ def test_saved_model_that_would_touch_files_is_refused_before_loading(tmp_path):
 
 
 def test_exported_saved_models_are_pure_tensor_programs(tmp_path_factory):
-    from ssl_zoo.saved_model_ops import PURE_TENSOR_OPS, reachable_ops
+    from ssl_zoo.saved_model_ops import CHECKPOINT_OPS, PURE_TENSOR_OPS, audit
 
-    ops = reachable_ops(rf.exported(tmp_path_factory)["saved_model"])
-    assert {"Conv2D", "Relu", "Mean"} <= set(ops) <= PURE_TENSOR_OPS
-    assert "SaveV2" not in ops and "RestoreV2" not in ops  # the checkpoint functions are not reachable
+    found = audit(rf.exported(tmp_path_factory)["saved_model"])
+    assert found.safe and {"Conv2D", "Relu", "Mean"} <= set(found.ops) <= PURE_TENSOR_OPS | CHECKPOINT_OPS
+    # every op in the file is counted: the saver's SaveV2 / RestoreV2 too, allowed in its two functions only
+    assert {"SaveV2", "RestoreV2"} <= set(found.ops) and len(found.checkpoint_functions) == 2
 
 
 def test_tampered_weights_are_refused(tmp_path, tmp_path_factory):
@@ -215,3 +216,27 @@ def test_evaluate_still_gets_the_raw_backbone(tmp_path_factory):
         assert raw.get_layer("stage4") is not None
         keras.Model.from_config(raw.get_config())
     shutil.rmtree(tmp_path_factory.mktemp("unused"))
+
+
+def test_synchronized_batch_norm_files_load_with_plain_batch_norm(tmp_path, tmp_path_factory):
+    """A preset or .keras file released before batch norm was plain (config says synchronized: true,
+    which JAX and PyTorch refuse) loads on every backend as plain batch norm, same features; the file
+    itself is not modified. Other backends: tests/test_backends.py."""
+    import zipfile
+
+    import keras
+
+    ex = rf.copy_export(tmp_path, tmp_path_factory)
+    rf.legacy_preset(ex["preset"])
+    legacy_keras = tmp_path / "legacy.keras"
+    rf.legacy_keras_file(ex["keras"], legacy_keras)
+    x = rf.images(3, seed=4)
+    reference = _reference(tmp_path_factory, x)
+    before = {p: p.read_bytes() for p in (ex["preset"] / "config.json", legacy_keras)}
+    for source in (ex["preset"], legacy_keras, ex["run"] / "pretext_model.keras"):
+        model = load_backbone(source)
+        batch_norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        assert len(batch_norms) == 20 and not any(layer.synchronized for layer in batch_norms), source
+        np.testing.assert_allclose(np.asarray(model(x.astype("float32"))), reference, atol=1e-5)
+    assert {p: p.read_bytes() for p in before} == before
+    assert rf.synchronized_layers(json.loads(zipfile.ZipFile(legacy_keras).read("config.json"))) == 20

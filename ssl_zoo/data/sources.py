@@ -28,6 +28,10 @@ from ssl_zoo.errors import SslZooError
 log = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "SSL_ZOO_DATA_DIR"
+# A folder with a subfolder of one of these names is split into folders (ImageFolderSource).
+SPLIT_FOLDER_NAMES = ("train", "val", "validation", "test")
+# The split accuracy is reported on when none is named: the first of these that exists.
+HELD_OUT_SPLITS = ("test", "val", "validation")
 
 
 class DataError(SslZooError, ValueError):
@@ -59,6 +63,10 @@ class Source:
 
     def num_classes(self) -> int | None:
         return None
+
+    def held_out_split(self) -> str:
+        """The split accuracy is reported on when none is named (`finetune`, `evaluate_model`)."""
+        return "test"
 
 
 class TFDSSource(Source):
@@ -143,14 +151,28 @@ class TFDSSource(Source):
         features = self._builder.info.features
         return getattr(features["label"], "num_classes", None) if "label" in features else None
 
+    def held_out_split(self):
+        """The "test" split, else "validation" for datasets that have none (ImageNet)."""
+        splits = list(self._builder.info.splits)
+        return next((s for s in HELD_OUT_SPLITS if s in splits), "test")
+
 
 class ImageFolderSource(Source):
     """A folder of images, searched recursively (jpg, jpeg, png, webp, bmp).
 
-    If the folder has a subfolder named after the split (`train/`, `val/`…), that is used.
-    Immediate class subfolders become integer labels in sorted order (used for evaluation only);
-    files directly in the folder get label -1. Files are listed once (cheap) and decoded lazily
-    in the pipeline, so a folder of any size streams.
+    Two layouts:
+    - **split folders** (Imagenette: `train/`, `val/`): the folder has a subfolder named `train`,
+      `val`, `validation` or `test`. Then every subfolder is a split, and a split is read from its
+      subfolder only: a split without one is a `DataError` naming the splits there are.
+    - **flat**: no such subfolder (`cats/`, `dogs/`, or just files). The whole folder is the one
+      split, served for every split name (so `train` and `test` are the same images: fine for
+      pretext training, not for a held-out accuracy).
+
+    Labels: the class folders (the immediate subfolders of each split folder, or of a flat
+    folder) of *all* splits together, sorted, are numbered once for the whole folder, so that a
+    class has the same label in every split even when a split lacks some class. Files directly in
+    a split (or flat) folder get label -1. Labels are used for evaluation only. Files are listed
+    once (cheap) and decoded lazily in the pipeline, so a folder of any size streams.
 
     With `cache=True` (for folders that fit in memory: the user asks for it in the recipe's
     `[data] cache`) each split is decoded once, on first use, and kept as one flat uint8 buffer;
@@ -168,18 +190,52 @@ class ImageFolderSource(Source):
         self.stats = SkipStats()
         if not self.root.is_dir():
             raise DataError(f"image folder {self.root} does not exist or is not a directory")
-        self._listing: dict[str, tuple[list[str], list[int], list[str]]] = {}
-        self._decoded: dict[str, dict[str, tf.Tensor]] = {}
+        self._layout: tuple[dict[str, Path] | None, list[str]] | None = None
+        self._listing: dict[Path, tuple[list[str], list[int], list[str]]] = {}
+        self._decoded: dict[Path, dict[str, tf.Tensor]] = {}
+
+    @staticmethod
+    def _subfolders(folder: Path) -> list[Path]:
+        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def _structure(self) -> tuple[dict[str, Path] | None, list[str]]:
+        """({split name: folder}, or None for a flat folder; the class names of all splits, sorted),
+        computed once."""
+        if self._layout is None:
+            subfolders = self._subfolders(self.root)
+            if any(p.name in SPLIT_FOLDER_NAMES for p in subfolders):
+                splits = {p.name: p for p in subfolders}
+                classes = sorted({c.name for folder in splits.values() for c in self._subfolders(folder)})
+            else:
+                splits, classes = None, [p.name for p in subfolders]
+            self._layout = (splits, classes)
+        return self._layout
+
+    def splits(self) -> list[str] | None:
+        """The split folders' names, or None for a flat folder (one split under every name)."""
+        splits = self._structure()[0]
+        return None if splits is None else sorted(splits)
 
     def _split_root(self, split: str) -> Path:
-        candidate = self.root / split
-        return candidate if candidate.is_dir() else self.root
+        splits = self._structure()[0]
+        if splits is None:
+            return self.root
+        if split not in splits:
+            raise DataError(f"image folder {self.root} has no split folder {split!r}: its splits are "
+                            f"{sorted(splits)} (name one of them, e.g. --test-split "
+                            f"{next((s for s in HELD_OUT_SPLITS if s in splits), sorted(splits)[0])})")
+        return splits[split]
+
+    def held_out_split(self):
+        """The "test" split folder, else "val" or "validation", whichever exists (Imagenette: "val")."""
+        splits = self._structure()[0] or {}
+        return next((s for s in HELD_OUT_SPLITS if s in splits), "test")
 
     def _list(self, split: str):
-        if split in self._listing:
-            return self._listing[split]
         root = self._split_root(split)
-        class_dirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if root in self._listing:
+            return self._listing[root]
+        class_dirs = self._structure()[1]
         class_index = {c: i for i, c in enumerate(class_dirs)}
         paths, labels, ignored = [], [], []
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -202,8 +258,11 @@ class ImageFolderSource(Source):
             )
         if not paths:
             raise DataError(f"no image files {IMAGE_EXTENSIONS} found under {root}")
-        self._listing[split] = (paths, labels, class_dirs)
-        return self._listing[split]
+        if root == self.root and class_dirs:
+            log.info("%s has no split folders (%s): every split is the whole folder", root,
+                     "/".join(SPLIT_FOLDER_NAMES))
+        self._listing[root] = (paths, labels, class_dirs)
+        return self._listing[root]
 
     def examples(self, split, shuffle_seed=None):
         paths, labels, _ = self._list(split)
@@ -251,7 +310,8 @@ class ImageFolderSource(Source):
     def _decoded_split(self, split: str) -> dict[str, tf.Tensor]:
         """The whole split decoded once, in listing order, as one flat uint8 buffer with each
         image's offset and shape and whether it decoded (a failed file keeps its index, empty)."""
-        if split not in self._decoded:
+        key = self._split_root(split)  # a flat folder is decoded once for every split name
+        if key not in self._decoded:
             paths = self._list(split)[0]
             t0 = time.perf_counter()
             decoded = tf.data.Dataset.from_tensor_slices(paths).map(
@@ -263,7 +323,7 @@ class ImageFolderSource(Source):
                 ok.append(ex["ok"])
             sizes = [len(x) for x in images]
             flat = np.concatenate(images)
-            self._decoded[split] = {
+            self._decoded[key] = {
                 "flat": tf.constant(flat),
                 "offsets": tf.constant(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)),
                 "shapes": tf.constant(np.array(shapes, np.int64)),
@@ -271,19 +331,17 @@ class ImageFolderSource(Source):
             }
             log.info("%s/%s: decoded %d of %d files once into memory (%.0f MiB, %.1f s)", self.name, split,
                      sum(ok), len(paths), flat.nbytes / 2**20, time.perf_counter() - t0)
-        return self._decoded[split]
+        return self._decoded[key]
 
     def num_examples(self, split):
         return len(self._list(split)[0])
 
     def num_classes(self):
-        try:
-            return len(self._list("train")[2]) or None
-        except DataError:
-            return None
+        return len(self._structure()[1]) or None
 
-    def class_names(self, split: str = "train") -> list[str]:
-        return list(self._list(split)[2])
+    def class_names(self) -> list[str]:
+        """Label i's class folder name, the same for every split."""
+        return list(self._structure()[1])
 
 
 @dataclasses.dataclass
@@ -364,6 +422,9 @@ class ImagelessSource(Source):
 
     def num_classes(self):
         return self.source.num_classes()
+
+    def held_out_split(self):
+        return self.source.held_out_split()
 
 
 def open_source(spec: str, data_dir: str | os.PathLike | None = None, *, cache: bool = False) -> Source:

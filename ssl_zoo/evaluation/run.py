@@ -32,11 +32,13 @@ def evaluate_backbone(
     image_size: int,
     knn_k: int = 200,
     train_split: str = "train",
-    test_split: str = "test",
+    test_split: str | None = None,
     max_train_examples: int | None = None,
     probe_epochs: int = 30,
     seed: int = 0,
 ) -> dict:
+    """`test_split` None: the source's held-out split (`Source.held_out_split`)."""
+    test_split = test_split or source.held_out_split()
     num_classes = source.num_classes()
     if not num_classes:
         raise ConfigError(f"{source.name} has no class labels to evaluate with")
@@ -93,18 +95,21 @@ def evaluate_model(
     image_size: int = 32,
     probe_epochs: int = 30,
     train_split: str = "train",
-    test_split: str = "test",
+    test_split: str | None = None,
     cache: bool = False,
 ) -> dict:
     """Probes and kNN of `model` and of its random-init twin on `source`. `cache` keeps an image
     folder's splits decoded in memory, so each split is decoded once instead of once per model;
-    it is off by default because a user's folder may not fit in memory."""
+    it is off by default because a user's folder may not fit in memory. `test_split` None means
+    the source's held-out split ("test", or "val" for an Imagenette-style folder); `ssl-zoo
+    evaluate` always names one (the recipe's [evaluation] test_split or --test-split)."""
     from ssl_zoo.loader import load_raw_backbone
 
     t0 = time.time()
     stages = list(stages)
     backbone = load_raw_backbone(model) if not isinstance(model, keras.Model) else model
     data = open_source(source, data_dir, cache=cache)
+    test_split = test_split or data.held_out_split()
     common = dict(source=data, stages=stages, image_size=image_size, knn_k=knn_k, train_split=train_split,
                   test_split=test_split, max_train_examples=max_train_examples,
                   probe_epochs=probe_epochs, seed=seed)
