@@ -12,7 +12,8 @@
 - two logical CPU replicas == one replica on the same global batch: metrics, weights, optimizer
   slots and method state;
 - a run killed with SIGKILL (right after a chosen checkpoint) and resumed ends with the same
-  weights, optimizer slots and method state as an unbroken run with the same seed.
+  weights, optimizer slots, method state and history (every epoch's metrics and evaluation) as an
+  unbroken run with the same seed.
 
 Method test files then hold only what is special to their method.
 """
@@ -196,7 +197,21 @@ class MethodContract:
         finish(unbroken)
         ref = np.load(tmp_path / "unbroken" / "arrays.npz")
         assert len(ref.files) > 0
+
+        def history(run: str) -> list[dict]:
+            # Everything but wall-clock: the epochs' metrics over all their steps, evaluations, hooks.
+            records = json.loads((tmp_path / run / "history.json").read_text())
+            return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second")} for r in records]
+
+        reference_history = history("unbroken")
+        assert [r["epoch"] for r in reference_history] == [1, 2]
         for k in self.kill_after_checkpoints:
+            resumed = history(f"killed{k}")
+            assert [r.keys() for r in resumed] == [r.keys() for r in reference_history], k
+            for a, b in zip(resumed, reference_history):
+                for key in a:
+                    np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5,
+                                               err_msg=f"history {key} after a SIGKILL at checkpoint {k}")
             got = np.load(tmp_path / f"killed{k}" / "arrays.npz")
             assert sorted(got.files) == sorted(ref.files)
             for name in ref.files:

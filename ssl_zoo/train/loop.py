@@ -95,6 +95,8 @@ class Trainer:
       tensorboard/      scalars (chief only)
       history.json      one record per epoch
       epoch_hooks.json  what each epoch's hook reported (kept for a mid-epoch resume)
+      epoch_totals.json the running sums of the epoch's metrics at each checkpoint, so that a
+                        resumed epoch's record averages over all its steps, as an unbroken one
       pretext_model.keras, backbone.keras   written atomically at the end
     """
 
@@ -151,6 +153,7 @@ class Trainer:
         self._train_fn = None
         self._eval_fn = None
         self._inference_fns: dict = {}
+        self._totals: dict[str, float] = {}
 
     @property
     def optimizer(self):
@@ -301,6 +304,27 @@ class Trainer:
         path = self.out_dir / "epoch_hooks.json"
         return (json.loads(path.read_text()) if path.exists() else {}).get(str(epoch + 1), {})
 
+    def _eval_due(self, epoch: int) -> bool:
+        """Whether epoch `epoch` (1-based) ends with a pretext evaluation."""
+        train = self.recipe.train
+        return bool(self.recipe.data.eval_split) and (epoch % train.eval_every_epochs == 0 or epoch == train.epochs)
+
+    def save_checkpoint(self) -> str:
+        """A checkpoint of the current step, with the epoch's running metric sums written first
+        (keyed by step: whichever checkpoint a resume restores finds its own)."""
+        step = int(self.step.numpy())
+        if self.chief:
+            path = self.out_dir / "epoch_totals.json"
+            kept = json.loads(path.read_text()) if path.exists() else {}
+            kept = {k: v for k, v in kept.items() if int(k) > step - 3 * self.steps_per_epoch}
+            kept[str(step)] = dict(self._totals)
+            write_json_atomic(kept, path)
+        return self.manager.save(checkpoint_number=step)
+
+    def _restored_totals(self, step: int) -> dict[str, float]:
+        path = self.out_dir / "epoch_totals.json"
+        return (json.loads(path.read_text()) if path.exists() else {}).get(str(step), {})
+
     # ---- loop -------------------------------------------------------------------------------
     def fit(self) -> dict:
         recipe, train = self.recipe, self.recipe.train
@@ -311,6 +335,12 @@ class Trainer:
         history_path = self.out_dir / "history.json"
         history = json.loads(history_path.read_text()) if (restored and history_path.exists()) else []
         history = [h for h in history if h["step"] <= start]
+        if history and history[-1]["step"] == start and self._eval_due(history[-1]["epoch"]) \
+                and not any(k.startswith("eval_") for k in history[-1]):
+            # Killed after an epoch's record and checkpoint, before its evaluation: evaluate now.
+            history[-1].update({f"eval_{k}": round(v, 5) for k, v in self.evaluate_pretext().items()})
+            if self.chief:
+                write_json_atomic(history, history_path)
         if start == 0:
             probe = build_pretext_dataset(
                 self.stream, recipe.data.train_split, self.method, batch_size=self.per_replica_batch,
@@ -341,7 +371,7 @@ class Trainer:
             # After the restore above: the hook never sees the random weights of a model about to be
             # restored, and a mid-epoch resume keeps the state the hook computed before the kill.
             reported = self._epoch_hook(epoch) if skip == 0 else self._reported_by_hook(epoch)
-            totals: dict[str, float] = {}
+            totals = self._totals = {} if skip == 0 else dict(self._restored_totals(int(self.step.numpy())))
             t0 = time.time()
             steps_run = 0
             progbar = keras.utils.Progbar(self.steps_per_epoch, verbose=1 if (self.chief and sys.stdout.isatty()) else 0)
@@ -365,8 +395,9 @@ class Trainer:
                         for opt_name, opt in self.optimizers.items():
                             suffix = "" if opt_name == DEFAULT_OPTIMIZER else f"/{opt_name}"
                             tf.summary.scalar(f"train/learning_rate{suffix}", float(opt.learning_rate))
-                if step % train.checkpoint_every == 0:
-                    self.manager.save(checkpoint_number=step)
+                # The epoch's last step is saved below, after its record is written.
+                if step % train.checkpoint_every == 0 and step != (epoch + 1) * self.steps_per_epoch:
+                    self.save_checkpoint()
             if not steps_run:
                 raise RuntimeError(f"epoch {epoch + 1} produced no batch; {self.source.stats.summary()}")
             seconds = time.time() - t0
@@ -377,11 +408,15 @@ class Trainer:
             for opt_name, opt in self.optimizers.items():
                 if opt_name != DEFAULT_OPTIMIZER:  # each named optimizer's schedule, logged on its own
                     record[f"learning_rate_{opt_name}"] = float(opt.learning_rate)
-            # Checkpoint first: nothing after the epoch's last step may cost the epoch.
-            self.manager.save(checkpoint_number=int(self.step.numpy()))
-            if recipe.data.eval_split and ((epoch + 1) % train.eval_every_epochs == 0 or epoch + 1 == train.epochs):
-                record.update({f"eval_{k}": round(v, 5) for k, v in self.evaluate_pretext().items()})
+            # The record, then the checkpoint, then the evaluation: a kill at any point loses neither
+            # the epoch's training nor its record (a record beyond the restored step is dropped and
+            # retrained; a checkpointed record without its evaluation is evaluated on resume).
             history.append(record)
+            if self.chief:
+                write_json_atomic(history, history_path)
+            self.save_checkpoint()
+            if self._eval_due(epoch + 1):
+                record.update({f"eval_{k}": round(v, 5) for k, v in self.evaluate_pretext().items()})
             if self.chief:
                 log.info("epoch %d done: %s", epoch + 1, record)
                 with writer.as_default(step=record["step"]):
@@ -422,7 +457,7 @@ def _checkpoint_on_interrupt(trainer: Trainer):
         yield
     except KeyboardInterrupt:
         if trainer.preemption is None:
-            path = trainer.manager.save(checkpoint_number=int(trainer.step.numpy()))
+            path = trainer.save_checkpoint()
             log.warning("interrupted at step %d; checkpoint saved to %s; rerun the same command to resume",
                         int(trainer.step.numpy()), path)
         raise
