@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ssl_zoo.methods.card import pct as _pct
-from ssl_zoo.preset import CARD_FILE, PLOT_FILE, atomic_file, diagnostics, read_metadata, round_accuracy
+from ssl_zoo.preset import (CARD_FILE, PLOT_FILE, atomic_file, diagnostics, read_metadata, refresh_manifest,
+                            round_accuracy)
 
 LICENSE = "apache-2.0"
 
@@ -383,12 +384,16 @@ def plot_probe(report: dict, path: str | os.PathLike, title: str = "") -> Path |
 
 def write_card_files(meta: dict, folder: str | os.PathLike, card_name: str = CARD_FILE,
                      plot_name: str = PLOT_FILE) -> Path:
-    """Writes the card (and its plot beside it) into `folder`; returns the card's path."""
+    """Writes the card (and its plot beside it) into `folder`; returns the card's path. In a preset
+    folder that has a file manifest (`ssl-zoo card --in-preset`), the manifest in its metadata.json
+    is updated to the new files (a zoo entry must then be re-registered: the registry holds the
+    sha256 of metadata.json)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     plot = plot_probe(meta.get("evaluation"), folder / plot_name, meta["name"])
     card = folder / card_name
     card.write_text(render_card(meta, plot.name if plot else None))
+    refresh_manifest(folder)
     return card
 
 

@@ -18,10 +18,17 @@ Layout of `ssl-zoo export RUN --name ENTRY --out DIR`:
                          `tf.saved_model.load`, no ssl_zoo needed.
     DIR/ENTRY.keras      the functional backbone (stock Keras layers, loads with safe_mode=True;
                          plain batch norm, as in the preset)
+    DIR/ENTRY.keras.sha256  its sha256 (`sha256sum -c` format), checked by `ssl_zoo.load_backbone`
+    DIR/release.json     the release manifest: {path: sha256} of every file above, written last
 
-Every artefact is written atomically; the preset format itself (file names, metadata hashing,
-atomic writers, reading and checking) belongs to `ssl_zoo.preset`, and the card to
-`ssl_zoo.cards`, which this module calls.
+An export is one transaction: every artefact is written into one temporary sibling of DIR
+(`.DIR.partial-*`), the release manifest last, and that folder is swapped in for DIR as a whole
+(`ssl_zoo.preset.atomic_dir`; a kill between its two renames is undone by the next export's
+recovery). A kill at any point leaves DIR holding the previous release or the new one, whole, and
+the next export removes what the killed one left. DIR must be an export folder (or absent or
+empty): it is replaced as a whole, so a release written with fewer formats has only those.
+The preset format itself (file names, metadata hashing, atomic writers, reading and checking)
+belongs to `ssl_zoo.preset`, and the card to `ssl_zoo.cards`, which this module calls.
 """
 
 from __future__ import annotations
@@ -34,8 +41,10 @@ from pathlib import Path
 from typing import Any
 
 from ssl_zoo.errors import SslZooError
-from ssl_zoo.preset import (FORMAT_VERSION, METADATA_FILE, SAVED_MODEL_METADATA, WEIGHTS_FILE, atomic_dir,
-                            atomic_file, read_json, stall_point, write_keras_with_plain_batch_norm, write_preset)
+from ssl_zoo.preset import (FORMAT_VERSION, METADATA_FILE, RELEASE_MANIFEST, SAVED_MODEL_METADATA, SHA256_SUFFIX,
+                            WEIGHTS_FILE, atomic_dir, atomic_file, read_json, stall_point,
+                            write_keras_with_plain_batch_norm, write_preset, write_release_manifest,
+                            write_sha256_sidecar)
 
 log = logging.getLogger(__name__)
 
@@ -214,12 +223,15 @@ def write_saved_model(backbone, dest: str | os.PathLike, metadata: dict | None =
 
 
 def write_keras(backbone, dest: str | os.PathLike) -> Path:
-    """The `.keras` file, with plain batch norm in its config (ssl_zoo.preset.plain_batch_norm)."""
+    """The `.keras` file, with plain batch norm in its config (ssl_zoo.preset.plain_batch_norm), and
+    its sha256 sidecar `dest.sha256` (written after it: a kill between the two leaves a file that
+    loads with a warning that it is unchecked, never a sidecar that refuses a good file)."""
     dest = Path(dest)
     with atomic_file(dest) as tmp:
         backbone.save(tmp)
         write_keras_with_plain_batch_norm(tmp, tmp)
         stall_point("keras", tmp)
+    write_sha256_sidecar(dest)
     return dest
 
 
@@ -286,7 +298,9 @@ def export(source, name: str, out: str | os.PathLike, *, eval_report: str | os.P
     `diagnostics`: an `ssl-zoo diagnose --out` report of this run (or its path), recorded in the
     metadata and shown in the card by the method. `context_check`: the former name, which also
     takes a bare context-check report (written before `ssl-zoo diagnose` existed).
-    Returns {"preset": path, "saved_model": path, "keras": path} for the formats written.
+    All artefacts are one transaction (module docstring): `out` ends up holding the previous release
+    or this one, whole. Returns {"preset": path, "saved_model": path, "keras": path} for the formats
+    written.
     """
     if isinstance(source, (str, os.PathLike)):
         backbone, run, history = read_run(source)
@@ -300,15 +314,45 @@ def export(source, name: str, out: str | os.PathLike, *, eval_report: str | os.P
     metadata = build_metadata(backbone, name, run, history, report, hardware,
                               read_diagnostics(diagnostics, legacy=context_check))
     out = Path(out)
+    check_export_destination(out)
     written: dict[str, str] = {}
-    if "preset" in formats:
-        from ssl_zoo.cards import write_card_files
+    with atomic_dir(out, stall="release_swap") as tmp:
+        if "preset" in formats:
+            from ssl_zoo.cards import write_card_files
 
-        write_preset(backbone, out / "preset", metadata, write_card=write_card_files)
-        metadata = read_json(out / "preset" / METADATA_FILE)  # now with the sha256
-        written["preset"] = str(out / "preset")
-    if "saved_model" in formats:
-        written["saved_model"] = str(write_saved_model(backbone, out / "saved_model", metadata))
-    if "keras" in formats:
-        written["keras"] = str(write_keras(backbone, out / f"{name}.keras"))
+            write_preset(backbone, tmp / "preset", metadata, write_card=write_card_files)
+            metadata = read_json(tmp / "preset" / METADATA_FILE)  # now with the sha256 and the manifest
+            written["preset"] = str(out / "preset")
+        if "saved_model" in formats:
+            write_saved_model(backbone, tmp / "saved_model", metadata)
+            written["saved_model"] = str(out / "saved_model")
+        if "keras" in formats:
+            write_keras(backbone, tmp / f"{name}.keras")
+            written["keras"] = str(out / f"{name}.keras")
+        stall_point("release", tmp)
+        write_release_manifest(tmp, name)
     return written
+
+
+_EXPORT_NAMES = ("preset", "saved_model", RELEASE_MANIFEST)
+
+
+def check_export_destination(out: Path) -> None:
+    """`out` is replaced as a whole: refuse anything but an absent or empty folder or an earlier export
+    (preset/, saved_model/, *.keras and its sidecar, release.json, and what the per-artefact writers
+    of earlier versions left: `.preset.partial-*`, ...)."""
+    if out.resolve() == Path.cwd().resolve() or out.name in ("", ".", ".."):
+        raise ExportError(f"--out {out}: give the export its own folder (it is replaced as a whole)")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ExportError(f"--out {out} is a file; an export writes a folder")
+
+    def ours(name: str) -> bool:
+        return (name in _EXPORT_NAMES or name.endswith(".keras") or name.endswith(".keras" + SHA256_SUFFIX)
+                or (name.startswith(".") and (".partial-" in name or ".old-" in name)))
+
+    foreign = sorted(p.name for p in out.iterdir() if not ours(p.name))
+    if foreign:
+        raise ExportError(f"--out {out} holds files that are not an ssl_zoo export ({', '.join(foreign[:5])}); an export "
+                          f"replaces its folder as a whole, so give it an empty or earlier export folder")

@@ -12,8 +12,14 @@ What is checked, so that a load never half-succeeds:
 - Batch norm is plain in what is loaded: a preset or `.keras` file that still says
   `synchronized: true` (released before that, or a training run's) is read with `false`, on every
   backend, so that it loads under JAX and PyTorch too (`ssl_zoo.preset.plain_batch_norm`).
-- The weight file's sha256 must equal the one in the preset's metadata.json and, for a zoo entry,
-  the one in the registry (`IntegrityError`, naming the file and both hashes).
+- Every file must match its sha256 (`IntegrityError`, naming the file and both hashes): a preset's
+  config.json, weights, card and plot the manifest in its metadata.json, the weights also the
+  metadata's weights record, and, for a zoo entry, config.json, weights and metadata.json the
+  registry's; a `.keras` file its `NAME.keras.sha256` sidecar and the export's release.json; a
+  SavedModel's files that release.json. A file named by a path that leaves its preset folder
+  (`"file": "../x.h5"`) is refused. Whatever is loaded without a recorded hash (an older preset's
+  config.json, a preset's metadata.json loaded by path rather than zoo name, a `.keras` file with
+  no sidecar, such as a training run's) is loaded with an `UnhashedFileWarning` naming it.
 - The weight file must hold exactly as many arrays as the architecture has variables, each of the
   right shape (Keras raises on shape mismatches; we add the count check), and every stage must
   have the shape metadata.json records.
@@ -27,8 +33,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ssl_zoo.preset import (  # noqa: F401  (the load errors users catch are re-exported here)
-    SAVED_MODEL_METADATA, IntegrityError, LoadError, UnsafeModelError, check_stages, is_preset_folder,
-    keras_file_for_any_backend, load_preset, read_json, read_metadata, unsafe_error, verify_weights)
+    SAVED_MODEL_METADATA, IntegrityError, LoadError, UnhashedFileWarning, UnsafeModelError, check_stages,
+    is_preset_folder, keras_file_for_any_backend, load_preset, read_json, read_metadata, unsafe_error,
+    verify_keras_file, verify_saved_model, verify_weights)
 
 
 @dataclasses.dataclass
@@ -42,7 +49,8 @@ class ResolvedSource:
 
 def _from_path(path: Path, origin: str) -> ResolvedSource:
     if not path.exists():
-        aside = sorted(path.parent.glob(f".{path.name}.old-*"))
+        # An export swaps its whole folder: the previous one may be aside as a sibling of a parent.
+        aside = next((found for p in (path, *path.parents[:2]) if (found := sorted(p.parent.glob(f".{p.name}.old-*")))), [])
         hint = (f"; an interrupted export left the previous version in {aside[-1]} (the next export to this "
                 f"destination restores it, or rename it back)") if aside else ""
         raise LoadError(f"{path} does not exist{hint}")
@@ -95,11 +103,13 @@ def _load_preset(res: ResolvedSource, verify: bool = True):
                        origin=res.origin)
 
 
-def _load_keras_file(path: Path):
+def _load_keras_file(path: Path, verify: bool = True):
     import keras
 
     from ssl_zoo.methods.base import BACKBONE
 
+    if verify:
+        verify_keras_file(path)
     try:
         # A file with synchronised batch norm (written before releases used plain batch norm, or a
         # training run's) is read through a copy with plain batch norm: see preset.plain_batch_norm.
@@ -182,6 +192,7 @@ def _load_saved_model(res: ResolvedSource, stages, trainable: bool):
     if trainable:
         raise LoadError(f"{res.path} is a SavedModel: it loads as a frozen inference layer (keras TFSMLayer) "
                         f"and cannot be fine-tuned. Pass trainable=False, or load the preset or .keras export")
+    verify_saved_model(res.path)
     _refuse_impure_saved_model(res.path)
     layer = keras.layers.TFSMLayer(str(res.path), call_endpoint="serving_default", trainable=False, name="saved_model")
     spec = layer._reloaded_obj.signatures["serving_default"].structured_input_signature[1]["images"]
@@ -219,7 +230,7 @@ def load_backbone(source: str | os.PathLike, stages: str | Sequence[str] | None 
         False for a SavedModel, which is wrapped in a frozen `keras.layers.TFSMLayer` (an
         inference graph cannot be fine-tuned; `trainable=True` with a SavedModel is an error).
         A non-trainable Keras backbone also runs its batch norm in inference mode.
-      verify: check the weight file's sha256 (on by default; turn off only to debug a file).
+      verify: check every file's sha256 (on by default; turn off only to debug a file).
 
     The model normalises its inputs itself (the preprocessing recorded in metadata.json is part
     of the model), so callers pass raw pixels.
@@ -227,6 +238,6 @@ def load_backbone(source: str | os.PathLike, stages: str | Sequence[str] | None 
     res = resolve_source(source)
     if res.kind == "saved_model":
         return _load_saved_model(res, stages, bool(trainable))
-    model = _load_preset(res, verify) if res.kind == "preset" else _load_keras_file(res.path)
+    model = _load_preset(res, verify) if res.kind == "preset" else _load_keras_file(res.path, verify)
     model.trainable = True if trainable is None else bool(trainable)
     return _select(model, stages, model.name)

@@ -10,7 +10,10 @@ Face Hub repository of an entry):
     model.weights.h5     the backbone's weights
     metadata.json        versions, method, arch, input spec, stage shapes, sha256 of the weights,
                          recipe, training history, evaluation report, the method's "diagnostics",
-                         "batch_norm" (what the config holds and what training used)
+                         "batch_norm" (what the config holds and what training used), and "files":
+                         the manifest, {file name: sha256} of every other file of the folder
+                         (config, weights, card, plot). It is written last, after every file it
+                         lists; metadata.json's own sha256 is in the zoo registry entry.
     README.md            the model card (written by the caller's card writer, ssl_zoo.cards)
     probe_per_stage.png  its per-stage probe plot
 
@@ -20,6 +23,16 @@ place. A write killed at any point leaves either the old or the new artefact at 
 never a half-written one. (Directories cannot be swapped in one rename on POSIX; if a kill lands
 in the microseconds between the two renames, the next write or load restores the previous
 artefact from its `.NAME.old-*` sibling.)
+
+Integrity (`verify_preset`, run by `load_preset` and `check_preset_folder`): every file the
+manifest lists must be in the folder, by a plain name (no path may leave the folder: a weights
+"file" of `../x.h5` is refused), with that sha256; the weight file must also match metadata's
+"weights" record and, for a zoo entry, the registry's hashes of config.json, model.weights.h5 and
+metadata.json (`ssl_zoo.zoo.register_preset` writes them). A file that is loaded without any
+recorded hash (a preset written before the manifest existed, a preset's metadata.json loaded by
+path, a `.keras` file without its `NAME.keras.sha256` sidecar) is loaded with an
+`UnhashedFileWarning` naming it. A `.keras` export carries its sha256 in that sidecar
+(`sha256sum` format) and in the export's `release.json` (`ssl_zoo.export`).
 
 Reading (`load_preset`) refuses anything but a complete, untampered, fully matching preset;
 `ssl_zoo.loader`'s docstring lists the checks for users.
@@ -53,9 +66,11 @@ PRESET_FILES = (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE, CARD_FILE)
 # metadata.json's copy inside a SavedModel export.
 SAVED_MODEL_METADATA = "ssl_zoo_metadata.json"
 FORMAT_VERSION = 1
-# Fault injection for the interrupted-export test: when set to an artefact kind ("preset",
-# "saved_model", "keras"), the writer touches $SSL_ZOO_EXPORT_STALL_MARKER halfway through that
-# artefact and sleeps, so that the test can SIGKILL a real export mid-write.
+# Fault injection for the interrupted-export tests: when set to a point ("preset", "saved_model",
+# "keras": halfway through that artefact; "release": every artefact written, not the release
+# manifest; "release_swap": the previous export moved aside, the new one not yet in place), the
+# writer writes the temporary path to $SSL_ZOO_EXPORT_STALL_MARKER and sleeps, so that the test can
+# SIGKILL a real export there.
 _STALL_ENV = "SSL_ZOO_EXPORT_STALL_AT"
 _STALL_MARKER_ENV = "SSL_ZOO_EXPORT_STALL_MARKER"
 _PARTIAL_LOAD_WARNINGS = ("Skipping", "freshly-initialized", "could not be loaded", "did not load")
@@ -81,7 +96,16 @@ class UnsafeModelError(LoadError):
 
 
 class IntegrityError(LoadError):
-    pass
+    """A file does not match the sha256 recorded for it, is missing from its manifest's folder, or is
+    named by a path that leaves its folder; the message names the file."""
+
+
+class UnhashedFileWarning(UserWarning):
+    """A file was loaded although no sha256 was recorded to check it against."""
+
+
+MANIFEST_KEY = "files"  # metadata.json's manifest: {file name: sha256}
+SHA256_SUFFIX = ".sha256"  # the sidecar of a `.keras` export: NAME.keras.sha256
 
 
 # ---- files -------------------------------------------------------------------------------------
@@ -146,8 +170,9 @@ def fsync_tree(root: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(dest: str | os.PathLike):
-    """Yields an empty temporary sibling of `dest`; on success it replaces `dest`."""
+def atomic_dir(dest: str | os.PathLike, stall: str | None = None):
+    """Yields an empty temporary sibling of `dest`; on success it replaces `dest`. `stall`: the
+    fault-injection point (`stall_point`) between the two renames of the swap."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     recover(dest)
@@ -159,6 +184,8 @@ def atomic_dir(dest: str | os.PathLike):
         if dest.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
             os.replace(dest, old) if dest.is_dir() else (old.rmdir(), os.replace(dest, old))
+            if stall:
+                stall_point(stall, old)
         os.replace(tmp, dest)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
@@ -203,6 +230,202 @@ def stall_point(kind: str, tmp: Path) -> None:
         if marker:
             Path(marker).write_text(str(tmp))
         time.sleep(600)
+
+
+
+# ---- integrity: manifests, sidecars, contained paths ------------------------------------------
+def unhashed(path: str | os.PathLike, why: str) -> None:
+    """Says plainly that `path` is being loaded without a hash to check it against."""
+    warnings.warn(f"{path}: loaded without an integrity check: {why}", UnhashedFileWarning, stacklevel=3)
+
+
+def contained(folder: str | os.PathLike, name, where) -> Path:
+    """`folder / name`, refused (IntegrityError naming `where`) unless `name` is a plain relative path
+    inside `folder` (no `..`, not absolute). Symbolic links are not refused: the Hugging Face cache
+    links every file of a snapshot to its blob, and what a file holds is checked by its sha256."""
+    folder = Path(folder)
+    if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts or "\\" in name:
+        raise IntegrityError(f"{where}: the file name {name!r} is not a plain name inside {folder}; refusing it "
+                             f"(a preset's files must stay inside its folder)")
+    return folder / name
+
+
+def verify_file(path: Path, expected: dict[str, str | None], what: str = "file") -> str:
+    """Checks the file's sha256 against every expected value ({where: sha256}: metadata, registry)."""
+    actual = sha256_file(path)
+    for where, value in expected.items():
+        if value and value != actual:
+            raise IntegrityError(
+                f"{path}: sha256 {actual} does not match the {value} that {where} expects. The {what} was "
+                f"modified or corrupted after export; refusing it."
+            )
+    return actual
+
+
+def verify_weights(path: Path, expected: dict[str, str | None]) -> str:
+    return verify_file(path, expected, "weight file")
+
+
+def preset_file_names(folder: str | os.PathLike, weights_file: str = WEIGHTS_FILE) -> list[str]:
+    """The files a preset's manifest lists: every one of config, weights, card and plot present."""
+    folder = Path(folder)
+    return [n for n in (CONFIG_FILE, weights_file, CARD_FILE, PLOT_FILE) if (folder / n).is_file()]
+
+
+def manifest_of(folder: str | os.PathLike, names) -> dict[str, str]:
+    folder = Path(folder)
+    return {n: sha256_file(folder / n) for n in names}
+
+
+def write_manifest(folder: str | os.PathLike) -> dict:
+    """(Re)writes the manifest in a preset folder's metadata.json from the files as they are now, after
+    checking the weight file against metadata's "weights" record; returns the metadata. Called by the
+    writers after they change a file of a preset (the card, config.json), and once to give presets
+    released before the manifest existed theirs. metadata.json changes, so a zoo entry must then be
+    re-registered (`ssl_zoo.zoo.register_preset`)."""
+    folder = Path(folder)
+    meta = read_metadata(folder)
+    weights = meta.get("weights") or {}
+    name = weights.get("file", WEIGHTS_FILE)
+    verify_weights(contained(folder, name, folder / METADATA_FILE), {str(folder / METADATA_FILE): weights.get("sha256")})
+    meta[MANIFEST_KEY] = manifest_of(folder, preset_file_names(folder, name))
+    write_json(meta, folder / METADATA_FILE)
+    return meta
+
+
+def refresh_manifest(folder: str | os.PathLike) -> None:
+    """After a file of a preset was rewritten (its card): updates the manifest if the folder has one."""
+    folder = Path(folder)
+    if (folder / METADATA_FILE).is_file() and MANIFEST_KEY in read_metadata(folder):
+        write_manifest(folder)
+
+
+def verify_preset(folder: str | os.PathLike, meta: dict, registry: dict[str, str] | None = None,
+                  origin: str | None = None) -> Path:
+    """Checks every file of a preset folder against its manifest, the weights record and (for a zoo
+    entry) the registry's hashes (module docstring); returns the weight file's path."""
+    folder = Path(folder)
+    meta_file = folder / METADATA_FILE
+    registry = dict(registry or {})
+    reg_where = f"the zoo registry entry {origin!r}"
+    if registry.get(METADATA_FILE):
+        verify_file(meta_file, {reg_where: registry[METADATA_FILE]}, "metadata file")
+    elif registry:
+        unhashed(meta_file, f"{reg_where} records no sha256 for it (registered before the registry did)")
+    else:
+        unhashed(meta_file, "only a zoo registry entry records its sha256, and this preset was not loaded "
+                            "by a zoo name; the hashes it lists catch corruption, not a rewrite of it")
+    weights = meta.get("weights") or {}
+    if not isinstance(weights, dict):
+        raise IntegrityError(f"{meta_file}: 'weights' must be {{file, sha256}}, not {weights!r}")
+    weights_path = contained(folder, weights.get("file", WEIGHTS_FILE), meta_file)
+    manifest = meta.get(MANIFEST_KEY)
+    if manifest is not None and not isinstance(manifest, dict):
+        raise IntegrityError(f"{meta_file}: its {MANIFEST_KEY!r} manifest must be {{file name: sha256}}")
+    manifest = manifest or {}
+    for name, digest in manifest.items():
+        path = contained(folder, name, meta_file)
+        if not path.is_file():
+            raise IntegrityError(f"{path}: listed in the manifest of {meta_file} but missing; refusing the preset")
+        if name not in (weights_path.name, CONFIG_FILE):  # those two are checked below, with the registry
+            verify_file(path, {str(meta_file): digest})
+    if not weights_path.is_file():
+        raise LoadError(f"preset {folder} has no weight file {weights_path.name}")
+    expected = {str(meta_file): weights.get("sha256")}
+    expected[f"the manifest of {meta_file}"] = manifest.get(weights_path.name)
+    expected[reg_where] = registry.get(weights_path.name)
+    if not any(expected.values()):
+        raise IntegrityError(f"{weights_path}: no sha256 recorded in metadata.json or the registry to check it against")
+    verify_weights(weights_path, expected)
+    config = folder / CONFIG_FILE
+    expected = {f"the manifest of {meta_file}": manifest.get(CONFIG_FILE), reg_where: registry.get(CONFIG_FILE)}
+    if any(expected.values()):
+        verify_file(config, expected, "config file")
+    else:
+        unhashed(config, f"{meta_file} has no file manifest (a preset written before ssl_zoo recorded one; "
+                         f"`ssl_zoo.preset.write_manifest` adds it) and no registry entry records its sha256")
+    return weights_path
+
+
+RELEASE_MANIFEST = "release.json"  # an export folder's manifest, written last (ssl_zoo.export)
+
+
+def write_release_manifest(folder: str | os.PathLike, name: str) -> Path:
+    """`folder/release.json`: {relative path: sha256} of every file in the export folder `folder`."""
+    folder = Path(folder)
+    files = {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
+             if p.is_file() and p.name != RELEASE_MANIFEST}
+    path = folder / RELEASE_MANIFEST
+    path.write_text(json.dumps({"format": "ssl_zoo.release", "format_version": FORMAT_VERSION, "name": name,
+                                "files": files}, indent=2) + "\n")
+    return path
+
+
+def release_hashes(export_dir: Path) -> dict[str, str] | None:
+    """{relative path: sha256} from `export_dir`'s release.json, or None if it has none."""
+    path = export_dir / RELEASE_MANIFEST
+    if not path.is_file():
+        return None
+    files = read_json(path).get("files") if isinstance(read_json(path), dict) else None
+    if not isinstance(files, dict):
+        raise IntegrityError(f"{path}: not an ssl_zoo release manifest (no 'files' mapping)")
+    return files
+
+
+def verify_keras_file(path: Path) -> None:
+    """A `.keras` file against its sidecar `NAME.keras.sha256` and/or the release.json beside it; a
+    file with neither is loaded with an `UnhashedFileWarning`."""
+    expected = {}
+    sidecar = read_sha256_sidecar(path)
+    if sidecar:
+        expected[str(path.with_name(path.name + SHA256_SUFFIX))] = sidecar
+    release = release_hashes(path.parent)
+    if release and path.name in release:
+        expected[str(path.parent / RELEASE_MANIFEST)] = release[path.name]
+    if expected:
+        verify_file(path, expected, ".keras file")
+    else:
+        unhashed(path, f"no {path.name}{SHA256_SUFFIX} sidecar and no {RELEASE_MANIFEST} listing it")
+
+
+def verify_saved_model(path: Path) -> None:
+    """Every file of a SavedModel folder against the release.json of the export folder holding it
+    (none unlisted, none missing); without one, an `UnhashedFileWarning`."""
+    release = release_hashes(path.parent)
+    prefix = f"{path.name}/"
+    listed = {k[len(prefix):]: v for k, v in (release or {}).items() if k.startswith(prefix)}
+    if not listed:
+        unhashed(path, f"no {RELEASE_MANIFEST} beside it lists its files")
+        return
+    where = str(path.parent / RELEASE_MANIFEST)
+    present = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
+    for rel in sorted(present - set(listed)):
+        raise IntegrityError(f"{path / rel}: not listed in {where}; refusing the SavedModel")
+    for rel, digest in sorted(listed.items()):
+        file = contained(path, rel, where)
+        if not file.is_file():
+            raise IntegrityError(f"{file}: listed in {where} but missing; refusing the SavedModel")
+        verify_file(file, {where: digest}, "SavedModel file")
+
+
+def read_sha256_sidecar(path: Path) -> str | None:
+    """The sha256 in `path`'s sidecar `NAME.sha256` (`sha256sum` format), or None if there is none."""
+    sidecar = path.with_name(path.name + SHA256_SUFFIX)
+    if not sidecar.is_file():
+        return None
+    fields = sidecar.read_text(errors="replace").split()
+    if not fields or len(fields[0]) != 64:
+        raise IntegrityError(f"{sidecar}: not a sha256 sidecar (expected '<sha256>  {path.name}')")
+    return fields[0].lower()
+
+
+def write_sha256_sidecar(path: Path, dest_name: str | None = None) -> Path:
+    """Writes `path`'s sidecar (`sha256sum -c` reads it); `dest_name`: the name the file will have."""
+    name = dest_name or path.name
+    sidecar = path.with_name(name + SHA256_SUFFIX)
+    with atomic_file(sidecar) as tmp:
+        tmp.write_text(f"{sha256_file(path)}  {name}\n")
+    return sidecar
 
 
 # ---- batch norm: plain in every released config ------------------------------------------------
@@ -285,7 +508,8 @@ def batch_norm_record(config_rewritten: bool = False) -> dict:
 def rewrite_preset_with_plain_batch_norm(folder: str | os.PathLike) -> int:
     """Re-releases a preset folder released with synchronised batch norm: config.json gets plain batch
     norm (the same JSON layout as `write_preset`'s, only those values change) and metadata.json a
-    "batch_norm" record; the weight file is not touched (its sha256 is checked before and after).
+    "batch_norm" record and the file manifest; the weight file is not touched (its sha256 is checked
+    before and after).
     Returns how many layers were rewritten (0: already plain, nothing written). The card is the
     caller's to re-render (`ssl-zoo card NAME --in-preset`)."""
     folder = Path(folder)
@@ -298,6 +522,7 @@ def rewrite_preset_with_plain_batch_norm(folder: str | os.PathLike) -> int:
     write_json(config, folder / CONFIG_FILE)
     meta["batch_norm"] = batch_norm_record(config_rewritten=True)
     write_json(meta, folder / METADATA_FILE)
+    meta = write_manifest(folder)
     if sha256_file(folder / meta["weights"]["file"]) != before:
         raise IntegrityError(f"{folder}: the weight file changed while its config was rewritten")
     return changed
@@ -323,8 +548,9 @@ def keras_file_for_any_backend(path: str | os.PathLike):
 # ---- writing -----------------------------------------------------------------------------------
 def write_preset(backbone, dest: str | os.PathLike, metadata: dict,
                  write_card: Callable[[dict, Path], Any] | None = None) -> Path:
-    """The preset folder of `backbone`, atomically: config, weights, `metadata` with the weights'
-    sha256, and `write_card(metadata, folder)` (the card and its plot) when given."""
+    """The preset folder of `backbone`, atomically: config, weights, `write_card(metadata, folder)`
+    (the card and its plot) when given, and last `metadata` with the weights' sha256 and the
+    manifest of every file written before it."""
     import keras
 
     dest = Path(dest)
@@ -338,9 +564,11 @@ def write_preset(backbone, dest: str | os.PathLike, metadata: dict,
         metadata = dict(metadata)
         metadata["weights"] = {"file": WEIGHTS_FILE, "sha256": sha256_file(tmp / WEIGHTS_FILE)}
         metadata["batch_norm"] = batch_norm_record()
-        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        metadata.pop(MANIFEST_KEY, None)
         if write_card is not None:
             write_card(metadata, tmp)
+        metadata[MANIFEST_KEY] = manifest_of(tmp, preset_file_names(tmp))
+        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     return dest
 
 
@@ -350,28 +578,18 @@ def is_preset_folder(path: str | os.PathLike) -> bool:
     return (path / CONFIG_FILE).is_file() and (path / METADATA_FILE).is_file()
 
 
-def verify_weights(path: Path, expected: dict[str, str | None]) -> str:
-    """Checks the file's sha256 against every expected value ({where: sha256}: metadata, registry)."""
-    actual = sha256_file(path)
-    for where, value in expected.items():
-        if value and value != actual:
-            raise IntegrityError(
-                f"{path}: sha256 {actual} does not match the {value} that {where} expects. The weight file was "
-                f"modified or corrupted after export; refusing it."
-            )
-    return actual
-
-
 def check_preset_folder(folder: str | os.PathLike) -> dict:
-    """The preset's metadata, after checking that the folder is complete and its weights are the
-    ones its metadata.json names (what is pushed to the Hub)."""
+    """The preset's metadata, after checking that the folder is complete and every file is the one
+    its metadata.json's manifest names (`verify_preset`; what is pushed to the Hub and registered)."""
     folder = Path(folder)
     missing = [f for f in PRESET_FILES if not (folder / f).is_file()]
     if missing:
         raise LoadError(f"{folder} is not a complete preset folder: missing {missing} (write one with `ssl-zoo export`)")
     meta = read_metadata(folder)
-    weights = meta.get("weights") or {}
-    verify_weights(folder / weights.get("file", WEIGHTS_FILE), {str(folder / METADATA_FILE): weights.get("sha256")})
+    with warnings.catch_warnings():
+        # metadata.json itself has no hash outside a registry: that is what registering records.
+        warnings.filterwarnings("ignore", category=UnhashedFileWarning, message=f".*{METADATA_FILE}")
+        verify_preset(folder, meta)
     return meta
 
 
@@ -419,16 +637,13 @@ def load_preset(folder: str | os.PathLike, metadata: dict | None = None, *, veri
 
     folder = Path(folder)
     meta = read_metadata(folder) if metadata is None else metadata
-    weights = folder / (meta.get("weights") or {}).get("file", WEIGHTS_FILE)
+    if verify:
+        weights = verify_preset(folder, meta, expected_sha256, origin)
+    else:
+        weights = contained(folder, (meta.get("weights") or {}).get("file", WEIGHTS_FILE), folder / METADATA_FILE)
+        unhashed(folder, "verify=False")
     if not weights.is_file():
         raise LoadError(f"preset {folder} has no weight file {weights.name}")
-    if verify:
-        expected = {f"{folder / METADATA_FILE}": (meta.get("weights") or {}).get("sha256")}
-        if expected_sha256:
-            expected[f"the zoo registry entry {origin!r}"] = expected_sha256.get(weights.name)
-        if not any(expected.values()):
-            raise IntegrityError(f"{weights}: no sha256 recorded in metadata.json or the registry to check it against")
-        verify_weights(weights, expected)
     config = read_json(folder / CONFIG_FILE)
     config.pop("ssl_zoo", None)
     # Presets released before batch norm was plain say synchronized: true. They are rewritten on every

@@ -1,7 +1,8 @@
 """The zoo's registry of released entries.
 
 An entry names a released backbone (method + backbone + data, e.g. `rotnet_resnet18w025_cifar10`),
-says where its preset lives and carries the sha256 of its weight file, which the loader checks
+says where its preset lives and carries the sha256 of its config.json, weight file and metadata.json
+(which lists the sha256 of every other file of the preset, `ssl_zoo.preset`), which the loader checks
 before a single weight is read. The registry is package data (`ssl_zoo/zoo/entries.json`) and the
 presets shipped with the package live beside it in `ssl_zoo/zoo/presets/<entry>/`, so a
 pip-installed `ssl_zoo` finds them without network access. `$SSL_ZOO_REGISTRY` points at another
@@ -19,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ssl_zoo.errors import SslZooError
-from ssl_zoo.preset import atomic_dir, copy_tree, read_metadata, round_accuracy, write_json
+from ssl_zoo.preset import (CONFIG_FILE, MANIFEST_KEY, METADATA_FILE, IntegrityError, atomic_dir,
+                            check_preset_folder, copy_tree, read_metadata, round_accuracy, sha256_file, write_json)
 
 REGISTRY_ENV = "SSL_ZOO_REGISTRY"
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
@@ -82,7 +84,9 @@ def save_registry(entries: list[dict[str, Any]], path=None) -> Path:
 
 
 def entry_from_preset(preset: str | os.PathLike, *, location: str | None = None, hf: str | None = None) -> dict[str, Any]:
-    """A registry entry whose every value is read from the preset's metadata.json."""
+    """A registry entry whose every value is read from the preset's metadata.json, and the sha256 of
+    its config.json, weight file and metadata.json (the files the loader reads; metadata.json's
+    manifest covers the card and plot)."""
     preset = Path(preset)
     meta = read_metadata(preset)
     ev = meta.get("evaluation") or {}
@@ -97,7 +101,8 @@ def entry_from_preset(preset: str | os.PathLike, *, location: str | None = None,
         "image_size": meta["input"]["image_size"],
         "preset": location if location is not None else str(preset),
         "hf": hf,
-        "sha256": {meta["weights"]["file"]: meta["weights"]["sha256"]},
+        "sha256": {meta["weights"]["file"]: meta["weights"]["sha256"],
+                   CONFIG_FILE: sha256_file(preset / CONFIG_FILE), METADATA_FILE: sha256_file(preset / METADATA_FILE)},
         "probe": None,
     }
     if summary:
@@ -117,11 +122,18 @@ def register_preset(preset: str | os.PathLike, *, registry=None, copy_into_zoo: 
 
     With `copy_into_zoo` the preset is copied next to the registry under `presets/<name>/`
     (atomically, see `ssl_zoo.preset.atomic_dir`) and the entry points there by a relative path,
-    which is what makes a released entry loadable from a pip install.
+    which is what makes a released entry loadable from a pip install. The preset must pass every
+    check a load makes (`ssl_zoo.preset.check_preset_folder`) and hold a file manifest: the entry
+    records the sha256 of what was checked.
     """
     preset = Path(preset)
     reg = registry_path(registry)
-    name = read_metadata(preset)["name"]
+    meta = check_preset_folder(preset)
+    if not isinstance(meta.get(MANIFEST_KEY), dict):
+        raise IntegrityError(f"{preset / METADATA_FILE} has no file manifest ({MANIFEST_KEY!r}): a preset written "
+                             f"before ssl_zoo recorded one gets it from `ssl_zoo.preset.write_manifest(folder)`; "
+                             f"refusing to register it without")
+    name = meta["name"]
     location = None
     if copy_into_zoo:
         dest = reg.parent / "presets" / name

@@ -144,14 +144,23 @@ def with_synchronized_batch_norm(config) -> int:
     return n
 
 
+def rehash(folder: Path) -> None:
+    """Rewrites a preset's file manifest after a test edited one of its files: what someone who
+    rewrites metadata.json too can do, so that the checks behind the hashes are still tested."""
+    from ssl_zoo.preset import write_manifest
+
+    write_manifest(folder)
+
+
 def legacy_preset(folder: Path) -> None:
     """Turns a preset folder into one released before batch norm was plain (config says
-    synchronized: true, metadata has no "batch_norm" record), in place."""
+    synchronized: true, metadata has no "batch_norm" record and, as then, no file manifest), in place."""
     config = json.loads((folder / "config.json").read_text())
     assert with_synchronized_batch_norm(config) > 0
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     meta = json.loads((folder / "metadata.json").read_text())
     meta.pop("batch_norm", None)
+    meta.pop("files", None)
     (folder / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 

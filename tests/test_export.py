@@ -350,3 +350,78 @@ def test_registry_probe_numbers_are_rounded(tmp_path, tmp_path_factory):
     (preset / "metadata.json").write_text(json.dumps(meta))
     probe = entry_from_preset(preset)["probe"]
     assert (probe["accuracy"], probe["random_init_best"], probe["knn"]) == (0.7315, 0.5616, 0.6238)
+
+
+# Two points in the fast suite (the first artefact, the swap), all five with --slow (about 25 s each).
+@pytest.mark.parametrize("point", ["preset", pytest.param("saved_model", marks=pytest.mark.slow),
+                                   pytest.param("keras", marks=pytest.mark.slow),
+                                   pytest.param("release", marks=pytest.mark.slow), "release_swap"])
+def test_export_killed_anywhere_leaves_the_old_or_the_new_release_whole(point, tmp_path, tmp_path_factory):
+    """Issue 14 item 6: an export is one transaction. A real `ssl-zoo export` (all formats),
+    SIGKILLed inside each artefact, before the release manifest and between the two renames of the
+    swap, leaves the previous release whole (after the recovery the next run does first: the one
+    window a folder swap cannot close); the next export then writes the new release whole and leaves
+    no partial or old sibling, inside the folder or beside it (an earlier version's per-artefact
+    leftover `.saved_model.partial-*` included)."""
+    from ssl_zoo.export import export
+    from ssl_zoo.loader import load_backbone
+    from ssl_zoo.preset import recover, sha256_file
+
+    ex = rf.copy_export(tmp_path, tmp_path_factory)
+    out = ex["out"]
+    (out / ".saved_model.partial-x1y2").mkdir()  # what a killed export of the previous code left
+    (out / ".saved_model.partial-x1y2" / "saved_model.pb").write_bytes(b"half")
+    before = _tree_bytes(out)
+    new_run = rf.make_run(tmp_path / "run_b", seed=11)
+    marker = tmp_path / "stalled"
+    env = dict(os.environ, SSL_ZOO_EXPORT_STALL_AT=point, SSL_ZOO_EXPORT_STALL_MARKER=str(marker),
+               TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.Popen([sys.executable, "-m", "ssl_zoo.cli", "export", str(new_run), "--name", rf.NAME,
+                             "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 240
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, f"export never reached the stall point {point}"
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stalled_at = Path(marker.read_text())
+    if point == "release_swap":
+        assert not out.exists() and stalled_at.exists()  # old aside, new not in place
+    recover(out)  # what the next export (and `atomic_dir`) does first
+    assert _tree_bytes(out) == before, f"killed at {point}: the previous release is not whole"
+    assert not [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+
+    written = export(new_run, rf.NAME, out)  # the next run
+    assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".")) == []
+    assert not [p for p in out.rglob(".*")], "partial or old leftovers inside the new release"
+    release = json.loads((out / "release.json").read_text())
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"release.json"}
+    assert set(release["files"]) == files
+    assert all(sha256_file(out / f) == digest for f, digest in release["files"].items())
+    assert release["files"]["preset/model.weights.h5"] != sha256_file_bytes(before["preset/model.weights.h5"])
+    meta = json.loads((out / "preset" / "metadata.json").read_text())
+    assert json.loads((out / "saved_model" / "ssl_zoo_metadata.json").read_text()) == meta  # one release
+    for kind in ("preset", "keras"):
+        load_backbone(written[kind])
+
+
+def sha256_file_bytes(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_export_refuses_a_folder_that_is_not_an_export(tmp_path, tmp_path_factory):
+    """An export replaces its folder as a whole: a folder holding anything else is refused, untouched."""
+    from ssl_zoo.export import ExportError, export
+
+    ex = rf.exported(tmp_path_factory)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="notes.txt"):
+        export(ex["run"], rf.NAME, tmp_path, formats=("preset",))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

@@ -103,6 +103,7 @@ def test_revision_and_offline_cache(hub, hf_env, tmp_path, tmp_path_factory, mon
     ex = rf.copy_export(tmp_path, tmp_path_factory)
     readme = ex["preset"] / "README.md"
     readme.write_text(readme.read_text() + "\nSecond revision.\n")
+    rf.rehash(ex["preset"])  # a new revision lists its card's new sha256 (push refuses a stale manifest)
     proc = _push_cli(ex["preset"], f"hf://{REPO_ID}", hub.endpoint)
     assert proc.returncode == 0, proc.stderr[-3000:]
     first = hub.first_commit
@@ -132,17 +133,20 @@ def test_tampered_cache_is_refused(hf_env, tmp_path_factory):
         load_backbone(f"hf://{REPO_ID}")
 
 
-def test_zoo_entry_on_the_hub_only(hf_env, tmp_path, tmp_path_factory, monkeypatch):
-    """An entry whose preset is not in the package is fetched from its hf:// location."""
+def test_zoo_entry_on_the_hub_only(hub, hf_env, tmp_path, tmp_path_factory, monkeypatch):
+    """An entry whose preset is not in the package is fetched from its hf:// location (pinned to the
+    revision registered: the registry holds the sha256 of that revision's metadata.json, and a later
+    revision, test_revision_and_offline_cache's, would be refused)."""
     from ssl_zoo.zoo import entry_from_preset, save_registry
 
     ex = rf.exported(tmp_path_factory)
-    entry = entry_from_preset(ex["preset"], location=None, hf=f"hf://{REPO_ID}")
+    uri = f"hf://{REPO_ID}@{hub.first_commit}"
+    entry = entry_from_preset(ex["preset"], location=None, hf=uri)
     entry["preset"] = None
     registry = tmp_path / "entries.json"
     save_registry([entry], registry)
     monkeypatch.setenv("SSL_ZOO_REGISTRY", str(registry))
     model = load_backbone(rf.NAME)
     assert model.output.shape[-1] == 64
-    assert json.loads(registry.read_text())["entries"][0]["hf"] == f"hf://{REPO_ID}"
+    assert json.loads(registry.read_text())["entries"][0]["hf"] == uri
     shutil.rmtree(hf_env, ignore_errors=True)

@@ -163,6 +163,9 @@ def test_lambda_in_preset_config_is_refused(tmp_path, tmp_path_factory):
     inputs = keras.Input((8, 8, 3))
     evil = keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2.0)(inputs))
     (ex["preset"] / "config.json").write_text(json.dumps(keras.saving.serialize_keras_object(evil)))
+    with pytest.raises(IntegrityError, match="config.json"):
+        load_backbone(ex["preset"])
+    rf.rehash(ex["preset"])  # manifest rewritten too: safe mode still refuses it
     with pytest.raises(UnsafeModelError):
         load_backbone(ex["preset"])
 
@@ -176,10 +179,12 @@ def test_architecture_mismatch_is_never_a_partial_load(tmp_path, tmp_path_factor
     ex = rf.copy_export(tmp_path, tmp_path_factory)
     other = resnet(34, 0.125, "cifar", rf.IMAGE_SIZE)
     (ex["preset"] / "config.json").write_text(json.dumps(keras.saving.serialize_keras_object(other)))
+    rf.rehash(ex["preset"])  # past the hashes (test_integrity.py), to the architecture checks
     with pytest.raises(LoadError, match="refusing a partial load"):
         load_backbone(ex["preset"])
     wider = resnet(18, 0.25, "cifar", rf.IMAGE_SIZE)
     (ex["preset"] / "config.json").write_text(json.dumps(keras.saving.serialize_keras_object(wider)))
+    rf.rehash(ex["preset"])
     with pytest.raises(LoadError, match="does not match the architecture"):
         load_backbone(ex["preset"])
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from ssl_zoo.data.decode import IMAGE_EXTENSIONS, SkipStats, decode_file
+from ssl_zoo.data.decode import IMAGE_EXTENSIONS, SkipStats, decode_file, display_path
 from ssl_zoo.errors import SslZooError
 
 log = logging.getLogger(__name__)
@@ -238,8 +238,19 @@ class ImageFolderSource(Source):
         class_dirs = self._structure()[1]
         class_index = {c: i for i, c in enumerate(class_dirs)}
         paths, labels, ignored = [], [], []
+        # Directory symlinks are followed, each real folder once: a link back up the tree (a loop)
+        # or a second link to a folder already listed is skipped, so no file is listed twice.
+        visited = {os.path.realpath(root)}
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            kept = []
+            for d in sorted(d for d in dirnames if not d.startswith(".")):
+                real = os.path.realpath(os.path.join(dirpath, d))
+                if real in visited:
+                    self.stats.skip("directory already listed (symlink loop or second link)", os.path.join(dirpath, d))
+                    continue
+                visited.add(real)
+                kept.append(d)
+            dirnames[:] = kept
             rel = Path(dirpath).relative_to(root)
             label = class_index.get(rel.parts[0], -1) if rel.parts else -1
             for fname in sorted(filenames):
@@ -254,7 +265,7 @@ class ImageFolderSource(Source):
         if ignored:
             log.warning(
                 "%s: ignoring %d files without an image extension %s (e.g. %s)",
-                root, len(ignored), IMAGE_EXTENSIONS, ", ".join(ignored[:3]),
+                root, len(ignored), IMAGE_EXTENSIONS, ", ".join(display_path(p) for p in ignored[:3]),
             )
         if not paths:
             raise DataError(f"no image files {IMAGE_EXTENSIONS} found under {root}")
@@ -267,7 +278,7 @@ class ImageFolderSource(Source):
     def examples(self, split, shuffle_seed=None):
         paths, labels, _ = self._list(split)
         indices = np.arange(len(paths), dtype=np.int64)
-        ds = tf.data.Dataset.from_tensor_slices((indices, np.asarray(paths), np.asarray(labels, np.int64)))
+        ds = tf.data.Dataset.from_tensor_slices((indices, _path_bytes(paths), np.asarray(labels, np.int64)))
         if shuffle_seed is not None:
             # Shuffling the file list is cheap and gives a full shuffle before any decoding. The
             # permutation depends only on the seed and the count, so the cache's index list is
@@ -296,7 +307,7 @@ class ImageFolderSource(Source):
         stats, min_side = self.stats, self.min_side
 
         def decode(path):
-            arr = decode_file(path.decode(), min_side, stats)
+            arr = decode_file(path, min_side, stats)  # bytes: the file name as the file system has it
             if arr is None:
                 return np.zeros((0, 0, 3), np.uint8), False
             return arr, True
@@ -314,7 +325,7 @@ class ImageFolderSource(Source):
         if key not in self._decoded:
             paths = self._list(split)[0]
             t0 = time.perf_counter()
-            decoded = tf.data.Dataset.from_tensor_slices(paths).map(
+            decoded = tf.data.Dataset.from_tensor_slices(_path_bytes(paths)).map(
                 self._decode_fn(), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             images, shapes, ok = [], [], []
             for ex in decoded.as_numpy_iterator():
@@ -342,6 +353,12 @@ class ImageFolderSource(Source):
     def class_names(self) -> list[str]:
         """Label i's class folder name, the same for every split."""
         return list(self._structure()[1])
+
+
+def _path_bytes(paths: list[str]) -> np.ndarray:
+    """File paths as the bytes the file system holds (os.fsencode): a name that is not UTF-8 (listed
+    by os.walk with surrogate escapes) cannot become a tf.string from a str, but is read as bytes."""
+    return np.asarray([os.fsencode(p) for p in paths], dtype=object)
 
 
 @dataclasses.dataclass
