@@ -6,10 +6,25 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
+import time
+from pathlib import Path
 
 from ssl_zoo import __version__
-from ssl_zoo.errors import SslZooError
+from ssl_zoo.errors import ConfigError, SslZooError
+
+# What TensorFlow's C++ side prints while it loads and looks for devices, on every command: the
+# oneDNN and CPU-instruction banners (twice: two shared libraries), the CUDA probe of a CPU machine
+# (`failed call to cuInit: ... UNKNOWN ERROR (303)`), absl's note that logging is not initialised.
+# TF_CPP_MIN_LOG_LEVEL does not reach these (they are logged before absl is initialised), so the
+# commands capture file descriptor 2 while TensorFlow loads and drop these lines (`-v` keeps them);
+# anything else printed meanwhile is passed on.
+_TF_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog|oneDNN custom operations are on|cudart_stub|cuda_executor|"
+    r"cuInit|cuda drivers|cpu_feature_guard|To enable the following instructions|rebuild TensorFlow with|"
+    r"Unable to register cu(DNN|FFT|BLAS) factory|computation placer already registered|TF-TRT Warning|"
+    r"gpu_device.cc.*Cannot dlopen|Skipping registering GPU devices")
 
 
 def _add_data_dir(p):
@@ -17,17 +32,104 @@ def _add_data_dir(p):
                    help="data root (holding tensorflow_datasets/ and image folders); default $SSL_ZOO_DATA_DIR")
 
 
+class _StderrFormatter(logging.Formatter):
+    """Warnings and errors on stderr as `ssl-zoo: error: SENTENCE` (the way argparse reports)."""
+
+    def format(self, record):
+        return f"ssl-zoo: {record.levelname.lower()}: {record.getMessage()}"
+
+
 def _setup_logging(verbose: bool = False) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    """Progress and results on stdout, warnings and errors on stderr. TensorFlow's C++ logging is
+    cut to fatal errors unless -v (it must be set before TensorFlow is first imported: nothing in
+    the command-line path imports it before this)."""
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    out = logging.StreamHandler(sys.stdout)
+    out.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    out.addFilter(lambda record: record.levelno < logging.WARNING)
+    err = logging.StreamHandler(sys.stderr)
+    err.setLevel(logging.WARNING)
+    err.setFormatter(_StderrFormatter())
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[out, err])
     logging.getLogger("absl").setLevel(logging.WARNING)
+    if not verbose:
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
-def _launch_workers(args) -> int | None:
+def _import_tensorflow(args) -> None:
+    """Imports TensorFlow and finds its devices with file descriptor 2 captured, dropping the
+    start-up lines of `_TF_NOISE` (all of it passes with -v). Called by each command that needs
+    TensorFlow, after its arguments have been checked."""
+    if getattr(args, "verbose", False) or "tensorflow" in sys.modules:
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # the CUDA probe (cuInit) runs here, not at the first op
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode(errors="replace").splitlines()
+                    if line.strip() and not _TF_NOISE.search(line)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
+        tf.get_logger().setLevel(logging.ERROR)
+
+
+def _data_dir_problem(data_dir) -> str | None:
+    """`--data-dir` (or $SSL_ZOO_DATA_DIR) naming a local directory that does not exist."""
+    value, origin = (data_dir, "--data-dir") if data_dir else (os.environ.get("SSL_ZOO_DATA_DIR"), "$SSL_ZOO_DATA_DIR")
+    if not value or "://" in str(value):  # unset, or a URL (gs://...) that TensorFlow's filesystems read
+        return None
+    path = Path(value).expanduser()
+    if not path.exists():
+        return f"data directory {value} ({origin}) does not exist"
+    if not path.is_dir():
+        return f"data directory {value} ({origin}) is a file, not a directory"
+    return None
+
+
+def _check_args(args) -> None:
+    """The mistakes in paths that can be named before anything is imported: a data directory that
+    does not exist, `--out` of the wrong kind (a run/export folder that is a file, a report file
+    that is a directory)."""
+    if hasattr(args, "data_dir"):
+        problem = _data_dir_problem(args.data_dir)
+        if problem:
+            raise ConfigError(problem)
+    out, kind = getattr(args, "out", None), getattr(args, "out_kind", None)
+    if out and kind == "folder" and Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {out} is an existing file; give a folder (it is created if missing)")
+    if out and kind == "file" and Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a directory; give the report's file name, e.g. {Path(out) / 'report.json'}")
+
+
+def _flag_error(e, flags: dict[str, str | None]) -> ConfigError:
+    """A `RecipeValueError` of a value the command line set, named by its flag."""
+    flag = flags.get(e.field)
+    return ConfigError(f"{flag} {e.problem}") if flag else e
+
+
+def _default_report(command: str, model) -> Path:
+    """Where a report goes without --out: results/COMMAND-MODEL-TIME.json in the current folder."""
+    path = Path(str(model).rstrip("/"))
+    name = path.parent.name if path.suffix == ".keras" and path.parent.name else path.stem or path.name
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("hf://", "")).strip("_") or "model"
+    return Path("results") / f"{command}-{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+
+
+def _launch_workers(args, check=None) -> int | None:
     """--local-workers: start the workers and supervise them (returns their status); --worker-hosts:
-    make this process one worker of that cluster (returns None and training goes on here)."""
-    from ssl_zoo.errors import ConfigError
+    make this process one worker of that cluster (returns None and training goes on here). `check`
+    runs before any worker starts (a recipe mistake is then reported once, not by every worker)."""
     from ssl_zoo.train.launch import run_local_workers, tf_config, without_option
 
     if args.strategy not in ("default", "multiworker"):
@@ -35,6 +137,8 @@ def _launch_workers(args) -> int | None:
     if args.local_workers and args.worker_hosts:
         raise ConfigError("give either --local-workers (all workers on this host) or --worker-hosts (a cluster)")
     if args.local_workers:
+        if check is not None:
+            check()
         argv = without_option(without_option(args.argv, "--local-workers"), "--strategy")
         return run_local_workers([sys.executable, "-m", "ssl_zoo.cli", *argv, "--strategy", "multiworker"],
                                  args.local_workers)
@@ -45,26 +149,34 @@ def _launch_workers(args) -> int | None:
     return None
 
 
-def cmd_train(args) -> int:
-    if args.local_workers or args.worker_hosts:
-        status = _launch_workers(args)
-        if status is not None:
-            return status
-    from ssl_zoo.data.sources import open_source
-    from ssl_zoo.methods import method_from_recipe
-    from ssl_zoo.train.loop import Trainer
-    from ssl_zoo.train.recipe import apply_overrides, load_recipe
-    from ssl_zoo.train.strategy import build_strategy
+def _train_recipe(args):
+    """The recipe with the command line's values, every value checked (before TensorFlow is imported)."""
+    from ssl_zoo.train.recipe import RecipeValueError, apply_overrides, load_recipe
 
     recipe = load_recipe(args.recipe)
     overrides = list(args.set or [])
-    if args.epochs is not None:
-        overrides.append(f"train.epochs={args.epochs}")
-    if args.steps_per_epoch is not None:
-        overrides.append(f"train.steps_per_epoch={args.steps_per_epoch}")
-    if args.global_batch is not None:
-        overrides.append(f"train.global_batch={args.global_batch}")
-    recipe = apply_overrides(recipe, overrides)
+    shortcuts = {"epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch, "global_batch": args.global_batch}
+    overrides += [f"train.{key}={value}" for key, value in shortcuts.items() if value is not None]
+    try:
+        recipe = apply_overrides(recipe, overrides)
+    except RecipeValueError as e:
+        given = {k: "--" + k.replace("_", "-") for k, v in shortcuts.items() if v is not None}
+        raise _flag_error(e, given if e.section == "train" else {}) from None
+    return recipe
+
+
+def cmd_train(args) -> int:
+    if args.local_workers or args.worker_hosts:
+        status = _launch_workers(args, check=lambda: _train_recipe(args))
+        if status is not None:
+            return status
+    recipe = _train_recipe(args)
+    _import_tensorflow(args)
+    from ssl_zoo.data.sources import open_source
+    from ssl_zoo.methods import method_from_recipe
+    from ssl_zoo.train.loop import Trainer
+    from ssl_zoo.train.strategy import build_strategy
+
     strategy = build_strategy(args.strategy, devices=args.devices.split(",") if args.devices else None,
                               tpu=args.tpu, logical_cpus=args.logical_cpus)
     method = method_from_recipe(recipe)
@@ -76,6 +188,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_diagnose(args) -> int:
+    _import_tensorflow(args)
     from ssl_zoo.methods import diagnose_run
 
     report = diagnose_run(args.run, data_dir=args.data_dir, split=args.split, max_examples=args.max_examples,
@@ -86,23 +199,38 @@ def cmd_diagnose(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from ssl_zoo.evaluation.run import evaluate_model, recipe_protocol
+    from ssl_zoo.train.recipe import EvalConfig, ProbeConfig, RecipeValueError, evaluation_protocol
 
     # Flags given override the recipe's [evaluation] section (of --recipe, or of a run folder's run.json).
     flags = dict(source=args.dataset, train_split=args.train_split, test_split=args.test_split,
                  image_size=args.image_size, knn_k=args.knn_k,
                  stages=args.stages.split(",") if args.stages else None)
-    protocol = recipe_protocol(args.model, args.recipe)
+    protocol = evaluation_protocol(args.model, args.recipe)
     protocol.update({k: v for k, v in flags.items() if v is not None})
-    report = evaluate_model(
-        args.model, data_dir=args.data_dir, out=args.out, seed=args.seed, max_train_examples=args.max_train_examples,
+    names = {"source": "--dataset", "train_split": "--train-split", "test_split": "--test-split",
+             "image_size": "--image-size", "knn_k": "--knn-k", "stages": "--stages"}
+    try:  # checked here, before TensorFlow is imported
+        EvalConfig(**{**protocol, "stages": tuple(protocol["stages"])})
+        ProbeConfig(probe_epochs=args.probe_epochs, max_train_examples=args.max_train_examples, seed=args.seed)
+    except RecipeValueError as e:
+        raise _flag_error(e, {**{k: f for k, f in names.items() if flags[k] is not None},
+                              "probe_epochs": "--probe-epochs", "max_train_examples": "--max-train-examples",
+                              "seed": "--seed"}) from None
+    out = args.out or _default_report("evaluate", args.model)
+    _import_tensorflow(args)
+    from ssl_zoo.evaluation import run
+
+    report = run.evaluate_model(
+        args.model, data_dir=args.data_dir, out=str(out), seed=args.seed, max_train_examples=args.max_train_examples,
         probe_epochs=args.probe_epochs, cache=args.cache, **protocol,
     )
     print(json.dumps(report["summary"], indent=2))
+    print(f"report: {out}")
     return 0
 
 
 def cmd_export(args) -> int:
+    _import_tensorflow(args)
     from ssl_zoo.cards import write_model_card
     from ssl_zoo.export import export
     from ssl_zoo.zoo import format_table, register_preset
@@ -134,6 +262,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_card(args) -> int:
+    _import_tensorflow(args)
     from ssl_zoo.cards import write_card_files, write_model_card
     from ssl_zoo.loader import resolve_source
     from ssl_zoo.preset import read_metadata
@@ -155,16 +284,22 @@ def cmd_push(args) -> int:
 
 
 def cmd_finetune(args) -> int:
+    from ssl_zoo.train.recipe import FinetuneConfig, RecipeValueError
+
+    settings = dict(epochs_frozen=args.epochs_frozen, epochs_unfrozen=args.epochs_unfrozen, lr_frozen=args.lr_frozen,
+                    lr_unfrozen=args.lr_unfrozen, batch_size=args.batch_size,
+                    max_train_examples=args.max_train_examples, max_test_examples=args.max_test_examples,
+                    steps_per_epoch=args.steps_per_epoch, seed=args.seed, image_size=args.image_size)
+    try:  # checked here, before TensorFlow is imported
+        FinetuneConfig(**settings)
+    except RecipeValueError as e:
+        raise _flag_error(e, {k: "--" + k.replace("_", "-") for k in settings}) from None
+    out = args.out or _default_report("finetune", args.source)
+    _import_tensorflow(args)
     from ssl_zoo.finetune import finetune
 
-    report = finetune(
-        args.source, dataset=args.dataset, data_dir=args.data_dir, epochs_frozen=args.epochs_frozen,
-        epochs_unfrozen=args.epochs_unfrozen, lr_frozen=args.lr_frozen, lr_unfrozen=args.lr_unfrozen,
-        batch_size=args.batch_size, max_train_examples=args.max_train_examples,
-        max_test_examples=args.max_test_examples, steps_per_epoch=args.steps_per_epoch,
-        random_init=not args.no_random_init, seed=args.seed, out=args.out, image_size=args.image_size,
-        train_split=args.train_split, test_split=args.test_split,
-    )
+    report = finetune(args.source, dataset=args.dataset, data_dir=args.data_dir, random_init=not args.no_random_init,
+                      out=str(out), train_split=args.train_split, test_split=args.test_split, **settings)
     print(json.dumps({k: report[k] for k in ("trained", "random_init") if k in report}, indent=2))
 
     def accuracies(run: dict) -> str:
@@ -175,6 +310,7 @@ def cmd_finetune(args) -> int:
     where = args.dataset if split == "test" else f"{args.dataset} ({split} split)"
     print(f"test accuracy on {where}: pretrained {accuracies(report['trained'])}"
           + (f" | random init {accuracies(report['random_init'])}" if "random_init" in report else ""))
+    print(f"report: {out}")
     return 0
 
 
@@ -203,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps-per-epoch", type=int, default=None)
     p.add_argument("--global-batch", type=int, default=None)
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a recipe value")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, out_kind="folder")
 
     p = sub.add_parser("evaluate", help="linear probe per stage and kNN, next to the random-init floor",
                        description="Linear probe per stage and kNN, next to the random-init floor. The protocol "
@@ -226,8 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", action="store_true",
                    help="image folders: decode each split once and keep it in memory for both models")
-    p.add_argument("--out", default=None, help="write the report JSON here")
-    p.set_defaults(func=cmd_evaluate)
+    p.add_argument("--out", default=None,
+                   help="write the report JSON here (default results/evaluate-MODEL-TIME.json, printed at the end)")
+    p.set_defaults(func=cmd_evaluate, out_kind="file")
 
     p = sub.add_parser("diagnose", aliases=["context-check"],
                        help="the method's own checks of a trained run (relative patch: pretext accuracy with the "
@@ -239,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="correct the run's recorded recipe, e.g. method.placement=grid")
     p.add_argument("--out", default=None, help="write the report JSON here")
-    p.set_defaults(func=cmd_diagnose)
+    p.set_defaults(func=cmd_diagnose, out_kind="file")
 
     p = sub.add_parser("export", help="release artefacts (preset = HF checkpoint, SavedModel, .keras) of a trained model")
     p.add_argument("model", help="a training run folder (ssl-zoo train --out) or a .keras backbone / pretext model")
@@ -261,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--registry", default=None, help="registry file (default: $SSL_ZOO_REGISTRY or the packaged one)")
     p.add_argument("--cards-dir", default=None, help="write NAME.md + plot here (default with --register: model_cards)")
     p.add_argument("--hf", default=None, help="hf://org/name the entry is (or will be) pushed to")
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=cmd_export, out_kind="folder")
 
     p = sub.add_parser("list", help="the zoo's released entries")
     p.add_argument("--registry", default=None)
@@ -273,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="model_cards", help="cards folder (default model_cards)")
     p.add_argument("--in-preset", action="store_true",
                    help="also rewrite the preset's own README.md and plot (after a card template change)")
-    p.set_defaults(func=cmd_card)
+    p.set_defaults(func=cmd_card, out_kind="folder")
 
     p = sub.add_parser("push", help="upload a preset folder or zoo entry to the Hugging Face Hub")
     p.add_argument("source", help="preset folder, export folder's preset/, or zoo name")
@@ -302,8 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps-per-epoch", type=int, default=None)
     p.add_argument("--no-random-init", action="store_true", help="skip the random-init floor")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="write the report JSON here")
-    p.set_defaults(func=cmd_finetune)
+    p.add_argument("--out", default=None,
+                   help="write the report JSON here (default results/finetune-MODEL-TIME.json, printed at the end)")
+    p.set_defaults(func=cmd_finetune, out_kind="file")
     return parser
 
 
@@ -313,6 +451,7 @@ def main(argv=None) -> int:
     args.argv = argv  # the command as typed: --local-workers hands it on to its workers
     _setup_logging(args.verbose)
     try:
+        _check_args(args)
         return args.func(args)
     except SslZooError as e:  # a complete message for the user (what was wrong, where): no traceback
         logging.getLogger("ssl_zoo").error("%s", e)

@@ -30,25 +30,45 @@ def build_classifier(backbone, num_classes: int, image_size: int, seed: int = 0)
     return keras.Model(inputs, logits, name="finetune_classifier")
 
 
+def _num_batches(source, split: str, max_examples: int | None, batch_size: int) -> int | None:
+    """Batches in one pass over `split` (first `max_examples`), or None where the size is unknown."""
+    n = source.num_examples(split)
+    if max_examples:
+        n = min(n, max_examples) if n is not None else max_examples
+    return -(-n // batch_size) if n else None
+
+
 def _datasets(source, image_size, batch_size, max_train, max_test, seed, steps_per_epoch=None,
               train_split="train", test_split="test"):
+    """(train, test, steps per epoch, test steps). Keras is told each epoch's length: a dataset
+    of unknown length (a `take`, a folder whose corrupt images are skipped) ends its first epoch by
+    running out, which Keras reports as "Your input ran out of data". So the training data repeats
+    and an epoch is one pass's number of batches (or `steps_per_epoch`), and the test data is read
+    for its number of batches."""
     from ssl_zoo.data.pipeline import build_dataset
 
     train = build_dataset(source, train_split, batch_size=batch_size, image_size=image_size, augment="crop_flip",
                           training=True, seed=seed, drop_remainder=False)
     if max_train:
         train = train.unbatch().take(max_train).batch(batch_size)
+    steps_per_epoch = steps_per_epoch or _num_batches(source, train_split, max_train, batch_size)
     if steps_per_epoch:  # epochs of a fixed number of steps: the data wraps around
         train = train.repeat()
     test = build_dataset(source, test_split, batch_size=batch_size, image_size=image_size, augment="center")
     if max_test:
         test = test.unbatch().take(max_test).batch(batch_size)
-    return train, test
+    return train, test, steps_per_epoch, _num_batches(source, test_split, max_test, batch_size)
 
 
 def _run(backbone, train, test, num_classes, image_size, *, epochs_frozen, epochs_unfrozen, lr_frozen,
-         lr_unfrozen, steps_per_epoch, seed, can_unfreeze=True, run_eagerly=False) -> dict:
+         lr_unfrozen, steps_per_epoch, test_steps, seed, can_unfreeze=True, run_eagerly=False, label="") -> dict:
     import keras
+
+    from ssl_zoo.progress import keras_progress
+
+    def test_accuracy(phase):
+        log.info("%s %s: measuring test accuracy", label, phase)
+        return float(model.evaluate(test, steps=test_steps, verbose=0, return_dict=True)["accuracy"])
 
     keras.utils.set_random_seed(seed)
     model = build_classifier(backbone, num_classes, image_size, seed)
@@ -59,25 +79,30 @@ def _run(backbone, train, test, num_classes, image_size, *, epochs_frozen, epoch
     # XLA (jit_compile="auto") spends longer compiling a ResNet on CPU than short fine-tunes run.
     model.compile(optimizer=keras.optimizers.Adam(lr_frozen), loss=loss, metrics=["accuracy"], jit_compile=False,
                   run_eagerly=run_eagerly)
-    h = model.fit(train, epochs=epochs_frozen, steps_per_epoch=steps_per_epoch, shuffle=False, verbose=0) if epochs_frozen else None
+    h = model.fit(train, epochs=epochs_frozen, steps_per_epoch=steps_per_epoch, shuffle=False, verbose=0,
+                  callbacks=[keras_progress(f"{label} frozen")]) if epochs_frozen else None
     out["frozen"] = {
         "epochs": epochs_frozen, "learning_rate": lr_frozen,
         "train_loss": [round(v, 5) for v in h.history["loss"]] if h else [],
-        "test_accuracy": float(model.evaluate(test, verbose=0, return_dict=True)["accuracy"]),
+        "test_accuracy": test_accuracy("frozen"),
     }
     if epochs_unfrozen and can_unfreeze:
         backbone.trainable = True
         model.compile(optimizer=keras.optimizers.Adam(lr_unfrozen), loss=loss, metrics=["accuracy"], jit_compile=False,
                   run_eagerly=run_eagerly)
-        h = model.fit(train, epochs=epochs_unfrozen, steps_per_epoch=steps_per_epoch, shuffle=False, verbose=0)
+        h = model.fit(train, epochs=epochs_unfrozen, steps_per_epoch=steps_per_epoch, shuffle=False, verbose=0,
+                      callbacks=[keras_progress(f"{label} unfrozen")])
         out["unfrozen"] = {
             "epochs": epochs_unfrozen, "learning_rate": lr_unfrozen,
             "train_loss": [round(v, 5) for v in h.history["loss"]],
-            "test_accuracy": float(model.evaluate(test, verbose=0, return_dict=True)["accuracy"]),
+            "test_accuracy": test_accuracy("unfrozen"),
         }
     elif epochs_unfrozen:
         out["unfrozen"] = {"skipped": "a SavedModel backbone is an inference graph and cannot be unfrozen"}
     out["seconds"] = round(time.time() - t0, 1)
+    log.info("%s: test accuracy %s (%s s)", label, ", ".join(
+        f"{phase} {out[phase]['test_accuracy']:.2%}" for phase in ("frozen", "unfrozen")
+        if "test_accuracy" in out.get(phase, {})), out["seconds"])
     return out
 
 
@@ -104,6 +129,13 @@ def finetune(source, *, dataset: str = "tfds:cifar10", data_dir=None, epochs_fro
     Returns (and with `out`, writes as JSON) {"trained": {...}, "random_init": {...}} with the
     test accuracy after the frozen and after the unfrozen phase.
     """
+    from ssl_zoo.train.recipe import FinetuneConfig
+
+    FinetuneConfig(epochs_frozen=epochs_frozen, epochs_unfrozen=epochs_unfrozen, lr_frozen=lr_frozen,
+                   lr_unfrozen=lr_unfrozen, batch_size=batch_size, max_train_examples=max_train_examples,
+                   max_test_examples=max_test_examples, steps_per_epoch=steps_per_epoch, seed=seed,
+                   image_size=image_size)  # a value that cannot work is a ConfigError naming it
+
     import keras
 
     from ssl_zoo.data.sources import open_source
@@ -130,10 +162,11 @@ def finetune(source, *, dataset: str = "tfds:cifar10", data_dir=None, epochs_fro
     if not num_classes:
         raise ConfigError(f"{dataset} has no class labels to fine-tune on")
     test_split = test_split or data.held_out_split()
-    train, test = _datasets(data, image_size, batch_size, max_train_examples, max_test_examples, seed, steps_per_epoch,
-                            train_split, test_split)
+    train, test, epoch_steps, test_steps = _datasets(data, image_size, batch_size, max_train_examples,
+                                                     max_test_examples, seed, steps_per_epoch, train_split, test_split)
     common = dict(epochs_frozen=epochs_frozen, epochs_unfrozen=epochs_unfrozen, lr_frozen=lr_frozen,
-                  lr_unfrozen=lr_unfrozen, steps_per_epoch=steps_per_epoch, seed=seed, run_eagerly=run_eagerly)
+                  lr_unfrozen=lr_unfrozen, steps_per_epoch=epoch_steps, test_steps=test_steps, seed=seed,
+                  run_eagerly=run_eagerly)
     report = {
         "model": name,
         "dataset": dataset if isinstance(dataset, str) else data.name,
@@ -148,12 +181,14 @@ def finetune(source, *, dataset: str = "tfds:cifar10", data_dir=None, epochs_fro
         },
     }
     log.info("fine-tuning %s on %s", name, dataset)
-    report["trained"] = _run(backbone, train, test, num_classes, image_size, can_unfreeze=kind != "saved_model", **common)
+    report["trained"] = _run(backbone, train, test, num_classes, image_size, can_unfreeze=kind != "saved_model",
+                             label="pretrained", **common)
     if random_init:
         if kind == "saved_model":
             report["random_init"] = {"skipped": "a SavedModel carries no Keras architecture to re-initialise"}
         else:
-            report["random_init"] = _run(random_init_like(backbone, seed), train, test, num_classes, image_size, **common)
+            report["random_init"] = _run(random_init_like(backbone, seed), train, test, num_classes, image_size,
+                                         label="random init", **common)
     report["seconds"] = round(time.time() - t0, 1)
     if out:
         from ssl_zoo.preset import write_json

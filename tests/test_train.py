@@ -95,10 +95,11 @@ def test_method_and_backbone_typos_are_named_before_any_data_is_read(tmp_path, s
     with pytest.raises(ValueError, match=message):
         method_from_recipe(load_recipe(bad))
     # The command line prints that sentence alone (no traceback) and exits with 2; the data
-    # directory does not exist, so the error must come before the data is opened.
+    # directory holds no dataset, so the error must come before the data is opened.
     from ssl_zoo.cli import main
 
-    assert main(["train", str(bad), "--data-dir", str(tmp_path / "absent"), "--out", str(tmp_path / "run")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert main(["train", str(bad), "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "run")]) == 2
     assert not (tmp_path / "run").exists()
 
 

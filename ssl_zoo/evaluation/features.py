@@ -15,6 +15,7 @@ from ssl_zoo.backbones import stage_model
 from ssl_zoo.data.pipeline import build_dataset
 from ssl_zoo.data.sources import Source
 from ssl_zoo.errors import ConfigError
+from ssl_zoo.progress import Progress
 
 
 def grid_for(side: int, channels: int, max_dims: int) -> int:
@@ -51,8 +52,10 @@ def extract(
     batch_size: int = 500,
     max_examples: int | None = None,
     max_dims: int = 4096,
+    label: str | None = None,
 ):
-    """Returns ({stage: float32 [N, D]}, labels [N]) over the split, centre view, no augmentation."""
+    """Returns ({stage: float32 [N, D]}, labels [N]) over the split, centre view, no augmentation.
+    Logs its progress (`ssl_zoo.progress`) as `label` (default: the backbone's name and the split)."""
     model = probe_model(backbone, stages, image_size, max_dims)
     forward = tf.function(lambda x: model(x, training=False))
     ds = build_dataset(source, split, batch_size=batch_size, image_size=image_size, augment="center")
@@ -60,11 +63,18 @@ def extract(
         ds = ds.unbatch().take(max_examples).batch(batch_size)
     feats = {s: [] for s in stages}
     labels = []
+    total = source.num_examples(split)
+    progress = Progress(label or f"{backbone.name} features of {split}",
+                        min(total, max_examples) if total and max_examples else total or max_examples, unit="images")
+    done = 0
     for images, y in ds:
         out = forward(images)
         for s in stages:
             feats[s].append(out[s].numpy().astype(np.float32))
         labels.append(y.numpy())
+        done += len(labels[-1])
+        progress.update(done)
     if not labels:
         raise ConfigError(f"{source.name}/{split} gave no images to extract features from")
+    progress.finish(f"{done} images")
     return {s: np.concatenate(v) for s, v in feats.items()}, np.concatenate(labels)

@@ -23,7 +23,11 @@ def linear_probe(
     learning_rate: float = 1e-3,
     weight_decay: float = 5e-4,
     seed: int = 0,
+    label: str = "linear probe",
 ) -> dict:
+    """`label` names the probe in its progress lines (`ssl_zoo.progress`)."""
+    from ssl_zoo.progress import keras_progress
+
     mean = train_x.mean(0, keepdims=True)
     std = train_x.std(0, keepdims=True) + 1e-6
     train_x = (train_x - mean) / std
@@ -40,7 +44,8 @@ def linear_probe(
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    history = probe.fit(train_x, train_y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True)
+    history = probe.fit(train_x, train_y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True,
+                        callbacks=[keras_progress(label)])
     _, test_acc = probe.evaluate(test_x, test_y, batch_size=1024, verbose=0)
     return {
         "train_accuracy": float(history.history["accuracy"][-1]),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import keras
 
@@ -14,6 +13,7 @@ from ssl_zoo.errors import ConfigError
 from ssl_zoo.evaluation.features import extract
 from ssl_zoo.evaluation.knn import knn_accuracy
 from ssl_zoo.evaluation.linear_probe import linear_probe
+from ssl_zoo.train.recipe import EvalConfig, ProbeConfig, evaluation_protocol
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +36,25 @@ def evaluate_backbone(
     max_train_examples: int | None = None,
     probe_epochs: int = 30,
     seed: int = 0,
+    label: str | None = None,
 ) -> dict:
-    """`test_split` None: the source's held-out split (`Source.held_out_split`)."""
+    """`test_split` None: the source's held-out split (`Source.held_out_split`). `label` names the
+    model in the progress lines (default: the backbone's name)."""
     test_split = test_split or source.held_out_split()
     num_classes = source.num_classes()
     if not num_classes:
         raise ConfigError(f"{source.name} has no class labels to evaluate with")
-    train_f, train_y = extract(backbone, source, train_split, stages, image_size, max_examples=max_train_examples)
-    test_f, test_y = extract(backbone, source, test_split, stages, image_size)
+    name = label or backbone.name
+    train_f, train_y = extract(backbone, source, train_split, stages, image_size, max_examples=max_train_examples,
+                               label=f"{name}: features of {train_split}")
+    test_f, test_y = extract(backbone, source, test_split, stages, image_size, label=f"{name}: features of {test_split}")
     result = {"stages": {}, "knn": None}
-    for s in stages:
+    for i, s in enumerate(stages):
         result["stages"][s] = linear_probe(
-            train_f[s], train_y, test_f[s], test_y, num_classes, epochs=probe_epochs, seed=seed
+            train_f[s], train_y, test_f[s], test_y, num_classes, epochs=probe_epochs, seed=seed,
+            label=f"{name}: linear probe {s} ({i + 1}/{len(stages)})",
         )
-        log.info("%s probe %s: %.4f", backbone.name, s, result["stages"][s]["test_accuracy"])
+        log.info("%s probe %s: %.4f", name, s, result["stages"][s]["test_accuracy"])
     knn_stage = "pooled" if "pooled" in stages else stages[-1]
     result["knn"] = {
         "stage": knn_stage,
@@ -60,26 +65,7 @@ def evaluate_backbone(
     return result
 
 
-def recipe_protocol(model=None, recipe=None) -> dict:
-    """The protocol `ssl-zoo evaluate` follows where no flag says otherwise: the `[evaluation]`
-    section of the recipe file `recipe` (training/NAME.toml), else of the recipe recorded by the
-    run folder `model` (its run.json), else the section's defaults. Keys are `evaluate_model`'s:
-    source, train_split, test_split, image_size, stages, knn_k."""
-    import dataclasses
-    import json
-
-    from ssl_zoo.train.recipe import EvalConfig, load_recipe, recipe_from_dict
-
-    if recipe is not None:
-        section = load_recipe(recipe).evaluation
-    elif isinstance(model, (str, Path)) and (Path(model) / "run.json").is_file():
-        recorded = json.loads((Path(model) / "run.json").read_text()).get("recipe")
-        section = recipe_from_dict(dict(recorded)).evaluation if recorded else EvalConfig()
-    else:
-        section = EvalConfig()
-    values = dataclasses.asdict(section)
-    values["stages"] = list(values["stages"])
-    return values
+recipe_protocol = evaluation_protocol  # its former name and home (it imports no TensorFlow from ssl_zoo.train.recipe)
 
 
 def evaluate_model(
@@ -105,6 +91,10 @@ def evaluate_model(
     evaluate` always names one (the recipe's [evaluation] test_split or --test-split)."""
     from ssl_zoo.loader import load_raw_backbone
 
+    # Values that cannot work are a ConfigError naming them, before anything is loaded.
+    EvalConfig(source=source, train_split=train_split, test_split=test_split or "held-out", image_size=image_size,
+               stages=tuple(stages), knn_k=knn_k)
+    ProbeConfig(probe_epochs=probe_epochs, max_train_examples=max_train_examples, seed=seed)
     t0 = time.time()
     stages = list(stages)
     backbone = load_raw_backbone(model) if not isinstance(model, keras.Model) else model
@@ -113,8 +103,8 @@ def evaluate_model(
     common = dict(source=data, stages=stages, image_size=image_size, knn_k=knn_k, train_split=train_split,
                   test_split=test_split, max_train_examples=max_train_examples,
                   probe_epochs=probe_epochs, seed=seed)
-    trained = evaluate_backbone(backbone, **common)
-    floor = evaluate_backbone(random_init_like(backbone, seed), **common)
+    trained = evaluate_backbone(backbone, label="pretrained", **common)
+    floor = evaluate_backbone(random_init_like(backbone, seed), label="random init", **common)
     per_stage = {
         s: {"trained": trained["stages"][s]["test_accuracy"], "random_init": floor["stages"][s]["test_accuracy"],
             "dims": trained["stages"][s]["dims"]}

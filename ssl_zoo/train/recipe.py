@@ -1,7 +1,13 @@
 """Recipes: typed, declarative training configurations stored as TOML under `training/`.
 
 A recipe chooses values only; every section maps onto a dataclass, unknown keys are errors (a typo
-never silently falls back to a default). [method] and [backbone] are checked against the method's
+never silently falls back to a default). Every value is checked when its dataclass is built
+(`Checked.__post_init__`), by the field's type: an `int` is a whole number (not a bool, not 2.0)
+of at least 1 unless the field says otherwise (`at_least(0, default)`), a `float` a finite number
+of at least 0, a `str` non-empty (and one of `choices` if the field lists them), `X | None` None
+or an X, `tuple[str, ...]` a non-empty list of strings; so a field added later is checked too. The
+command line builds the same dataclasses from its flags (`FinetuneConfig`, `ProbeConfig`), so a
+mistake is one sentence before TensorFlow is imported: this module imports no TensorFlow. [method] and [backbone] are checked against the method's
 and the architecture's parameters when the method is built, before any data is read. The file's leading comment block says what the recipe
 should reach, how long it takes and the command that reproduces it (big_vision's habit).
 """
@@ -9,18 +15,99 @@ should reach, how long it takes and the command that reproduces it (big_vision's
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
+import types
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ssl_zoo.errors import ConfigError
 
 
+class RecipeValueError(ConfigError):
+    """A value of the wrong type or out of range; `field` and `problem` let the caller name where it
+    came from (a recipe section, a command-line flag)."""
+
+    def __init__(self, section: str, field: str, problem: str, where: str = ""):
+        self.section, self.field, self.problem = section, field, problem
+        super().__init__(f"{where}[{section}] {field} {problem}")
+
+
+def at_least(minimum, default, **metadata):
+    """A field whose values may go down to `minimum` (the type's default bound is 1 for int, 0 for
+    float)."""
+    return dataclasses.field(default=default, metadata={"min": minimum, **metadata})
+
+
+def one_of(choices: tuple[str, ...], default: str):
+    return dataclasses.field(default=default, metadata={"choices": tuple(choices)})
+
+
+def _problem(value, kind, meta) -> str | None:
+    """Why `value` is not a valid `kind` (a resolved type hint), or None."""
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _problem(value, inner[0], meta) if len(inner) == 1 else None
+    if kind is bool:
+        return None if isinstance(value, bool) else f"must be true or false, not {value!r}"
+    if kind is int:
+        minimum = meta.get("min", 1)
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"must be a whole number of at least {minimum}, not {value!r}"
+        return None if value >= minimum else f"must be at least {minimum}, not {value}"
+    if kind is float:
+        minimum = meta.get("min", 0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"must be a number of at least {minimum}, not {value!r}"
+        if not math.isfinite(value):
+            return f"must be a finite number, not {value}"
+        return None if value >= minimum else f"must be at least {minimum}, not {value}"
+    if kind is str:
+        if not isinstance(value, str) or not (value or meta.get("empty")):
+            return f"must be a {'' if meta.get('empty') else 'non-empty '}string, not {value!r}"
+        choices = meta.get("choices")
+        return None if not choices or value in choices else f"must be one of {list(choices)}, not {value!r}"
+    if typing.get_origin(kind) is tuple:
+        if not isinstance(value, (tuple, list)) or not value:
+            return f"must be a non-empty list, not {value!r}"
+        return next((f"has an item that {p}" for p in (_problem(v, args[0], {}) for v in value) if p), None)
+    if typing.get_origin(kind) is dict:
+        if not isinstance(value, dict):
+            return f"must be a table (section), not {value!r}"
+        if args[1] is not Any and isinstance(args[1], type) and not all(isinstance(v, args[1]) for v in value.values()):
+            return f"must hold {args[1].__name__} values"
+        return None
+    if kind is Any:
+        return None
+    if isinstance(kind, type):  # a nested section (a dataclass that checks its own fields)
+        return None if isinstance(value, kind) else f"must be a {kind.__name__}, not {value!r}"
+    # Not silently unchecked: a field of a new kind of type needs its rule here first.
+    raise TypeError(f"ssl_zoo.train.recipe has no check for fields of type {kind}; add one to _problem")
+
+
+class Checked:
+    """Checks every field against its type hint when the dataclass is built (module docstring)."""
+
+    section: ClassVar[str] = ""
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            problem = _problem(getattr(self, f.name), hints[f.name], f.metadata)
+            if problem:
+                raise RecipeValueError(self.section or type(self).__name__, f.name, problem)
+
+
 @dataclasses.dataclass
-class DataConfig:
+class DataConfig(Checked):
+    section: ClassVar[str] = "data"
     source: str = "tfds:cifar10"
     train_split: str = "train"
-    eval_split: str | None = "test"
+    eval_split: str | None = dataclasses.field(default="test", metadata={"empty": True})  # "" or None: no evaluation
     image_size: int = 32
     shuffle_buffer: int = 10_000
     # Keep an image folder decoded in memory after the first pass (for data that fits: Imagenette
@@ -29,12 +116,13 @@ class DataConfig:
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class TrainConfig(Checked):
+    section: ClassVar[str] = "train"
     epochs: int = 1
     # Images drawn from the source per step, over all replicas (a pretext transform may turn each
     # into several inputs, e.g. RotNet's four rotations).
     global_batch: int = 128
-    seed: int = 0
+    seed: int = at_least(0, 0)
     steps_per_epoch: int | None = None  # None = one pass over the training split
     checkpoint_every: int = 200  # steps
     log_every: int = 50  # steps
@@ -42,20 +130,22 @@ class TrainConfig:
 
 
 @dataclasses.dataclass
-class OptimizerConfig:
-    name: str = "sgd"  # sgd | adamw | lamb
+class OptimizerConfig(Checked):
+    section: ClassVar[str] = "optimizer"
+    name: str = one_of(("sgd", "adamw", "lamb"), "sgd")
     learning_rate: float = 0.1  # per 256 images of global batch (linear scaling, Goyal et al. 2017)
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
     warmup_epochs: float = 1.0
-    schedule: str = "cosine"  # cosine | constant
+    schedule: str = one_of(("cosine", "constant"), "cosine")
 
 
 @dataclasses.dataclass
-class EvalConfig:
+class EvalConfig(Checked):
     """The downstream protocol the card reports (see ssl_zoo.evaluation)."""
 
+    section: ClassVar[str] = "evaluation"
     source: str = "tfds:cifar10"
     train_split: str = "train"
     test_split: str = "test"
@@ -65,7 +155,35 @@ class EvalConfig:
 
 
 @dataclasses.dataclass
-class Recipe:
+class ProbeConfig(Checked):
+    """`ssl-zoo evaluate`'s settings beside the protocol (`evaluate_model`'s arguments)."""
+
+    section: ClassVar[str] = "evaluate"
+    probe_epochs: int = 30
+    max_train_examples: int | None = None
+    seed: int = at_least(0, 0)
+
+
+@dataclasses.dataclass
+class FinetuneConfig(Checked):
+    """`ssl-zoo finetune`'s settings (`ssl_zoo.finetune.finetune`'s arguments); 0 epochs skips a phase."""
+
+    section: ClassVar[str] = "finetune"
+    epochs_frozen: int = at_least(0, 1)
+    epochs_unfrozen: int = at_least(0, 1)
+    lr_frozen: float = 1e-3
+    lr_unfrozen: float = 1e-4
+    batch_size: int = 128
+    max_train_examples: int | None = None
+    max_test_examples: int | None = None
+    steps_per_epoch: int | None = None
+    seed: int = at_least(0, 0)
+    image_size: int | None = None
+
+
+@dataclasses.dataclass
+class Recipe(Checked):
+    section: ClassVar[str] = "recipe"
     name: str
     method: dict[str, Any]
     backbone: dict[str, Any]
@@ -76,7 +194,7 @@ class Recipe:
     # section each; the keys a section leaves out are taken from [optimizer].
     optimizers: dict[str, OptimizerConfig] = dataclasses.field(default_factory=dict)
     evaluation: EvalConfig = dataclasses.field(default_factory=EvalConfig)
-    description: str = ""
+    description: str = dataclasses.field(default="", metadata={"empty": True})
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -95,7 +213,10 @@ def _typed(cls, values: dict, section: str):
     for key, value in values.items():
         if isinstance(value, list):
             out[key] = tuple(value)
-    return cls(**out)
+    try:
+        return cls(**out)
+    except RecipeValueError as e:
+        raise RecipeValueError(section, e.field, e.problem) from None
 
 
 def recipe_from_dict(raw: dict[str, Any], name: str = "recipe", description: str = "") -> Recipe:
@@ -107,7 +228,17 @@ def recipe_from_dict(raw: dict[str, Any], name: str = "recipe", description: str
     named = raw.pop("optimizers", {})
     if not isinstance(named, dict) or not all(isinstance(v, dict) for v in named.values()):
         raise ConfigError(f"recipe {name!r}: [optimizers] must hold one [optimizers.NAME] section per optimizer")
-    recipe = Recipe(
+    try:
+        recipe = _recipe(raw, name, description, base_optimizer, named)
+    except RecipeValueError as e:
+        raise RecipeValueError(e.section, e.field, e.problem, where=f"recipe {name!r}: ") from None
+    if raw:
+        raise ConfigError(f"recipe {name!r} has unknown sections {sorted(raw)}")
+    return recipe
+
+
+def _recipe(raw, name, description, base_optimizer, named) -> Recipe:
+    return Recipe(
         name=raw.pop("name", name),
         method=dict(raw.pop("method")),
         backbone=dict(raw.pop("backbone")),
@@ -118,14 +249,21 @@ def recipe_from_dict(raw: dict[str, Any], name: str = "recipe", description: str
         evaluation=_typed(EvalConfig, raw.pop("evaluation", {}), "evaluation"),
         description=raw.pop("description", description),
     )
-    if raw:
-        raise ConfigError(f"recipe {name!r} has unknown sections {sorted(raw)}")
-    return recipe
 
 
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
-    text = path.read_text()
+    if not path.exists():
+        raise ConfigError(f"recipe file {path} does not exist (the recipes are in training/)")
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} is a directory, not a recipe file (training/NAME.toml)")
+    data = path.read_bytes()
+    try:
+        if b"\0" in data:
+            raise UnicodeDecodeError("utf-8", data, 0, 1, "NUL byte")
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"recipe {path} is a binary file, not a TOML recipe (training/NAME.toml)") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -155,3 +293,22 @@ def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
             parsed = value  # bare strings
         target[field] = parsed
     return recipe_from_dict(raw, name=recipe.name, description=recipe.description)
+
+
+def evaluation_protocol(model=None, recipe=None) -> dict:
+    """The protocol `ssl-zoo evaluate` follows where no flag says otherwise: the `[evaluation]`
+    section of the recipe file `recipe` (training/NAME.toml), else of the recipe recorded by the
+    run folder `model` (its run.json), else the section's defaults. Keys are `evaluate_model`'s:
+    source, train_split, test_split, image_size, stages, knn_k. Imports no TensorFlow."""
+    import json
+
+    if recipe is not None:
+        section = load_recipe(recipe).evaluation
+    elif isinstance(model, (str, Path)) and (Path(model) / "run.json").is_file():
+        recorded = json.loads((Path(model) / "run.json").read_text()).get("recipe")
+        section = recipe_from_dict(dict(recorded)).evaluation if recorded else EvalConfig()
+    else:
+        section = EvalConfig()
+    values = dataclasses.asdict(section)
+    values["stages"] = list(values["stages"])
+    return values
