@@ -5,8 +5,8 @@ same backbone on the same number of images of the same size, plus each input pip
 The question it answers: does the pretext input pipeline (rotations, tile/patch cutting, exemplar
 transformations) starve the model? Counts are *backbone images* per second: a RotNet step of B
 source images feeds 4B rotated images, a jigsaw step 9B tiles, a relative-patch step 2B patches,
-so the supervised baseline uses batches of that many images at that size (random crops of the
-same source images, held in memory so that the baseline is bound by the model alone). The
+a SimCLR step 2B views, so the supervised baseline uses batches of that many images at that size
+(random crops of the same source images, held in memory so that the baseline is bound by the model alone). The
 pipeline rows say whether either side is input-bound.
 
 Each measurement runs in its own subprocess so that its peak memory (ru_maxrss) is its own.
@@ -35,6 +35,7 @@ RECIPES = {
     "jigsaw": "training/jigsaw_resnet18w025_imagenette96.toml",
     "relative_patch": "training/relative_patch_resnet18w025_imagenette96.toml",
     "exemplar": "training/exemplar_resnet18w025_imagenette96.toml",
+    "simclr": "training/simclr_resnet18w025_cifar10.toml",
 }
 
 
