@@ -53,26 +53,6 @@ def write_image_folder(root, n: int = 32, size: int = 20, seed: int = 0) -> None
         Image.fromarray(img.astype(np.uint8)).save(root / "images" / f"{i:03d}.png")
 
 
-def assert_replicas_match(single, mirrored, whole, halves, steps: int = 2) -> None:
-    """`single` (one replica) trains on the global batch `whole`; `mirrored` (two replicas) on its
-    two `halves`. With synchronized batch norm and losses over the global count, the loss and the
-    updated weights must agree (rtol 1e-4, atol 1e-5) after every step."""
-    import tensorflow as tf  # noqa: F401  (imported lazily: helpers is also used by worker scripts)
-
-    mirrored.model.set_weights(single.model.get_weights())
-    per_replica = mirrored.strategy.experimental_distribute_values_from_function(
-        lambda ctx: halves[ctx.replica_id_in_sync_group]
-    )
-    count = int(whole["targets"].shape[0])
-    for _ in range(steps):  # the second step also uses momentum and updated BN statistics
-        one = single.train_step(whole)
-        two = mirrored.train_step(per_replica)
-        np.testing.assert_allclose(float(one["loss_sum"]), float(two["loss_sum"]), rtol=1e-4)
-        assert float(one["count"]) == float(two["count"]) == count
-    for a, b, v in zip(single.model.get_weights(), mirrored.model.get_weights(), single.model.weights):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=v.path)
-
-
 def two_replica_strategy(devices):
     """Two-replica MirroredStrategy that reduces through one device instead of collective ops.
     Every MirroredStrategy made in a process numbers its collective instances from the same start,

@@ -4,15 +4,12 @@ what they feed the head, and that the exported backbone is the same either way."
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from helpers import (assert_replicas_match, assert_round_trips_in_safe_mode, assert_two_step_fit, tiny_recipe,
-                     two_replica_strategy)
+from helpers import assert_round_trips_in_safe_mode, assert_two_step_fit
+from method_contract import MethodContract
 from ssl_zoo.backbones import stage_model
-from ssl_zoo.data.sources import ArraySource
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.methods import build_method, extract_backbone
-from ssl_zoo.train.loop import Trainer
 
 P = 16  # patch / tile size of the tiny models: a 2x2 last-stage map, so spatial != pooled
 # No fixed input size, as in the zoo's recipes: the per-view fc learns the map size from the views.
@@ -86,15 +83,8 @@ def test_an_unknown_fusion_is_a_config_error_before_any_model_is_built(name):
 @pytest.mark.slow  # ~45 s on a busy 2-core CPU, as the other replica tests
 def test_spatial_fusion_two_replicas_match_one_replica(tmp_path):
     """The per-view fc's batch norm is synchronized too: two replicas equal one on the global batch."""
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-    assert len(devices) == 2
-    recipe = tiny_recipe(epochs=1, steps_per_epoch=2)
-    source = ArraySource(np.zeros((16, 60, 60, 3), np.uint8))
-    single = Trainer(_method("relative_patch", fusion="spatial"), recipe, source, tf.distribute.get_strategy(),
-                     tmp_path / "one")
-    mirrored = Trainer(_method("relative_patch", fusion="spatial"), recipe, source, two_replica_strategy(devices),
-                       tmp_path / "two")
-    patches = tf.constant(_views("relative_patch", n=8))
-    labels = tf.constant(np.arange(8) % 8, tf.int32)
-    halves = [(patches[:4], labels[:4]), (patches[4:], labels[4:])]
-    assert_replicas_match(single, mirrored, (patches, labels), halves)
+    params, _, crop = METHODS["relative_patch"]
+    contract = MethodContract(method={"name": "relative_patch", **params, "head_hidden_units": [16], "fusion": "spatial"},
+                              image_size=crop, images=np.random.default_rng(0).integers(0, 256, (12, crop, crop, 3),
+                                                                                        dtype=np.uint8))
+    contract.check_replicas_match(tmp_path)
