@@ -25,14 +25,14 @@ import time
 from pathlib import Path
 
 import keras
-import tensorflow as tf
-
 import numpy as np
+import tensorflow as tf
 
 from ssl_zoo.data.pipeline import build_inference_dataset, build_pretext_dataset, check_not_empty
 from ssl_zoo.data.sources import ImagelessSource, Source
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.methods.base import DEFAULT_OPTIMIZER, EpochContext, PretextMethod, StepContext
+from ssl_zoo.preset import write_json
 from ssl_zoo.train.recipe import OptimizerConfig, Recipe
 from ssl_zoo.train.strategy import is_chief, worker_dir
 
@@ -75,14 +75,6 @@ def save_model_atomic(model: keras.Model, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.partial.keras")
     model.save(tmp)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(obj, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
 
 
@@ -296,7 +288,7 @@ class Trainer:
             path = self.out_dir / "epoch_hooks.json"
             hooks = json.loads(path.read_text()) if path.exists() else {}
             hooks[str(epoch + 1)] = reported
-            write_json_atomic(hooks, path)
+            write_json(hooks, path, sort_keys=True)
         return reported
 
     def _reported_by_hook(self, epoch: int) -> dict[str, float]:
@@ -318,7 +310,7 @@ class Trainer:
             kept = json.loads(path.read_text()) if path.exists() else {}
             kept = {k: v for k, v in kept.items() if int(k) > step - 3 * self.steps_per_epoch}
             kept[str(step)] = dict(self._totals)
-            write_json_atomic(kept, path)
+            write_json(kept, path, sort_keys=True)
         return self.manager.save(checkpoint_number=step)
 
     def _restored_totals(self, step: int) -> dict[str, float]:
@@ -340,7 +332,7 @@ class Trainer:
             # Killed after an epoch's record and checkpoint, before its evaluation: evaluate now.
             history[-1].update({f"eval_{k}": round(v, 5) for k, v in self.evaluate_pretext().items()})
             if self.chief:
-                write_json_atomic(history, history_path)
+                write_json(history, history_path, sort_keys=True)
         if start == 0:
             probe = build_pretext_dataset(
                 self.stream, recipe.data.train_split, self.method, batch_size=self.per_replica_batch,
@@ -365,7 +357,7 @@ class Trainer:
         return {"history": history, "skipped": self.source.stats.counts()}
 
     def _epochs(self, start, history, history_path, writer):
-        recipe, train = self.recipe, self.recipe.train
+        train = self.recipe.train
         for epoch in range(start // self.steps_per_epoch, train.epochs):
             skip = int(self.step.numpy()) - epoch * self.steps_per_epoch
             # After the restore above: the hook never sees the random weights of a model about to be
@@ -413,7 +405,7 @@ class Trainer:
             # retrained; a checkpointed record without its evaluation is evaluated on resume).
             history.append(record)
             if self.chief:
-                write_json_atomic(history, history_path)
+                write_json(history, history_path, sort_keys=True)
             self.save_checkpoint()
             if self._eval_due(epoch + 1):
                 record.update({f"eval_{k}": round(v, 5) for k, v in self.evaluate_pretext().items()})
@@ -425,7 +417,7 @@ class Trainer:
                             tf.summary.scalar(f"eval/{k[5:]}", v)
                         elif k.startswith("hook_"):
                             tf.summary.scalar(f"epoch/{k[5:]}", v)
-                write_json_atomic(history, history_path)
+                write_json(history, history_path, sort_keys=True)
         return history
 
     def _save_final(self) -> None:
@@ -433,11 +425,11 @@ class Trainer:
         save_model_atomic(self.model, Path(target) / "pretext_model.keras")
         save_model_atomic(self.method.export_backbone(self.model, self.state), Path(target) / "backbone.keras")
         if self.chief:
-            write_json_atomic(
+            write_json(
                 {"recipe": self.recipe.to_dict(), "method": self.method.config(),
                  "steps": int(self.step.numpy()), "replicas": self.strategy.num_replicas_in_sync,
                  "hardware": describe_hardware(self.strategy)},
-                self.out_dir / "run.json",
+                self.out_dir / "run.json", sort_keys=True,
             )
         else:
             shutil.rmtree(target, ignore_errors=True)
