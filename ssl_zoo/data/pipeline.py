@@ -191,7 +191,8 @@ def build_inference_dataset(
     input_context: tf.distribute.InputContext | None = None,
 ) -> tf.data.Dataset:
     """The whole split once, in listing order, for an in-order pass on every replica: batches of
-    `{"inputs", "index"}` with `transform(image, size, seed, index=)` -> `{"inputs": ...}`.
+    `{"inputs", "index", "label"}` (label -1 where the source has none; for reporting, such as
+    the NMI of cluster assignments against the true classes) with `transform(image, size, seed, index=)` -> `{"inputs": ...}`.
 
     Every input pipeline yields the same number of full per-replica batches (a collective
     must never wait for a replica that ran out): each shard is padded with copies of its first
@@ -209,10 +210,11 @@ def build_inference_dataset(
 
     def example(ex, example_seed):
         out = pretext_example(transform(ex["image"], image_size, example_seed, index=ex["index"]), "inference transform")
-        return {"inputs": out["inputs"], "index": ex["index"]}
+        return {"inputs": out["inputs"], "index": ex["index"], "label": ex["label"]}
 
     ds = _transformed(source, split, example, training=False, seed=0, epoch=0, shuffle_buffer=1,
                       input_context=input_context, repeat=False)
-    padding = ds.take(1).map(lambda ex: {"inputs": ex["inputs"], "index": tf.constant(-1, tf.int64)}).repeat()
+    padding = ds.take(1).map(lambda ex: {"inputs": ex["inputs"], "index": tf.constant(-1, tf.int64),
+                                         "label": tf.constant(-1, tf.int64)}).repeat()
     ds = ds.concatenate(padding).batch(per_replica, drop_remainder=True).take(steps * local_replicas)
     return ds.prefetch(tf.data.AUTOTUNE)

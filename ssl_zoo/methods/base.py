@@ -87,6 +87,8 @@ class EpochContext:
     train_split: str
     num_examples: int
     inference: Callable[..., dict]
+    seed: int = 0  # the recipe's [train] seed: randomness in a hook (k-means) derives from (seed, epoch)
+    out_dir: Any = None  # the run folder on the chief (None elsewhere): for a hook's own report files
 
 
 def state_variable(initial_value, name: str, dtype=None) -> tf.Variable:

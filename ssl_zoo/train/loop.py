@@ -231,7 +231,8 @@ class Trainer:
     def inference_pass(self, fn, split: str | None = None, transform=None, global_batch: int | None = None) -> dict:
         """`fn(model, state, inputs)` (a tensor or a dict of tensors [B, ...]) over the whole
         `split` (default: the training split) on every replica, gathered from all of them and
-        returned as NumPy arrays in index order, with "index" (the source images' identity).
+        returned as NumPy arrays in index order, with "index" (the source images' identity) and
+        "label" (the source's class, -1 where it has none: for reports only, never for training).
 
         `transform(image, size, seed, index=)` makes each example's `{"inputs"}` (default: the
         method's evaluation transform). Images that failed to decode are missing from the result.
@@ -249,22 +250,23 @@ class Trainer:
             @tf.function
             def distributed(dist_batch):
                 def replica_fn(b):
-                    return fn(self.model, self.state, b["inputs"]), b["index"]
+                    return fn(self.model, self.state, b["inputs"]), b["index"], b["label"]
 
                 out = self.strategy.run(replica_fn, args=(dist_batch,))
                 return tf.nest.map_structure(lambda t: self.strategy.gather(t, axis=0), out)
 
             self._inference_fns[fn] = distributed
         distributed = self._inference_fns[fn]
-        chunks, indices = [], []
+        chunks, indices, labels = [], [], []
         steps = -(-n // batch)
         progbar = keras.utils.Progbar(steps, verbose=1 if (self.chief and sys.stdout.isatty()) else 0,
                                       unit_name="batch")
         t0 = time.time()
         for i, dist_batch in enumerate(self.strategy.distribute_datasets_from_function(dataset_fn)):
-            out, index = distributed(dist_batch)
+            out, index, label = distributed(dist_batch)
             chunks.append(tf.nest.map_structure(np.asarray, out))
             indices.append(np.asarray(index))
+            labels.append(np.asarray(label))
             progbar.update(min(i + 1, steps))
         index = np.concatenate(indices)
         keep = index >= 0
@@ -275,14 +277,15 @@ class Trainer:
         if self.chief:
             log.info("inference pass over %s/%s: %d examples in %.1f s", self.source.name, split, int(keep.sum()),
                      time.time() - t0)
-        return {**outputs, "index": index[keep][order]}
+        return {**outputs, "index": index[keep][order], "label": np.concatenate(labels)[keep][order]}
 
     def _epoch_hook(self, epoch: int) -> dict[str, float]:
         """Runs the method's hook for an epoch that starts afresh and keeps what it reported."""
         ctx = EpochContext(epoch=epoch, step=int(self.step.numpy()), model=self.model, optimizers=self.optimizers,
                            state=self.state, train_split=self.recipe.data.train_split,
                            num_examples=self.stream.num_examples(self.recipe.data.train_split),
-                           inference=self.inference_pass)
+                           inference=self.inference_pass, seed=self.recipe.train.seed,
+                           out_dir=self.out_dir if self.chief else None)
         reported = {k: float(v) for k, v in (self.method.on_epoch_begin(ctx) or {}).items()}
         if self.chief and reported:
             path = self.out_dir / "epoch_hooks.json"
