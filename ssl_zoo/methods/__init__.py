@@ -10,10 +10,11 @@ from ssl_zoo.methods.exemplar import Exemplar
 from ssl_zoo.methods.jigsaw import Jigsaw
 from ssl_zoo.methods.relative_patch import RelativePatch
 from ssl_zoo.methods.rotnet import RotNet
+from ssl_zoo.methods.sela import SeLa
 from ssl_zoo.methods.simclr import SimCLR
 
 METHODS: dict[str, type[PretextMethod]] = {
-    cls.name: cls for cls in (RotNet, Jigsaw, RelativePatch, Exemplar, SimCLR, DeepCluster)
+    cls.name: cls for cls in (RotNet, Jigsaw, RelativePatch, Exemplar, SimCLR, DeepCluster, SeLa)
 }
 
 

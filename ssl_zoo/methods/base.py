@@ -20,7 +20,8 @@ The contract, from the simplest method to the most stateful:
 - **Epoch hooks** (`on_epoch_begin`): run by the trainer after any restore, at the start of
   every epoch that starts afresh (never on a mid-epoch resume, which restores what the hook
   computed from the checkpoint), with `EpochContext.inference`, an in-order distributed pass
-  over a split (DeepCluster's features of the whole training set).
+  over a split (DeepCluster's features of the whole training set). `refresh_offsets` +
+  `on_refresh` run the same kind of hook at chosen steps within an epoch (SeLa's label updates).
 - **Metrics** (`metrics`, or the dict a step returns): sums over examples, reduced over
   replicas and averaged by `count`; every name the method returns reaches the history,
   TensorBoard and the card.
@@ -157,6 +158,18 @@ class PretextMethod:
         epoch's history record (e.g. clustering NMI). Nothing here."""
         del ctx
         return {}
+
+    def refresh_offsets(self, steps_per_epoch: int) -> tuple[int, ...]:
+        """Steps within an epoch (1 .. steps_per_epoch - 1 done) before which `on_refresh` runs:
+        SeLa re-solves its labels several times per epoch. None here."""
+        del steps_per_epoch
+        return ()
+
+    def on_refresh(self, ctx: EpochContext) -> dict[str, float]:
+        """Runs before the epoch's step at each of `refresh_offsets`, also after a resume that
+        lands on one (a checkpoint at that step was written before the refresh ran). Its report
+        goes to the run's `refresh_hooks.json`, keyed by the global step."""
+        raise NotImplementedError(f"{type(self).__name__} has refresh_offsets but no on_refresh")
 
     # ---- steps ----------------------------------------------------------------------------------
     def loss(self, targets, outputs):

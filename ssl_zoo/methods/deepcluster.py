@@ -187,7 +187,8 @@ class DeepCluster(PretextMethod):
         if ctx.out_dir is not None:
             append_json(ctx.out_dir / "clusters.json", str(ctx.epoch + 1),
                         {"sizes": sorted((int(s) for s in sizes), reverse=True), "seconds": round(time.time() - t0, 2),
-                         "examples": int(len(assigned)), **report})
+                         "examples": int(len(assigned)),
+                         **{k: (v if np.isfinite(v) else None) for k, v in report.items()}})  # JSON has no NaN
         return {k: v for k, v in report.items() if np.isfinite(v)}
 
     def _reinitialise_classifier(self, ctx, seed: int) -> None:

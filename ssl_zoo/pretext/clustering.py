@@ -125,33 +125,35 @@ def inverse_size_weights(assignments: np.ndarray, k: int) -> np.ndarray:
 
 
 def sinkhorn_knopp(log_probs: np.ndarray, lam: float = 25.0, iterations: int = 1000,
-                   tolerance: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+                   tolerance: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
     """SeLa's labels: the transport plan Q = diag(alpha) P^lam diag(beta) between N images and K
     clusters with uniform marginals (each image one unit, each cluster N/K), from the network's
     log-probabilities [N, K]. Returns (labels = argmax_k Q [N], Q normalised so that rows sum to 1).
 
-    The scaling vectors are updated in log space with float64 (P^25 underflows float32 at once);
-    iterations stop when the column marginals are within `tolerance` (relative) of N/K."""
-    from scipy.special import logsumexp
-
+    P^lam underflows (p^25 for p = 1e-13 is below float64's range), so the kernel is shifted in
+    log space first, by its row maxima and then its column maxima: every row and every column
+    keeps an entry of 1, and the row/column scalings absorb the shift (the plan is unchanged).
+    The scaling itself is linear (two matrix-vector products per iteration, float64) and stops
+    when every image's mass is within `tolerance` of 1 (the cluster masses are exact after each
+    column update)."""
     logp = np.asarray(log_probs, np.float64)
     if logp.ndim != 2 or not np.all(np.isfinite(logp)):
         raise ConfigError(f"Sinkhorn-Knopp needs finite [N, K] log-probabilities, got shape {logp.shape}")
     n, k = logp.shape
-    log_kernel = lam * logp
-    log_r = np.zeros(n)  # row target: 1 per image
-    log_c = np.full(k, np.log(n / k))  # column target: N/K per cluster
-    log_beta = np.zeros(k)
-    for _ in range(iterations):
-        log_alpha = log_r - logsumexp(log_kernel + log_beta[None, :], axis=1)
-        log_beta = log_c - logsumexp(log_kernel + log_alpha[:, None], axis=0)
-        # After the column update the columns are exact; converged when the rows are too.
-        rows = logsumexp(log_kernel + log_alpha[:, None] + log_beta[None, :], axis=1)
-        if np.max(np.abs(np.expm1(rows - log_r))) < tolerance:
-            break
-    log_q = log_kernel + log_alpha[:, None] + log_beta[None, :]
-    q = np.exp(log_q - logsumexp(log_q, axis=1, keepdims=True))
-    return np.argmax(log_q, axis=1), q
+    shifted = lam * logp
+    shifted -= shifted.max(axis=1, keepdims=True)
+    shifted -= shifted.max(axis=0, keepdims=True)
+    kernel = np.exp(shifted)
+    alpha, beta = np.ones(n), np.ones(k)
+    for it in range(iterations):
+        alpha = 1.0 / (kernel @ beta)
+        beta = (n / k) / (kernel.T @ alpha)
+        if it % 10 == 9 or it == iterations - 1:
+            rows = alpha * (kernel @ beta)
+            if np.max(np.abs(rows - 1.0)) < tolerance:
+                break
+    q = alpha[:, None] * kernel * beta[None, :]
+    return np.argmax(q, axis=1), q / q.sum(axis=1, keepdims=True)
 
 
 def normalized_mutual_info(a: np.ndarray, b: np.ndarray) -> float:

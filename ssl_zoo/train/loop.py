@@ -87,6 +87,7 @@ class Trainer:
       tensorboard/      scalars (chief only)
       history.json      one record per epoch
       epoch_hooks.json  what each epoch's hook reported (kept for a mid-epoch resume)
+      refresh_hooks.json what each within-epoch refresh (SeLa's label updates) reported, by global step
       epoch_totals.json the running sums of the epoch's metrics at each checkpoint, so that a
                         resumed epoch's record averages over all its steps, as an unbroken one
       pretext_model.keras, backbone.keras   written atomically at the end
@@ -279,13 +280,28 @@ class Trainer:
                      time.time() - t0)
         return {**outputs, "index": index[keep][order], "label": np.concatenate(labels)[keep][order]}
 
+    def _hook_context(self, epoch: int) -> EpochContext:
+        return EpochContext(epoch=epoch, step=int(self.step.numpy()), model=self.model, optimizers=self.optimizers,
+                            state=self.state, train_split=self.recipe.data.train_split,
+                            num_examples=self.stream.num_examples(self.recipe.data.train_split),
+                            inference=self.inference_pass, seed=self.recipe.train.seed,
+                            out_dir=self.out_dir if self.chief else None)
+
+    def _refresh_hook(self, epoch: int) -> None:
+        """The method's within-epoch hook (`on_refresh`); its report is kept by global step."""
+        ctx = self._hook_context(epoch)
+        reported = {k: float(v) for k, v in (self.method.on_refresh(ctx) or {}).items()}
+        if self.chief:
+            log.info("refresh before step %d: %s", ctx.step + 1,
+                     " ".join(f"{k}={v:.4f}" for k, v in reported.items()) or "done")
+            path = self.out_dir / "refresh_hooks.json"
+            hooks = json.loads(path.read_text()) if path.exists() else {}
+            hooks[str(ctx.step)] = reported
+            write_json(hooks, path, sort_keys=True)
+
     def _epoch_hook(self, epoch: int) -> dict[str, float]:
         """Runs the method's hook for an epoch that starts afresh and keeps what it reported."""
-        ctx = EpochContext(epoch=epoch, step=int(self.step.numpy()), model=self.model, optimizers=self.optimizers,
-                           state=self.state, train_split=self.recipe.data.train_split,
-                           num_examples=self.stream.num_examples(self.recipe.data.train_split),
-                           inference=self.inference_pass, seed=self.recipe.train.seed,
-                           out_dir=self.out_dir if self.chief else None)
+        ctx = self._hook_context(epoch)
         reported = {k: float(v) for k, v in (self.method.on_epoch_begin(ctx) or {}).items()}
         if self.chief and reported:
             path = self.out_dir / "epoch_hooks.json"
@@ -361,6 +377,8 @@ class Trainer:
 
     def _epochs(self, start, history, history_path, writer):
         train = self.recipe.train
+        refresh_offsets = {int(o) for o in self.method.refresh_offsets(self.steps_per_epoch)
+                           if 0 < int(o) < self.steps_per_epoch}
         for epoch in range(start // self.steps_per_epoch, train.epochs):
             skip = int(self.step.numpy()) - epoch * self.steps_per_epoch
             # After the restore above: the hook never sees the random weights of a model about to be
@@ -371,6 +389,8 @@ class Trainer:
             steps_run = 0
             progbar = keras.utils.Progbar(self.steps_per_epoch, verbose=1 if (self.chief and sys.stdout.isatty()) else 0)
             for batch in self._train_dataset(epoch, skip):
+                if skip + steps_run in refresh_offsets:
+                    self._refresh_hook(epoch)
                 metrics = self.train_step(batch)
                 if self.preemption is not None:
                     self.preemption.save_checkpoint_if_preempted()
