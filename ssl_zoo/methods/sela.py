@@ -104,10 +104,11 @@ class SeLa(PretextMethod):
         backbone = self.build_backbone()
         images = keras.Input((self.image_size, self.image_size, 3), name="images")
         features = backbone(images)
-        heads = [classification_head(self.num_clusters, self.head_hidden_units, name=f"{PRETEXT_HEAD}{h}")
-                 for h in range(self.num_heads)]
-        logits = keras.ops.stack([head(features) for head in heads], axis=1)  # [B, heads, K]
-        return keras.Model(images, logits, name="pretext_model")
+        # The heads as one linear layer of heads x K outputs (the same as separate linear heads on
+        # the features; hidden layers, if any, are shared), reshaped to [B, heads, K].
+        head = classification_head(self.num_heads * self.num_clusters, self.head_hidden_units, name=PRETEXT_HEAD)
+        head.add(keras.layers.Reshape((self.num_heads, self.num_clusters), name=f"{PRETEXT_HEAD}_split"))
+        return keras.Model(images, head(features), name="pretext_model")
 
     def build_state(self, model):
         if self.num_examples is None:
