@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ssl_zoo.methods.card import pct as _pct
-from ssl_zoo.preset import (CARD_FILE, PLOT_FILE, atomic_file, diagnostics, read_metadata, refresh_manifest,
-                            round_accuracy)
+from ssl_zoo.preset import (CARD_FILE, PLOT_FILE, TRAINING_PLOT_FILE, atomic_file, diagnostics, read_metadata,
+                            refresh_manifest, round_accuracy)
 
 LICENSE = "apache-2.0"
 
@@ -177,7 +177,20 @@ def method_metrics(history: list[dict] | None) -> dict[str, float]:
     return {k: v for k, v in last.items() if k not in _STANDARD_RECORD_KEYS and isinstance(v, (int, float))}
 
 
-def render_card(meta: dict[str, Any], plot_name: str | None = None) -> str:
+def method_training_lines(meta: dict[str, Any], plot_name: str | None = None) -> list[str]:
+    """The method's own section on its training (`card_training`: DeepCluster's NMI per epoch), none
+    for a method that renders none."""
+    render = getattr(method_class(meta["method"].get("name")), "card_training", None)
+    return list(render(meta, plot_name)) if render else []
+
+
+def plot_method_training(meta: dict[str, Any], path) -> Path | None:
+    """The method's own plot of its training (`card_plot`), None when it draws none."""
+    draw = getattr(method_class(meta["method"].get("name")), "card_plot", None)
+    return draw(meta, path) if draw else None
+
+
+def render_card(meta: dict[str, Any], plot_name: str | None = None, training_plot_name: str | None = None) -> str:
     name = meta["name"]
     report = meta.get("evaluation") or {}
     training = meta.get("training") or {}
@@ -302,6 +315,7 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None) -> str:
     else:
         add("The run that produced these weights recorded no recipe (no run.json was found at export time).\n")
 
+    L.extend(method_training_lines(meta, training_plot_name))
     add("## Training time and hardware\n")
     if training:
         add(f"- {training['epochs']} epochs, {training['steps']} optimizer steps, global batch "
@@ -391,8 +405,9 @@ def write_card_files(meta: dict, folder: str | os.PathLike, card_name: str = CAR
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     plot = plot_probe(meta.get("evaluation"), folder / plot_name, meta["name"])
+    training_plot = plot_method_training(meta, folder / TRAINING_PLOT_FILE)
     card = folder / card_name
-    card.write_text(render_card(meta, plot.name if plot else None))
+    card.write_text(render_card(meta, plot.name if plot else None, training_plot.name if training_plot else None))
     refresh_manifest(folder)
     return card
 
@@ -408,8 +423,13 @@ def write_model_card(preset: str | os.PathLike, cards_dir: str | os.PathLike = "
         with atomic_file(cards_dir / f"{name}_probe.png") as tmp:
             plot_probe(meta["evaluation"], tmp, name)
         plot = f"{name}_probe.png"
+    training_plot = None
+    partial = cards_dir / f".{name}_training.partial.png"
+    if plot_method_training(meta, partial):  # a method that draws none leaves no file
+        os.replace(partial, cards_dir / f"{name}_training.png")
+        training_plot = f"{name}_training.png"
     with atomic_file(cards_dir / f"{name}.md") as tmp:
-        tmp.write_text(render_card(meta, plot))
+        tmp.write_text(render_card(meta, plot, training_plot))
     return cards_dir / f"{name}.md"
 
 

@@ -78,7 +78,19 @@ def read_run(source: str | os.PathLike):
         run = json.loads((run_dir / "run.json").read_text())
     if (run_dir / "history.json").exists():
         history = json.loads((run_dir / "history.json").read_text())
+    if run is not None:
+        reports = {n: json.loads((run_dir / n).read_text()) for n in _run_report_files(run) if (run_dir / n).is_file()}
+        if reports:
+            run = {**run, "run_reports": reports}
     return load_raw_backbone(str(path)), run, history
+
+
+def _run_report_files(run: dict) -> tuple[str, ...]:
+    """The JSON files the run's method writes for its card (`PretextMethod.run_reports`)."""
+    from ssl_zoo.methods import METHODS
+
+    cls = METHODS.get(((run.get("method") or {}).get("name")))
+    return tuple(getattr(cls, "run_reports", ()))
 
 
 # ---- metadata --------------------------------------------------------------------------------
@@ -169,6 +181,7 @@ def build_metadata(backbone, name: str, run: dict | None = None, history: list |
         "recipe": recipe or None,
         "run": {k: v for k, v in (run or {}).items() if k in ("steps", "replicas")} or None,
         "history": history,
+        "run_reports": (run or {}).get("run_reports"),
         "training": history_summary(history),
         "hardware": run_hw or hardware,
         "hardware_source": "run.json" if run_hw else ("export --hardware" if hardware else None),

@@ -61,6 +61,8 @@ WEIGHTS_FILE = "model.weights.h5"
 METADATA_FILE = "metadata.json"
 CARD_FILE = "README.md"
 PLOT_FILE = "probe_per_stage.png"
+# A method's own plot of its training (DeepCluster's NMI and cluster sizes), when it draws one.
+TRAINING_PLOT_FILE = "training.png"
 # The files a complete preset folder holds (the plot only when there is an evaluation report).
 PRESET_FILES = (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE, CARD_FILE)
 # metadata.json's copy inside a SavedModel export.
@@ -267,9 +269,9 @@ def verify_weights(path: Path, expected: dict[str, str | None]) -> str:
 
 
 def preset_file_names(folder: str | os.PathLike, weights_file: str = WEIGHTS_FILE) -> list[str]:
-    """The files a preset's manifest lists: every one of config, weights, card and plot present."""
+    """The files a preset's manifest lists: every one of config, weights, card and plots present."""
     folder = Path(folder)
-    return [n for n in (CONFIG_FILE, weights_file, CARD_FILE, PLOT_FILE) if (folder / n).is_file()]
+    return [n for n in (CONFIG_FILE, weights_file, CARD_FILE, PLOT_FILE, TRAINING_PLOT_FILE) if (folder / n).is_file()]
 
 
 def manifest_of(folder: str | os.PathLike, names) -> dict[str, str]:

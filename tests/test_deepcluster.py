@@ -173,3 +173,29 @@ def test_bad_parameters_are_named():
         DeepCluster(balance="uniform")
     with pytest.raises(ConfigError, match="num_clusters"):
         DeepCluster(num_clusters=0)
+
+
+def test_card_shows_the_clustering_across_training(tmp_path):
+    """A real tiny run exported: the card's clustering table has one row per epoch with the NMI
+    the hook measured, and its plot is in the preset's manifest."""
+    from ssl_zoo.data.sources import ArraySource
+    from ssl_zoo.export import export
+    from ssl_zoo.methods import method_from_recipe
+    from ssl_zoo.preset import TRAINING_PLOT_FILE, read_metadata
+    from ssl_zoo.train.loop import Trainer
+
+    recipe = CONTRACT.recipe(epochs=2, steps_per_epoch=2)
+    run = tmp_path / "run"
+    Trainer(method_from_recipe(recipe), recipe, ArraySource(IMAGES, labels=np.arange(16) % 2),
+            tf.distribute.get_strategy(), run).fit()
+    history = json.loads((run / "history.json").read_text())
+    out = export(run, "deepcluster_tiny", tmp_path / "export", formats=("preset",))
+    preset = out["preset"]
+    meta = read_metadata(preset)
+    assert sorted(meta["run_reports"]["clusters.json"]) == ["1", "2"]
+    assert TRAINING_PLOT_FILE in meta["files"]  # the manifest: hashed like every file of the preset
+    card = (tmp_path / "export" / "preset" / "README.md").read_text()
+    assert "## Clustering across training" in card and f"]({TRAINING_PLOT_FILE})" in card
+    rows = [line for line in card.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    assert len(rows) == 2 and f"{history[0]['hook_nmi_labels']:.3f}" in rows[0]
+    assert (tmp_path / "export" / "preset" / TRAINING_PLOT_FILE).stat().st_size > 1000

@@ -132,3 +132,22 @@ def test_every_replica_gets_the_same_labels(tmp_path):
 @pytest.mark.slow
 def test_contract_distributed_and_resumed(tmp_path):
     CONTRACT.run_slow(tmp_path)
+
+
+def test_card_lists_every_refresh(tmp_path):
+    """A real tiny run exported: one card row per refresh (within epochs and at epoch starts)."""
+    from ssl_zoo.data.sources import ArraySource
+    from ssl_zoo.export import export
+    from ssl_zoo.methods import method_from_recipe
+    from ssl_zoo.train.loop import Trainer
+
+    recipe = CONTRACT.recipe(epochs=2, steps_per_epoch=2)
+    run = tmp_path / "run"
+    Trainer(method_from_recipe(recipe), recipe, ArraySource(IMAGES, labels=np.arange(16) % 2),
+            tf.distribute.get_strategy(), run).fit()
+    export(run, "sela_tiny", tmp_path / "export", formats=("preset",))
+    card = (tmp_path / "export" / "preset" / "README.md").read_text()
+    assert "## Self-labelling across training" in card and "](training.png)" in card
+    # Refreshes before steps 2 (within epoch 1), 3 (epoch 2's start) and 4 (within epoch 2).
+    assert [line.split("|")[1].strip() for line in card.splitlines() if line.startswith("| ") and "%" in line][:3] \
+        == ["2", "3", "4"]

@@ -118,6 +118,11 @@ class PretextMethod:
     # (Exemplar CNN samples its seed bank): the trainer then streams placeholders (ImagelessSource)
     # instead of decoding every training image only to drop it.
     reads_images: ClassVar[bool] = True
+    # JSON files the method's hooks write into the run folder that its card reads (DeepCluster's
+    # clusters.json): `ssl-zoo export` copies them into the preset's metadata ("run_reports").
+    # A method may also render card lines and a plot from the metadata: `card_training(meta,
+    # plot_name) -> lines`, `card_plot(meta, path) -> path or None` (see clustering_report.py).
+    run_reports: ClassVar[tuple[str, ...]] = ()
 
     def build_backbone(self) -> keras.Model:
         return build_backbone(self.backbone, name=BACKBONE)

@@ -35,6 +35,7 @@ from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import PRETEXT_HEAD, classification_head
 from ssl_zoo.methods.base import BACKBONE, PretextMethod, state_variable
 from ssl_zoo.methods.card import MethodCard
+from ssl_zoo.methods import clustering_report
 from ssl_zoo.pretext import clustering
 
 CLASSIFIER = "classifier"
@@ -77,6 +78,9 @@ def append_json(path, key: str, value) -> None:
 class DeepCluster(PretextMethod):
     name: ClassVar[str] = "deepcluster"
     optimizer_names: ClassVar[tuple[str, ...]] = (ENCODER, CLASSIFIER)
+    run_reports: ClassVar[tuple[str, ...]] = ("clusters.json",)
+    card_training = staticmethod(clustering_report.deepcluster_training_lines)
+    card_plot = staticmethod(clustering_report.deepcluster_plot)
     card: ClassVar[MethodCard] = MethodCard(
         title="DeepCluster",
         paper="Caron, Bojanowski, Joulin & Douze, \"Deep Clustering for Unsupervised Learning of Visual "

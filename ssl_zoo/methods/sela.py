@@ -35,6 +35,7 @@ from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import PRETEXT_HEAD, classification_head
 from ssl_zoo.methods.base import PretextMethod, state_variable
 from ssl_zoo.methods.card import MethodCard
+from ssl_zoo.methods import clustering_report
 from ssl_zoo.pretext import clustering
 
 
@@ -60,6 +61,9 @@ def head_log_probs(model, state, inputs):
 @dataclasses.dataclass
 class SeLa(PretextMethod):
     name: ClassVar[str] = "sela"
+    run_reports: ClassVar[tuple[str, ...]] = ("refresh_hooks.json",)
+    card_training = staticmethod(clustering_report.sela_training_lines)
+    card_plot = staticmethod(clustering_report.sela_plot)
     card: ClassVar[MethodCard] = MethodCard(
         title="SeLa (self-labelling)",
         paper="Asano, Rupprecht & Vedaldi, \"Self-labelling via simultaneous clustering and representation "
