@@ -9,6 +9,9 @@ a SimCLR step 2B views, so the supervised baseline uses batches of that many ima
 (random crops of the same source images, held in memory so that the baseline is bound by the model alone). The
 pipeline rows say whether either side is input-bound.
 
+Methods with hooks (DeepCluster's clustering, SeLa's label refreshes) also get their hooks timed
+on the whole training split ("hooks"), and a rate with the hooks' time per epoch included.
+
 Each measurement runs in its own subprocess so that its peak memory (ru_maxrss) is its own.
 
     python benchmarks/throughput.py --data-dir DATA --out benchmarks/results/throughput.json
@@ -36,6 +39,8 @@ RECIPES = {
     "relative_patch": "training/relative_patch_resnet18w025_imagenette96.toml",
     "exemplar": "training/exemplar_resnet18w025_imagenette96.toml",
     "simclr": "training/simclr_resnet18w025_cifar10.toml",
+    "deepcluster": "training/deepcluster_resnet18w025_cifar10.toml",
+    "sela": "training/sela_resnet18w025_cifar10.toml",
 }
 
 
@@ -65,7 +70,7 @@ def run_part(part: str, method_name: str, data_dir: str, steps: int, warmup: int
 
     from ssl_zoo.data.pipeline import build_dataset
     from ssl_zoo.data.sources import ArraySource, open_source
-    from ssl_zoo.methods import method_from_recipe
+    from ssl_zoo.methods import PretextMethod, method_from_recipe
     from ssl_zoo.train.loop import Trainer
     from ssl_zoo.train.recipe import load_recipe
 
@@ -122,6 +127,24 @@ def run_part(part: str, method_name: str, data_dir: str, steps: int, warmup: int
             seconds = time.perf_counter() - t0
             return {"backbone_images_per_second": steps * per_step / seconds,
                     "backbone_images_per_step": per_step, "view_side": view_side}
+        if part == "hooks":
+            # What an epoch spends outside its steps: DeepCluster's clustering before the epoch,
+            # SeLa's label refreshes (one at the epoch's start, the others within it); each hook
+            # runs once on the whole training split and is counted as often as an epoch runs it.
+            spe = trainer.steps_per_epoch
+            cls = type(method)
+            t0 = time.perf_counter()
+            trainer._epoch_hook(1)
+            epoch_hook = time.perf_counter() - t0 if cls.on_epoch_begin is not PretextMethod.on_epoch_begin else 0.0
+            refreshes = len(method.refresh_offsets(spe))
+            refresh = 0.0
+            if refreshes:
+                t0 = time.perf_counter()
+                trainer._refresh_hook(1)
+                refresh = time.perf_counter() - t0
+            return {"steps_per_epoch": spe, "epoch_hook_seconds": epoch_hook, "refresh_seconds": refresh,
+                    "refreshes_per_epoch": refreshes, "hook_seconds_per_epoch": epoch_hook + refreshes * refresh,
+                    "peak_rss_gib": _peak_rss_gib()}
         if part == "method":
             trainer.train_step(first)
             for _ in range(warmup):
@@ -159,6 +182,15 @@ def benchmark_method(args, method: str) -> dict:
     trained = _run_subprocess(args, "method", method)
     supervised = _run_subprocess(args, "supervised", method, images, side)
     supervised_pipeline = _run_subprocess(args, "supervised_pipeline", method, images, side)
+    hooks = None
+    if _has_hooks(recipe):
+        hooks = _run_subprocess(args, "hooks", method)
+        # An epoch: its steps at the measured step rate, plus its hooks.
+        step_seconds = hooks["steps_per_epoch"] * images / trained["backbone_images_per_second"]
+        hooks["method_images_per_second_with_hooks"] = (
+            hooks["steps_per_epoch"] * images / (step_seconds + hooks["hook_seconds_per_epoch"]))
+        hooks["method_with_hooks_over_supervised"] = (
+            hooks["method_images_per_second_with_hooks"] / supervised["backbone_images_per_second"])
     return {
         "recipe": RECIPES[method],
         "data": recipe.data.source,
@@ -171,7 +203,16 @@ def benchmark_method(args, method: str) -> dict:
         "supervised_pipeline": supervised_pipeline,
         "method_over_supervised": trained["backbone_images_per_second"] / supervised["backbone_images_per_second"],
         "pipeline_over_method": pipeline["backbone_images_per_second"] / trained["backbone_images_per_second"],
+        **({"hooks": hooks} if hooks else {}),
     }
+
+
+def _has_hooks(recipe) -> bool:
+    """Whether the recipe's method runs epoch or refresh hooks (clustering, label refreshes)."""
+    from ssl_zoo.methods import PretextMethod, method_from_recipe
+
+    method = method_from_recipe(recipe)
+    return type(method).on_epoch_begin is not PretextMethod.on_epoch_begin or bool(method.refresh_offsets(100))
 
 
 def main() -> None:
