@@ -1,0 +1,167 @@
+"""BYOL, Bootstrap Your Own Latent (Grill et al., NeurIPS 2020): "two neural networks, referred
+to as online and target networks, that interact and learn from each other. From an augmented view
+of an image, we train the online network to predict the target network representation of the
+same image under a different augmented view. At the same time, we update the target network with
+a slow-moving average of the online network" (abstract). No negatives.
+
+Composition plus its own step: SimCLR's two-view transform (`ssl_zoo.pretext.contrastive`), an
+online network (backbone, projector, predictor) and its EMA target (backbone, projector; method
+state, checkpointed); the loss is the symmetric 2 - 2 cos(prediction, target projection) of
+Sec. 3.1, the target's momentum follows the cosine schedule of Sec. 3.2 over the run's steps
+(`byol_momentum`). Both views go through each network in one batch, so that (synchronised) batch
+norm sees all 2N views. The released backbone is the online encoder, as in the paper's evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import ClassVar
+
+import keras
+import tensorflow as tf
+
+from ssl_zoo import losses
+from ssl_zoo.errors import ConfigError
+from ssl_zoo.heads import PRETEXT_HEAD, projection_head
+from ssl_zoo.methods.base import BACKBONE, PretextMethod
+from ssl_zoo.methods.card import MethodCard
+from ssl_zoo.pretext.contrastive import two_views
+
+PREDICTOR = "predictor"
+
+
+def byol_momentum(base: float, step, total_steps: int):
+    """tau = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2 at step k of K (Grill et al. 2020, Sec. 3.2):
+    tau_base at the first step, 1 at the last."""
+    progress = tf.cast(step, tf.float32) / float(max(total_steps, 1))
+    return 1.0 - (1.0 - base) * (tf.cos(math.pi * progress) + 1.0) / 2.0
+
+
+def byol_loss(prediction, target):
+    """2 - 2 cos(p, z) per example (Eq. 2), the target a constant."""
+    p = tf.math.l2_normalize(tf.cast(prediction, tf.float32), axis=-1)
+    z = tf.math.l2_normalize(tf.stop_gradient(tf.cast(target, tf.float32)), axis=-1)
+    return 2.0 - 2.0 * tf.reduce_sum(p * z, axis=-1)
+
+
+@dataclasses.dataclass
+class BYOL(PretextMethod):
+    name: ClassVar[str] = "byol"
+    card: ClassVar[MethodCard] = MethodCard(
+        title="BYOL",
+        paper="Grill et al., \"Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning\", "
+              "NeurIPS 2020 (arXiv:2006.07733)",
+        paragraph="Every training image is augmented twice (random resized crop and flip, colour jitter with "
+                  "probability 0.8, greyscale with probability 0.2). An online network (backbone, projector, "
+                  "predictor) predicts, from one view, the projection a target network gives of the other "
+                  "view; the target is an exponential moving average of the online backbone and projector "
+                  "whose momentum rises from its base value to 1 over the run. No negatives are used. The "
+                  "projector, predictor and target are dropped after training; the online backbone is "
+                  "released.",
+        # The held-out "accuracy": whether a view's prediction is closest to the target projection of
+        # its own image's other view among all the batch's other-view projections.
+        pretext_eval="two fresh augmented views of each image of the held-out {split} split of {data} (fixed "
+                     "seeds): the prediction from one view must be nearest the target projection of the other "
+                     "view of its image among the batch's",
+        limitation="Its invariances are the augmentations': colour and crop position are treated as nuisance, "
+                   "so tasks that need colour or absolute position get less from these features.",
+        view_size_field="image_size",
+    )
+    image_size: int = 32
+    head_hidden_units: tuple[int, ...] = (512,)
+    projection_dim: int = 128
+    predictor_hidden_units: tuple[int, ...] = (512,)
+    base_momentum: float = 0.99
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    jitter_strength: float = 0.5
+    jitter_probability: float = 0.8
+    grey_probability: float = 0.2
+    blur_probability: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.base_momentum < 1.0:
+            raise ConfigError(f"[method] byol base_momentum must be in [0, 1), got {self.base_momentum}")
+        self.head_hidden_units = tuple(self.head_hidden_units)
+        self.predictor_hidden_units = tuple(self.predictor_hidden_units)
+        self.crop_scale = tuple(self.crop_scale)
+
+    def build_model(self) -> keras.Model:
+        backbone = self.build_backbone()
+        images = keras.Input((self.image_size, self.image_size, 3), name="images")
+        projector = projection_head(self.head_hidden_units, self.projection_dim, name=PRETEXT_HEAD)
+        predictor = projection_head(self.predictor_hidden_units, self.projection_dim, name=PREDICTOR)
+        projection = projector(backbone(images))
+        return keras.Model(images, {"projection": projection, "prediction": predictor(projection)},
+                           name="pretext_model")
+
+    def _online_encoder(self, model) -> keras.Model:
+        """Backbone + projector of the online network: what the target averages."""
+        images = keras.Input((self.image_size, self.image_size, 3), name="images")
+        return keras.Model(images, model.get_layer(PRETEXT_HEAD)(model.get_layer(BACKBONE)(images)),
+                           name="online_encoder")
+
+    def build_state(self, model):
+        online = self._online_encoder(model)
+        target = keras.models.clone_model(online)
+        target.name = "target_encoder"
+        target.set_weights(online.get_weights())
+        return {"target": target}
+
+    def example_transform(self, image, size: int, seed, training: bool = True, index=None) -> dict:
+        """Two views, also at evaluation (fixed seeds there)."""
+        del training, index
+        views = two_views(image, size, seed, scale=self.crop_scale, jitter_strength=self.jitter_strength,
+                          jitter_probability=self.jitter_probability, grey_probability=self.grey_probability,
+                          blur_probability=self.blur_probability)
+        return {"inputs": views}
+
+    def _forward(self, model, target, views, training: bool):
+        first, second = views
+        local = tf.shape(first)[0]
+        both = tf.concat([first, second], axis=0)
+        out = model(both, training=training)
+        z = target(both, training=training)
+        p = out["prediction"]
+        # View 1 predicts view 2's target projection and vice versa (the symmetrised loss).
+        swapped = tf.concat([z[local:], z[:local]], axis=0)
+        per_view = byol_loss(p, swapped)
+        return per_view, p, swapped
+
+    def train_step(self, ctx, batch):
+        model, target = ctx.model, ctx.state["target"]
+        momentum = byol_momentum(self.base_momentum, ctx.step, ctx.total_steps)
+        with tf.GradientTape() as tape:
+            per_view, p, z = self._forward(model, target, batch["inputs"], training=True)
+            loss = losses.global_mean(per_view)
+            if model.losses:
+                loss += tf.add_n(model.losses) / losses.num_replicas()
+        grads = tape.gradient(loss, model.trainable_variables)
+        ctx.optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        # The parameters are averaged; the target's batch-norm statistics are its own, from its
+        # forward passes (as the reference implementations, which average parameters, not buffers).
+        online = model.get_layer(BACKBONE).trainable_weights + model.get_layer(PRETEXT_HEAD).trainable_weights
+        for t, o in zip(target.trainable_weights, online, strict=True):
+            t.assign(momentum * t + (1.0 - momentum) * o)
+        metrics = self._metrics(per_view, p, z)
+        metrics["momentum_sum"] = momentum * metrics["count"]
+        return metrics
+
+    def eval_step(self, ctx, batch):
+        return self._metrics(*self._forward(ctx.model, ctx.state["target"], batch["inputs"], training=False))
+
+    @staticmethod
+    def _metrics(per_view, p, z):
+        # Counted per view; "correct": the view's prediction is nearest its own target among the
+        # 2N target projections of the global batch (gathered from every replica, so the metric
+        # does not depend on the replica count).
+        ctx = tf.distribute.get_replica_context()
+        p = tf.math.l2_normalize(tf.cast(p, tf.float32), axis=-1)
+        z = tf.math.l2_normalize(tf.cast(z, tf.float32), axis=-1)
+        local = tf.shape(p)[0]
+        keys = ctx.all_gather(z, axis=0) if ctx.num_replicas_in_sync > 1 else z
+        mine = tf.cast(ctx.replica_id_in_sync_group, tf.int32) * local + tf.range(local)
+        nearest = tf.argmax(tf.matmul(p, keys, transpose_b=True), axis=1, output_type=tf.int32)
+        correct = tf.equal(nearest, mine)
+        return {"loss_sum": tf.reduce_sum(per_view), "correct": tf.reduce_sum(tf.cast(correct, tf.float32)),
+                "count": tf.cast(tf.shape(per_view)[0], tf.float32)}

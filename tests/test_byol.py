@@ -1,0 +1,72 @@
+"""BYOL: its loss against a NumPy reference, the EMA target against its formula at a given step
+(and never trained by the optimizer), and the method contract."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from method_contract import MethodContract
+from ssl_zoo.methods.byol import BYOL, byol_loss, byol_momentum
+
+IMAGES = np.random.default_rng(0).integers(0, 256, (12, 20, 20, 3), dtype=np.uint8)
+CONTRACT = MethodContract(
+    method={"name": "byol", "image_size": 20, "head_hidden_units": [32], "projection_dim": 8,
+            "predictor_hidden_units": [16], "base_momentum": 0.9},
+    image_size=20,
+    images=IMAGES,
+    keras_fit=False,
+)
+
+
+def test_loss_matches_the_numpy_reference():
+    rng = np.random.default_rng(1)
+    p, z = rng.normal(size=(5, 7)), rng.normal(size=(5, 7))
+    want = 2 - 2 * np.sum(p * z, axis=1) / (np.linalg.norm(p, axis=1) * np.linalg.norm(z, axis=1))
+    np.testing.assert_allclose(byol_loss(p, z).numpy(), want, rtol=1e-5, atol=1e-6)
+    # The target side is a constant: no gradient reaches it.
+    zt = tf.Variable(z)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(byol_loss(tf.constant(p), zt))
+    assert tape.gradient(loss, zt) is None
+
+
+def test_momentum_follows_the_cosine_schedule():
+    assert float(byol_momentum(0.996, 0, 100)) == pytest.approx(0.996)
+    assert float(byol_momentum(0.996, 100, 100)) == pytest.approx(1.0)
+    assert float(byol_momentum(0.996, 50, 100)) == pytest.approx(0.998, abs=1e-6)
+
+
+def test_target_is_the_ema_of_the_online_encoder_at_that_step(tmp_path):
+    trainer = CONTRACT.trainer(tmp_path, epochs=2, steps_per_epoch=3)
+    model, target = trainer.model, trainer.state["target"]
+    online_names = [w.path for w in model.get_layer("backbone").trainable_weights
+                    + model.get_layer("pretext_head").trainable_weights]
+    batches = iter(trainer._train_dataset(epoch=0, skip=0))
+    trainer.train_step(next(batches))  # step 0 -> 1
+    before_target = [w.numpy().copy() for w in target.trainable_weights]
+    trainer.train_step(next(batches))  # the step at k = 1 of K = 6
+    online = [w.numpy() for w in model.get_layer("backbone").trainable_weights
+              + model.get_layer("pretext_head").trainable_weights]
+    tau = 1 - (1 - 0.9) * (np.cos(np.pi * 1 / 6) + 1) / 2
+    assert len(online) == len(target.trainable_weights) == len(online_names)
+    for t, b, o in zip(target.trainable_weights, before_target, online):
+        np.testing.assert_allclose(t.numpy(), tau * b + (1 - tau) * o, rtol=1e-5, atol=1e-6)
+    # The optimizer never touches the target: none of its variables is trainable in the model.
+    model_vars = {id(v) for v in model.trainable_variables}
+    assert not any(id(v) in model_vars for v in target.weights)
+
+
+def test_contract(tmp_path):
+    CONTRACT.run_fast(tmp_path)
+
+
+@pytest.mark.slow
+def test_contract_distributed_and_resumed(tmp_path):
+    CONTRACT.run_slow(tmp_path)
+
+
+def test_bad_momentum_is_named():
+    from ssl_zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="base_momentum"):
+        BYOL(base_momentum=1.0)
