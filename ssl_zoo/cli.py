@@ -456,6 +456,9 @@ def main(argv=None) -> int:
     except SslZooError as e:  # a complete message for the user (what was wrong, where): no traceback
         logging.getLogger("ssl_zoo").error("%s", e)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the trainer has said where it saved; no traceback
+        logging.getLogger("ssl_zoo").warning("stopped (%s)", e or "interrupted")
+        return 130
 
 
 if __name__ == "__main__":

@@ -231,3 +231,32 @@ def test_reports_go_to_a_file_by_default_and_its_path_is_printed(tmp_path, monke
     out = called.call_args.kwargs["out"]
     assert Path(out).parent == Path("results") and Path(out).name.startswith(f"{command}-{ZOO_NAME}-")
     assert f"report: {out}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_130_in_one_line(tmp_path):
+    """A scheduler's SIGTERM mid-run: a checkpoint at the step reached, one warning line saying
+    where, exit 130 with no traceback, and the same command resumes from it."""
+    import signal
+    import time
+
+    from helpers import tiny_recipe_toml, write_image_folder
+
+    write_image_folder(tmp_path, n=64)
+    recipe = tmp_path / "recipe.toml"
+    tiny_recipe_toml(recipe, epochs=50, checkpoint_every=1000, log_every=1)
+    argv = [sys.executable, "-m", "ssl_zoo.cli", "train", str(recipe), "--out", str(tmp_path / "run"),
+            "--data-dir", str(tmp_path)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (tmp_path / "run" / "epoch_totals.json").exists() \
+            and not list((tmp_path / "run").glob("tensorboard/*")):
+        time.sleep(0.5)
+    time.sleep(3)  # some steps in
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    saved = [line for line in err.splitlines() if "checkpoint saved to" in line]
+    assert len(saved) == 1 and "rerun the same command to resume" in saved[0], err[-3000:]
+    assert list((tmp_path / "run" / "checkpoints").glob("ckpt-*.index"))
