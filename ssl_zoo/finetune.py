@@ -167,8 +167,11 @@ def finetune(source, *, dataset: str = "tfds:cifar10", data_dir=None, epochs_fro
     common = dict(epochs_frozen=epochs_frozen, epochs_unfrozen=epochs_unfrozen, lr_frozen=lr_frozen,
                   lr_unfrozen=lr_unfrozen, steps_per_epoch=epoch_steps, test_steps=test_steps, seed=seed,
                   run_eagerly=run_eagerly)
+    import keras
+
     report = {
         "model": name,
+        "keras_backend": keras.backend.backend(),
         "dataset": dataset if isinstance(dataset, str) else data.name,
         "protocol": {
             "train_split": train_split, "test_split": test_split,

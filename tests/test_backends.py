@@ -127,3 +127,26 @@ def test_released_backbones_match_tensorflow_and_train(backend, spec, tensorflow
     assert np.isfinite(fit["loss"]) and fit["conv_moved"] > 0 and fit["moving_mean_moved"] > 0
     np.testing.assert_allclose(fit["loss"], ref_fit["loss"], rtol=RTOL_FIT)
     np.testing.assert_allclose(got["fit/head_after"], ref["fit/head_after"], rtol=RTOL_FIT, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.data
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_cli_finetune_runs_on_the_backend(backend, data_dir, tmp_path, tmp_path_factory):
+    """`ssl-zoo finetune` with KERAS_BACKEND set: the backbone and head train with plain `fit` on
+    that backend (tf.data only feeds them) and the report says which backend it was."""
+    require_backend(backend)
+    preset = rf.exported(tmp_path_factory)["preset"]
+    out = tmp_path / "finetune.json"
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([sys.executable, "-m", "ssl_zoo.cli", "finetune", str(preset), "--data-dir", str(data_dir),
+                           "--dataset", "tfds:cifar10", "--image-size", str(rf.IMAGE_SIZE), "--max-train-examples", "64",
+                           "--max-test-examples", "64", "--batch-size", "32", "--epochs-frozen", "1",
+                           "--epochs-unfrozen", "1", "--no-random-init", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["keras_backend"] == backend
+    for phase in ("frozen", "unfrozen"):
+        assert 0.0 <= report["trained"][phase]["test_accuracy"] <= 1.0
+        assert np.isfinite(report["trained"][phase]["train_loss"]).all()
