@@ -26,6 +26,15 @@ def global_mean(per_example_loss, per_replica_count=None):
     return tf.reduce_sum(per_example_loss) / global_count
 
 
+def replica_loss(per_example_loss, model=None):
+    """The loss a replica differentiates: its share of the global mean (`global_mean`) plus its
+    share of the model's regularisation losses (`model.losses`, added once over all replicas)."""
+    loss = global_mean(per_example_loss)
+    if model is not None and model.losses:
+        loss += tf.add_n(model.losses) / num_replicas()
+    return loss
+
+
 def sparse_cross_entropy(labels, logits):
     """Per-example softmax cross-entropy from integer labels (float32 for numerical safety)."""
     return tf.nn.sparse_softmax_cross_entropy_with_logits(

@@ -124,6 +124,12 @@ class PretextMethod:
     # plot_name) -> lines`, `card_plot(meta, path) -> path or None` (see clustering_report.py).
     run_reports: ClassVar[tuple[str, ...]] = ()
 
+    def require_positive(self, *fields: str) -> None:
+        """Refuses (ConfigError naming the field) a configuration count below 1."""
+        for field in fields:
+            if getattr(self, field) < 1:
+                raise ConfigError(f"[method] {self.name} {field} must be positive, got {getattr(self, field)}")
+
     def build_backbone(self) -> keras.Model:
         return build_backbone(self.backbone, name=BACKBONE)
 
@@ -188,9 +194,7 @@ class PretextMethod:
         with tf.GradientTape() as tape:
             outputs = model(batch["inputs"], training=True)
             per_example = self.loss(targets, outputs)
-            loss = losses.global_mean(per_example)
-            if model.losses:
-                loss += tf.add_n(model.losses) / losses.num_replicas()
+            loss = losses.replica_loss(per_example, model)
         grads = tape.gradient(loss, model.trainable_variables)
         ctx.optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return self.metrics(targets, outputs, per_example)

@@ -133,9 +133,7 @@ class BYOL(PretextMethod):
         momentum = byol_momentum(self.base_momentum, ctx.step, ctx.total_steps)
         with tf.GradientTape() as tape:
             per_view, p, z = self._forward(model, target, batch["inputs"], training=True)
-            loss = losses.global_mean(per_view)
-            if model.losses:
-                loss += tf.add_n(model.losses) / losses.num_replicas()
+            loss = losses.replica_loss(per_view, model)
         grads = tape.gradient(loss, model.trainable_variables)
         ctx.optimizer.apply_gradients(zip(grads, model.trainable_variables))
         # The parameters are averaged; the target's batch-norm statistics are its own, from its

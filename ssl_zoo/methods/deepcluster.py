@@ -111,16 +111,11 @@ class DeepCluster(PretextMethod):
         self.head_hidden_units = tuple(self.head_hidden_units)
         if self.balance not in BALANCES:
             raise ConfigError(f"[method] deepcluster balance must be one of {BALANCES}, got {self.balance!r}")
-        for field in ("num_clusters", "pca_dim", "kmeans_iterations", "cluster_every_epochs"):
-            if getattr(self, field) < 1:
-                raise ConfigError(f"[method] deepcluster {field} must be positive, got {getattr(self, field)}")
+        self.require_positive("num_clusters", "pca_dim", "kmeans_iterations", "cluster_every_epochs")
         self.num_examples = None
 
     def prepare(self, source, split: str, image_size: int) -> None:
-        self.num_examples = source.num_examples(split)
-        if self.num_clusters > self.num_examples:
-            raise ConfigError(f"[method] deepcluster num_clusters={self.num_clusters} exceeds the "
-                              f"{self.num_examples} images of {source.name}/{split}")
+        self.num_examples = clustering.training_set_size(source, split, self.num_clusters, "deepcluster")
 
     def build_model(self) -> keras.Model:
         backbone = self.build_backbone()
@@ -213,9 +208,7 @@ class DeepCluster(PretextMethod):
         with tf.GradientTape() as tape:
             out = model(batch["inputs"], training=True)
             ce = losses.sparse_cross_entropy(safe, out["logits"])
-            loss = losses.global_mean(ce * weights)
-            if model.losses:
-                loss += tf.add_n(model.losses) / losses.num_replicas()
+            loss = losses.replica_loss(ce * weights, model)
         variables = {n: self.optimizer_variables(n, model, state) for n in self.optimizer_names}
         grads = tape.gradient(loss, variables)
         for n in self.optimizer_names:

@@ -91,18 +91,13 @@ class SeLa(PretextMethod):
 
     def __post_init__(self):
         self.head_hidden_units = tuple(self.head_hidden_units)
-        for field in ("num_clusters", "num_heads", "refreshes_per_epoch", "sinkhorn_iterations"):
-            if getattr(self, field) < 1:
-                raise ConfigError(f"[method] sela {field} must be positive, got {getattr(self, field)}")
+        self.require_positive("num_clusters", "num_heads", "refreshes_per_epoch", "sinkhorn_iterations")
         if self.num_clusters < 2 or self.lam <= 0:
             raise ConfigError(f"[method] sela needs num_clusters >= 2 and lam > 0, got {self.num_clusters}, {self.lam}")
         self.num_examples = None
 
     def prepare(self, source, split: str, image_size: int) -> None:
-        self.num_examples = source.num_examples(split)
-        if self.num_clusters > self.num_examples:
-            raise ConfigError(f"[method] sela num_clusters={self.num_clusters} exceeds the "
-                              f"{self.num_examples} images of {source.name}/{split}")
+        self.num_examples = clustering.training_set_size(source, split, self.num_clusters, "sela")
 
     def build_model(self) -> keras.Model:
         backbone = self.build_backbone()
@@ -164,9 +159,7 @@ class SeLa(PretextMethod):
         with tf.GradientTape() as tape:
             logits = model(batch["inputs"], training=True)
             per_example, correct = self._per_example(targets, logits)
-            loss = losses.global_mean(per_example)
-            if model.losses:
-                loss += tf.add_n(model.losses) / losses.num_replicas()
+            loss = losses.replica_loss(per_example, model)
         grads = tape.gradient(loss, model.trainable_variables)
         ctx.optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return self._metrics(per_example, correct)

@@ -88,9 +88,7 @@ class SimCLR(PretextMethod):
         model = ctx.model
         with tf.GradientTape() as tape:
             per_example, correct = self._contrast(model, batch["inputs"], training=True)
-            loss = losses.global_mean(per_example)
-            if model.losses:
-                loss += tf.add_n(model.losses) / losses.num_replicas()
+            loss = losses.replica_loss(per_example, model)
         grads = tape.gradient(loss, model.trainable_variables)
         ctx.optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return self._metrics(per_example, correct)

@@ -156,6 +156,15 @@ def sinkhorn_knopp(log_probs: np.ndarray, lam: float = 25.0, iterations: int = 1
     return np.argmax(q, axis=1), q / q.sum(axis=1, keepdims=True)
 
 
+def training_set_size(source, split: str, num_clusters: int, who: str) -> int:
+    """The number of images a clustering method labels (its `prepare`), refusing more clusters than
+    images before anything is built."""
+    n = source.num_examples(split)
+    if num_clusters > n:
+        raise ConfigError(f"[method] {who} num_clusters={num_clusters} exceeds the {n} images of {source.name}/{split}")
+    return n
+
+
 def normalized_mutual_info(a: np.ndarray, b: np.ndarray) -> float:
     """NMI (arithmetic normalisation, scikit-learn's default) of two labelings; examples where
     either is negative (unknown) are left out, NaN when none is left."""
@@ -167,4 +176,5 @@ def normalized_mutual_info(a: np.ndarray, b: np.ndarray) -> float:
 
 
 __all__ = ["PCAWhitening", "apply_pca_whitening", "fit_pca_whitening", "inverse_size_weights", "kmeans",
-           "l2_normalize", "nearest_centroid", "normalized_mutual_info", "sinkhorn_knopp", "split_empty_clusters"]
+           "l2_normalize", "nearest_centroid", "normalized_mutual_info", "sinkhorn_knopp", "split_empty_clusters",
+           "training_set_size"]
