@@ -106,6 +106,24 @@ def test_evaluate_on_a_folder_with_cache_gives_the_same_report_from_one_decode(t
     assert cached["protocol"]["num_train"] == 24 and cached["protocol"]["num_test"] == 12
 
 
+def test_evaluate_counts_and_reports_what_it_skipped(tmp_path, caplog):
+    for split, n in (("train", 8), ("val", 4)):
+        for c, cls in enumerate(("cats", "dogs")):
+            write_image_folder(tmp_path / split / cls, n=n, size=20, seed=10 * c + len(split))
+    (tmp_path / "train" / "cats" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    (tmp_path / "val" / "dogs" / "empty.jpg").write_bytes(b"")
+    backbone = resnet(18, 0.125, "cifar", 16)
+    with caplog.at_level("WARNING"):
+        report = evaluate_model(backbone, source=f"folder:{tmp_path}", stages=["pooled"], knn_k=3, probe_epochs=1,
+                                image_size=16, test_split="val", out=str(tmp_path / "eval.json"))
+    # Each bad file counted once although both models read both splits; the rest evaluated.
+    assert sum(report["skipped"].values()) == 2, report["skipped"]
+    assert report["protocol"]["num_train"] == 16 and report["protocol"]["num_test"] == 8
+    assert json.loads((tmp_path / "eval.json").read_text())["skipped"] == report["skipped"]
+    summary = [r.getMessage() for r in caplog.records if "skipped 2 inputs" in r.getMessage()]
+    assert len(summary) == 1 and "broken.png" in summary[0] and "empty.jpg" in summary[0], summary
+
+
 def test_evaluate_follows_the_recipes_evaluation_section_and_flags_override(tmp_path):
     """`ssl-zoo evaluate RUN_FOLDER` / `--recipe FILE`: the [evaluation] section is the protocol,
     a flag given overrides it; with neither, the section's defaults (what the CLI always had)."""

@@ -136,9 +136,15 @@ def test_run_killed_mid_epoch_resumes_to_the_same_step_count(tmp_path):
     proc.wait()
     assert killed_at is not None and killed_at < 12, f"not killed mid-epoch: {proc.stdout.read()}"
     assert not (tmp_path / "run" / "backbone.keras").exists()
+    # What a kill inside a save leaves (TensorFlow writes the shards to ckpt-N_temp/ first): never a
+    # checkpoint, removed on resume.
+    unfinished = ckpt_dir / f"ckpt-{killed_at + 2}_temp"
+    unfinished.mkdir()
+    (unfinished / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"half a save")
     done = subprocess.run(_train_cmd(tmp_path), env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "resumed from" in done.stdout
+    assert f"resumed from {ckpt_dir / f'ckpt-{killed_at}'}" in done.stdout + done.stderr
+    assert not unfinished.exists()
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert run["steps"] == 24

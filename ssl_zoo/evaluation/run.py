@@ -137,7 +137,12 @@ def evaluate_model(
             "knn_random_init": floor["knn"]["accuracy"],
         },
         "seconds": round(time.time() - t0, 1),
+        # Inputs the source could not read (each counted once, whichever model met it): the numbers
+        # above are over the images that remained (num_train, num_test).
+        "skipped": data.stats.counts(),
     }
+    if data.stats.total:
+        log.warning("%s: %s", data.name, data.stats.summary())
     if out:
         from ssl_zoo.preset import write_json
 

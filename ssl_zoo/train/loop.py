@@ -136,6 +136,7 @@ class Trainer:
         self.context = StepContext(model=self.model, optimizers=self.optimizers, state=self.state, step=self.step,
                                    total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch)
         ckpt_dir = worker_dir(str(self.out_dir / "checkpoints"), strategy)
+        remove_unfinished_checkpoints(ckpt_dir)
         self.manager = tf.train.CheckpointManager(self.checkpoint, ckpt_dir, max_to_keep=2)
         self.preemption = None
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -456,6 +457,20 @@ class Trainer:
             )
         else:
             shutil.rmtree(target, ignore_errors=True)
+
+
+def remove_unfinished_checkpoints(ckpt_dir: str) -> list[str]:
+    """Deletes what a save killed midway left: TensorFlow writes a checkpoint's shards into
+    `ckpt-N_temp/` and merges them into `ckpt-N.index` / `.data-*` only when all are written, so
+    such a folder is never a checkpoint (the manager's `checkpoint` file never names it) and would
+    otherwise stay forever. Returns what was removed."""
+    removed = []
+    for path in sorted(Path(ckpt_dir).glob("ckpt-*_temp")) if Path(ckpt_dir).is_dir() else []:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        removed.append(str(path))
+    if removed:
+        log.info("removed unfinished checkpoint saves: %s", ", ".join(removed))
+    return removed
 
 
 @contextlib.contextmanager
