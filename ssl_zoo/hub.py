@@ -14,12 +14,14 @@ tampered with is refused before anything is uploaded.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from ssl_zoo import preset
 from ssl_zoo.errors import SslZooError
 
 PREFIX = "hf://"
+_HUB_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,95}")
 
 
 class HubError(SslZooError, ValueError):
@@ -39,6 +41,11 @@ def parse_hf(uri: str) -> tuple[str, str | None]:
     parts = repo_id.split("/")
     if len(parts) != 2 or not all(parts):
         raise HubError(f"{uri!r}: expected hf://org/name[@revision]")
+    # The Hub's own rule for ids (letters, digits, '-', '_', '.'; no '--' or '..'; not starting or
+    # ending with '-' or '.'), checked here: a name such as '..' must never reach a path or a URL.
+    for part in parts:
+        if not _HUB_NAME.fullmatch(part) or "--" in part or ".." in part or part[-1] in "-.":
+            raise HubError(f"{uri!r}: {part!r} is not a valid Hub name (letters, digits, '-', '_', '.')")
     return repo_id, (revision or None)
 
 

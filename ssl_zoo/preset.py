@@ -119,12 +119,38 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+# A preset's JSON files are small (config.json of a ResNet-50: ~100 KB) and shallow (nesting ~12);
+# a file far beyond either is refused before it is parsed or walked.
+MAX_JSON_BYTES = 64 * 2**20
+MAX_JSON_DEPTH = 64
+
+
+def json_depth(value) -> int:
+    """Nesting depth of parsed JSON, counted without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
 def read_json(path: str | os.PathLike) -> dict:
+    """A JSON object from a preset or release file, read defensively: size and nesting limits, and
+    an object (not a list or a number) at the top; anything else is a LoadError naming the file."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise LoadError(f"cannot read {path}: {e}") from e
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise LoadError(f"{path} is {path.stat().st_size:,} bytes, over the {MAX_JSON_BYTES:,} a preset file may be")
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise LoadError(f"cannot read {path}: {str(e)[:200]}") from e
+    if not isinstance(data, dict):
+        raise LoadError(f"{path} must hold a JSON object, not {type(data).__name__}")
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise LoadError(f"{path} is nested deeper than {MAX_JSON_DEPTH} levels: not a file this zoo writes")
+    return data
 
 
 def read_metadata(folder: str | os.PathLike) -> dict:

@@ -142,6 +142,11 @@ def test_array_source_conversions_and_errors():
     np.testing.assert_allclose(images, 255.0)
     with pytest.raises(DataError, match="must be in \\[0, 1\\]"):
         ArraySource(np.full((1, 8, 8, 3), 2.0))
+    with_nan = np.full((3, 8, 8, 3), 0.5, np.float32)
+    with_nan[1, 2, 3, 0] = np.nan
+    with_nan[2, 0, 0, 1] = np.inf
+    with pytest.raises(DataError, match="2 NaN or infinite values \\(first in image 1\\)"):
+        ArraySource(with_nan)  # not cast to black pixels that would train at chance
     with pytest.raises(DataError, match="labels"):
         ArraySource(grey, labels=np.zeros(3))
     with pytest.raises(DataError, match="\\(N,H,W"):

@@ -55,7 +55,8 @@ def hf_env(hub, tmp_path, monkeypatch):
 def test_parse_hf():
     assert parse_hf("hf://org/name") == ("org/name", None)
     assert parse_hf("hf://org/name@v1.0") == ("org/name", "v1.0")
-    for bad in ("hf://name", "hf://a/b/c", "org/name"):
+    for bad in ("hf://name", "hf://a/b/c", "org/name", "hf://../x", "hf://org/..", "hf://org/.hidden",
+                "hf://org/a..b", "hf://org/name-", "hf://o rg/name", "hf://org/na%2fme"):
         with pytest.raises(HubError):
             parse_hf(bad)
 

@@ -169,3 +169,34 @@ def test_released_entries_carry_every_hash():
         meta = check_preset_folder(folder)
         assert set(meta["files"]) == {"config.json", "model.weights.h5", "README.md", "probe_per_stage.png"}
         assert e["sha256"] == {n: sha256_file(folder / n) for n in ("config.json", "model.weights.h5", "metadata.json")}
+
+
+@pytest.mark.parametrize("case, message", [
+    ("metadata_list", r"metadata\.json must hold a JSON object, not list"),
+    ("metadata_deep", r"metadata\.json is nested deeper than 64 levels"),
+    ("config_10000_deep", r"cannot read .*config\.json: maximum recursion depth"),
+    ("config_not_json", r"cannot read .*config\.json"),
+])
+def test_malformed_preset_json_is_one_load_error(case, message, tmp_path, tmp_path_factory):
+    """A preset file that is valid JSON of the wrong shape, absurdly nested or not JSON at all: a
+    LoadError naming the file, before anything walks or builds it (no RecursionError, no
+    AttributeError on a list)."""
+    from ssl_zoo.loader import LoadError
+
+    ex = rf.copy_export(tmp_path, tmp_path_factory)
+    preset = ex["preset"]
+    if case == "metadata_list":
+        (preset / "metadata.json").write_text("[1, 2, 3]")
+    elif case == "metadata_deep":
+        meta = json.loads((preset / "metadata.json").read_text())
+        deep = {}
+        for _ in range(80):
+            deep = {"x": deep}
+        meta["deep"] = deep
+        (preset / "metadata.json").write_text(json.dumps(meta))
+    elif case == "config_10000_deep":
+        (preset / "config.json").write_text("[" * 10_000 + "]" * 10_000)
+    else:
+        (preset / "config.json").write_bytes(b"\x89HDF\r\n\x1a\n binary")
+    with pytest.raises(LoadError, match=message):
+        load_backbone(preset, verify=False)

@@ -381,6 +381,11 @@ class ArraySource(Source):
         if len(images) == 0:
             raise DataError("array source is empty")
         if np.issubdtype(images.dtype, np.floating):
+            bad = ~np.isfinite(images)
+            if bad.any():  # NaN would compare False below and be cast to black pixels
+                first = np.argwhere(bad.reshape(len(images), -1).any(axis=1))[0, 0]
+                raise DataError(f"float array images hold {int(bad.sum())} NaN or infinite values "
+                                f"(first in image {first}); clean or drop those images")
             if images.min() < 0 or images.max() > 1:
                 raise DataError("float array images must be in [0, 1]; pass uint8 for [0, 255]")
             images = np.round(images * 255).astype(np.uint8)
