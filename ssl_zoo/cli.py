@@ -383,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="entry name: method_backbone_data, e.g. rotnet_resnet18w025_cifar10")
     p.add_argument("--out", required=True, help="folder receiving preset/, saved_model/ and NAME.keras")
     p.add_argument("--eval", default=None, help="the `ssl-zoo evaluate --out` report of this model (numbers for the card)")
-    p.add_argument("--formats", default="preset,saved_model,keras")
+    p.add_argument("--formats", default="preset,saved_model,keras",
+                   help="comma-separated, from preset, saved_model, keras, onnx (onnx needs pip install \"ssl_zoo[onnx]\")")
     p.add_argument("--hardware", default=None, help="what the run trained on, if run.json does not record it")
     p.add_argument("--recipe", default=None,
                    help="the recipe file this release is reproduced with (training/NAME.toml): its values must "

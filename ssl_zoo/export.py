@@ -235,6 +235,54 @@ def write_saved_model(backbone, dest: str | os.PathLike, metadata: dict | None =
     return dest
 
 
+ONNX_OPSET = 17
+FORMATS = ("preset", "saved_model", "keras", "onnx")
+
+
+def write_onnx(backbone, dest: str | os.PathLike, name: str | None = None, opset: int = ONNX_OPSET) -> Path:
+    """`NAME.onnx`: one input `images` (float32 RGB in [0, 255], NHWC, any batch; any size for an
+    any-size backbone) and one output per stage (`stem` ... `pooled`), as the SavedModel's
+    `serving_default`.
+
+    The route is the stage model's graph with its variables frozen to constants, converted by
+    tf2onnx. Keras's own `model.export(format="onnx")` (and tf2onnx on the live function) keep the
+    Normalization layer's mean and variance as resource captures, which become two extra required
+    graph inputs that onnxruntime refuses; frozen, they are constants like the weights."""
+    try:
+        import onnx
+        import tf2onnx
+    except ImportError as e:
+        raise ExportError("ONNX export needs tf2onnx and onnx: pip install \"ssl_zoo[onnx]\"") from e
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from ssl_zoo.backbones import STAGES
+
+    dest = Path(dest)
+    _, serve_float, _ = serving_module(backbone)
+    concrete = serve_float.get_concrete_function()
+    frozen = convert_variables_to_constants_v2(concrete)
+    # The function returns {stage: tensor}; its flat outputs come in sorted key order.
+    stage_of = dict(zip((t.name for t in frozen.outputs), sorted(concrete.structured_outputs)))
+    proto, _ = tf2onnx.convert.from_graph_def(frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
+                                              output_names=list(stage_of), opset=opset)
+    # Plain names for users: "images" in, one output per stage.
+    renames = {frozen.inputs[0].name: "images", **stage_of}
+    for node in proto.graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        value.name = renames.get(value.name, value.name)
+    assert sorted(o.name for o in proto.graph.output) == sorted(STAGES), [o.name for o in proto.graph.output]
+    proto.producer_name = "ssl_zoo"
+    if name:
+        onnx.helper.set_model_props(proto, {"ssl_zoo_entry": name})
+    onnx.checker.check_model(proto)
+    with atomic_file(dest) as tmp:
+        tmp.write_bytes(proto.SerializeToString())
+        stall_point("onnx", tmp)
+    return dest
+
+
 def write_keras(backbone, dest: str | os.PathLike) -> Path:
     """The `.keras` file, with plain batch norm in its config (ssl_zoo.preset.plain_batch_norm), and
     its sha256 sidecar `dest.sha256` (written after it: a kill between the two leaves a file that
@@ -327,6 +375,9 @@ def export(source, name: str, out: str | os.PathLike, *, eval_report: str | os.P
     metadata = build_metadata(backbone, name, run, history, report, hardware,
                               read_diagnostics(diagnostics, legacy=context_check))
     out = Path(out)
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown or not formats:
+        raise ExportError(f"unknown export formats {unknown or '(none given)'}; known: {', '.join(FORMATS)}")
     check_export_destination(out)
     written: dict[str, str] = {}
     with atomic_dir(out, stall="release_swap") as tmp:
@@ -342,6 +393,9 @@ def export(source, name: str, out: str | os.PathLike, *, eval_report: str | os.P
         if "keras" in formats:
             write_keras(backbone, tmp / f"{name}.keras")
             written["keras"] = str(out / f"{name}.keras")
+        if "onnx" in formats:
+            write_onnx(backbone, tmp / f"{name}.onnx", name)
+            written["onnx"] = str(out / f"{name}.onnx")
         stall_point("release", tmp)
         write_release_manifest(tmp, name)
     return written
@@ -363,6 +417,7 @@ def check_export_destination(out: Path) -> None:
 
     def ours(name: str) -> bool:
         return (name in _EXPORT_NAMES or name.endswith(".keras") or name.endswith(".keras" + SHA256_SUFFIX)
+                or name.endswith(".onnx")
                 or (name.startswith(".") and (".partial-" in name or ".old-" in name)))
 
     foreign = sorted(p.name for p in out.iterdir() if not ours(p.name))

@@ -425,3 +425,57 @@ def test_export_refuses_a_folder_that_is_not_an_export(tmp_path, tmp_path_factor
     with pytest.raises(ExportError, match="notes.txt"):
         export(ex["run"], rf.NAME, tmp_path, formats=("preset",))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def _require_onnx():
+    import importlib.util
+
+    missing = [m for m in ("tf2onnx", "onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        message = f"ONNX export needs {missing}: pip install \"ssl_zoo[onnx]\" (.ci/run installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.mark.parametrize("any_size", [False, True])
+def test_onnx_runs_in_onnxruntime_with_one_input_and_matches_keras(any_size, tmp_path, tmp_path_factory):
+    """`--formats onnx`: one input `images`, one output per stage, every stage within 1e-4 of Keras;
+    an any-size backbone at two sizes (unknown sizes must not be frozen into the graph)."""
+    _require_onnx()
+    import onnxruntime as ort
+
+    from ssl_zoo.backbones import resnet, stage_model
+    from ssl_zoo.export import export
+
+    if any_size:
+        source = tmp_path / "anysize.keras"
+        resnet(18, 0.125, "cifar", None, name="backbone").save(source)
+        sizes = (16, 28)
+    else:
+        source = rf.exported(tmp_path_factory)["run"]
+        sizes = (rf.IMAGE_SIZE,)
+    paths = export(source, "onnx_tiny", tmp_path / "export", formats=("keras", "onnx"))
+    onnx_file = Path(paths["onnx"])
+    release = json.loads((tmp_path / "export" / "release.json").read_text())
+    assert "onnx_tiny.onnx" in release["files"]  # hashed like every other artefact
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    assert sorted(o.name for o in session.get_outputs()) == sorted(STAGES)
+    import keras
+
+    keras_model = stage_model(keras.saving.load_model(paths["keras"], compile=False), STAGES)
+    for size in sizes:
+        x = np.random.default_rng(size).uniform(0, 255, (3, size, size, 3)).astype("float32")
+        want = {k: np.asarray(v) for k, v in keras_model(x, training=False).items()}
+        got = dict(zip((o.name for o in session.get_outputs()), session.run(None, {"images": x})))
+        for stage in STAGES:
+            assert got[stage].shape == want[stage].shape, (size, stage)
+            np.testing.assert_allclose(got[stage], want[stage], atol=1e-4, rtol=1e-4, err_msg=f"{size} px {stage}")
+
+
+def test_unknown_export_format_is_named(tmp_path, tmp_path_factory):
+    from ssl_zoo.export import ExportError, export
+
+    with pytest.raises(ExportError, match=r"unknown export formats \['tflite'\]; known: preset, saved_model, keras, onnx"):
+        export(rf.exported(tmp_path_factory)["run"], "x", tmp_path / "export", formats=("keras", "tflite"))
