@@ -379,8 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_diagnose, out_kind="file")
 
     p = sub.add_parser("export", help="release artefacts (preset = HF checkpoint, SavedModel, .keras) of a trained model")
-    p.add_argument("model", help="a training run folder (ssl-zoo train --out) or a .keras backbone / pretext model")
-    p.add_argument("--name", required=True, help="entry name: method_backbone_data, e.g. rotnet_resnet18w025_cifar10")
+    p.add_argument("model", help="a training run folder (ssl-zoo train --out), a .keras backbone / pretext model, "
+                                 "or a released entry (zoo name, hf://, preset or export folder) to write other "
+                                 "formats of, e.g. --formats onnx")
+    p.add_argument("--name", default=None, help="entry name: method_backbone_data, e.g. rotnet_resnet18w025_cifar10 "
+                                                "(default for a released entry: its own)")
     p.add_argument("--out", required=True, help="folder receiving preset/, saved_model/ and NAME.keras")
     p.add_argument("--eval", default=None, help="the `ssl-zoo evaluate --out` report of this model (numbers for the card)")
     p.add_argument("--formats", default="preset,saved_model,keras",

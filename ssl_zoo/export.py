@@ -347,12 +347,14 @@ def read_diagnostics(diagnostics: str | os.PathLike | dict | None = None,
     return value
 
 
-def export(source, name: str, out: str | os.PathLike, *, eval_report: str | os.PathLike | dict | None = None,
+def export(source, name: str | None, out: str | os.PathLike, *, eval_report: str | os.PathLike | dict | None = None,
            formats=("preset", "saved_model", "keras"), hardware: str | None = None,
            recipe_file: str | os.PathLike | None = None,
            diagnostics: str | os.PathLike | dict | None = None,
            context_check: str | os.PathLike | dict | None = None) -> dict[str, str]:
-    """Exports the backbone of a trained run (folder or .keras file) as release artefacts.
+    """Exports the backbone of a trained run (folder or .keras file) as release artefacts; or, given a
+    released entry (zoo name, hf://, preset or export folder), writes other formats of it (ONNX, a
+    SavedModel) with its metadata as released.
 
     `recipe_file`: the recipe in the repository; it must hold exactly the values the run used, and
     its header (expected and measured numbers) replaces the one recorded when the run started.
@@ -363,6 +365,14 @@ def export(source, name: str, out: str | os.PathLike, *, eval_report: str | os.P
     or this one, whole. Returns {"preset": path, "saved_model": path, "keras": path} for the formats
     written.
     """
+    released = released_preset(source)
+    if released is not None:
+        return _export_released(released, name, out, formats=formats, eval_report=eval_report,
+                                given=dict(hardware=hardware, recipe_file=recipe_file, diagnostics=diagnostics,
+                                           context_check=context_check))
+    if not name:
+        raise ExportError("give --name for an export of a training run (method_backbone_data, e.g. "
+                          "rotnet_resnet18w025_cifar10)")
     if isinstance(source, (str, os.PathLike)):
         backbone, run, history = read_run(source)
     else:
@@ -374,6 +384,47 @@ def export(source, name: str, out: str | os.PathLike, *, eval_report: str | os.P
         report = json.loads(Path(eval_report).read_text())
     metadata = build_metadata(backbone, name, run, history, report, hardware,
                               read_diagnostics(diagnostics, legacy=context_check))
+    return _write_release(backbone, metadata, name, out, formats)
+
+
+def released_preset(source):
+    """The checked preset a zoo name, an hf:// address, a preset folder or an export folder points to,
+    as (backbone, metadata); None for a training run folder or a `.keras` file (read_run's sources)."""
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    path = Path(source)
+    if path.is_file() or (path.is_dir() and any((path / n).exists() for n in ("run.json", "backbone.keras",
+                                                                                "pretext_model.keras"))):
+        return None
+    from ssl_zoo.loader import load_raw_backbone, resolve_source
+
+    resolved = resolve_source(source)
+    if resolved.kind != "preset":
+        return None
+    return load_raw_backbone(source), dict(resolved.metadata or {})  # hashes checked as a load would
+
+
+def _export_released(released, name: str | None, out, *, formats, eval_report, given: dict) -> dict[str, str]:
+    """Another set of artefacts (ONNX, a SavedModel) of a released entry: its checked backbone and its
+    metadata as released (training record, evaluation, card), under `name` (default its own)."""
+    extra = sorted(k for k, v in given.items() if v is not None)
+    if extra:
+        flags = {"recipe_file": "--recipe", "hardware": "--hardware", "diagnostics": "--diagnostics",
+                 "context_check": "--context-check"}
+        raise ExportError(f"re-exporting a released preset keeps its recorded training; "
+                          f"{', '.join(flags[k] for k in extra)} only apply to a training run")
+    backbone, metadata = released
+    name = name or metadata.get("name")
+    if not name:
+        raise ExportError("give --name: the preset's metadata names no entry")
+    metadata["name"] = name
+    if eval_report is not None:
+        metadata["evaluation"] = (json.loads(Path(eval_report).read_text())
+                                  if isinstance(eval_report, (str, os.PathLike)) else eval_report)
+    return _write_release(backbone, metadata, name, out, formats)
+
+
+def _write_release(backbone, metadata: dict, name: str, out, formats) -> dict[str, str]:
     out = Path(out)
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:

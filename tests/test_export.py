@@ -479,3 +479,27 @@ def test_unknown_export_format_is_named(tmp_path, tmp_path_factory):
 
     with pytest.raises(ExportError, match=r"unknown export formats \['tflite'\]; known: preset, saved_model, keras, onnx"):
         export(rf.exported(tmp_path_factory)["run"], "x", tmp_path / "export", formats=("keras", "tflite"))
+
+
+def test_export_of_a_zoo_name_writes_other_formats_of_the_released_entry(tmp_path, capsys):
+    """`ssl-zoo export ZOO_NAME --out DIR --formats onnx,keras`: the packaged entry, checked as a load
+    would, under its own name; the ONNX file gives the released backbone's features."""
+    _require_onnx()
+    import onnxruntime as ort
+
+    import ssl_zoo
+    from ssl_zoo.cli import main
+
+    name = "rotnet_resnet18w025_cifar10"
+    assert main(["export", name, "--out", str(tmp_path / "out"), "--formats", "onnx,keras"]) == 0
+    assert f"onnx: {tmp_path / 'out' / (name + '.onnx')}" in capsys.readouterr().out
+    session = ort.InferenceSession(str(tmp_path / "out" / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    want = np.asarray(ssl_zoo.load_backbone(name)(x))
+    got = dict(zip((o.name for o in session.get_outputs()), session.run(None, {"images": x})))["pooled"]
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+    # Its training record is the released one: a recipe or diagnostics only apply to a training run.
+    from ssl_zoo.export import ExportError, export
+
+    with pytest.raises(ExportError, match="--recipe only apply to a training run"):
+        export(name, None, tmp_path / "other", formats=("keras",), recipe_file="training/x.toml")
