@@ -41,6 +41,21 @@ def test_trainer_runs_steps_and_saves_models(tmp_path):
     assert any((tmp_path / "run" / "tensorboard").iterdir())
 
 
+def test_end_of_epoch_evaluation_reports_progress(tmp_path, caplog):
+    """The held-out evaluation after each epoch logs progress lines (ssl_zoo.progress) and its end."""
+    write_image_folder(tmp_path)
+    recipe = tiny_recipe(epochs=1, steps_per_epoch=2)
+    recipe.data.eval_split = "train"
+    method = build_method("rotnet", backbone=recipe.backbone, head_hidden_units=(16,), image_size=16)
+    trainer = Trainer(method, recipe, ImageFolderSource(tmp_path / "images"), tf.distribute.get_strategy(),
+                      tmp_path / "run")
+    with caplog.at_level("INFO", logger="ssl_zoo.progress"):
+        history = trainer.fit()["history"]
+    assert "eval_accuracy" in history[-1]
+    lines = [r.getMessage() for r in caplog.records if r.name == "ssl_zoo.progress"]
+    assert any(line.startswith("held-out evaluation (train): done in") for line in lines), lines
+
+
 def test_rotnet_loss_decreases_on_real_images(tmp_path):
     write_image_folder(tmp_path, n=64)
     recipe = tiny_recipe(epochs=1, steps_per_epoch=30, global_batch=16)

@@ -33,6 +33,7 @@ from ssl_zoo.data.sources import ImagelessSource, Source
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.methods.base import DEFAULT_OPTIMIZER, EpochContext, PretextMethod, StepContext
 from ssl_zoo.preset import write_json
+from ssl_zoo.progress import Progress
 from ssl_zoo.train.recipe import OptimizerConfig, Recipe
 from ssl_zoo.train.strategy import is_chief, worker_dir
 
@@ -225,9 +226,16 @@ class Trainer:
 
             self._eval_fn = distributed
         totals: dict[str, float] = {}
-        for batch in self._eval_dataset():
+        n = self.stream.num_examples(self.recipe.data.eval_split)
+        progress = Progress(f"held-out evaluation ({self.recipe.data.eval_split})",
+                            total=-(-n // self.global_batch) if n else None, unit="batches") if self.chief else None
+        for i, batch in enumerate(self._eval_dataset()):
             for k, v in self._eval_fn(batch).items():
                 totals[k] = totals.get(k, 0.0) + float(v)
+            if progress:
+                progress.update(i + 1)
+        if progress:
+            progress.finish()
         return _averages(totals)
 
     def inference_pass(self, fn, split: str | None = None, transform=None, global_batch: int | None = None) -> dict:
@@ -261,15 +269,15 @@ class Trainer:
         distributed = self._inference_fns[fn]
         chunks, indices, labels = [], [], []
         steps = -(-n // batch)
-        progbar = keras.utils.Progbar(steps, verbose=1 if (self.chief and sys.stdout.isatty()) else 0,
-                                      unit_name="batch")
+        progress = Progress(f"inference pass over {split}", total=steps, unit="batches") if self.chief else None
         t0 = time.time()
         for i, dist_batch in enumerate(self.strategy.distribute_datasets_from_function(dataset_fn)):
             out, index, label = distributed(dist_batch)
             chunks.append(tf.nest.map_structure(np.asarray, out))
             indices.append(np.asarray(index))
             labels.append(np.asarray(label))
-            progbar.update(min(i + 1, steps))
+            if progress:
+                progress.update(min(i + 1, steps))
         index = np.concatenate(indices)
         keep = index >= 0
         order = np.argsort(index[keep], kind="stable")
