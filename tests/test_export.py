@@ -481,23 +481,26 @@ def test_unknown_export_format_is_named(tmp_path, tmp_path_factory):
         export(rf.exported(tmp_path_factory)["run"], "x", tmp_path / "export", formats=("keras", "tflite"))
 
 
-def test_export_of_a_zoo_name_writes_other_formats_of_the_released_entry(tmp_path, capsys):
+@pytest.mark.parametrize("name, sizes", [("rotnet_resnet18w025_cifar10", (32,)),
+                                         ("jigsaw_resnet18w025_imagenette96", (32, 48))])  # any size
+def test_export_of_a_zoo_name_writes_other_formats_of_the_released_entry(name, sizes, tmp_path, capsys):
     """`ssl-zoo export ZOO_NAME --out DIR --formats onnx,keras`: the packaged entry, checked as a load
-    would, under its own name; the ONNX file gives the released backbone's features."""
+    would, under its own name; the ONNX file gives the released backbone's features (an any-size
+    entry at two sizes)."""
     _require_onnx()
     import onnxruntime as ort
 
     import ssl_zoo
     from ssl_zoo.cli import main
 
-    name = "rotnet_resnet18w025_cifar10"
     assert main(["export", name, "--out", str(tmp_path / "out"), "--formats", "onnx,keras"]) == 0
     assert f"onnx: {tmp_path / 'out' / (name + '.onnx')}" in capsys.readouterr().out
     session = ort.InferenceSession(str(tmp_path / "out" / f"{name}.onnx"), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
-    want = np.asarray(ssl_zoo.load_backbone(name)(x))
-    got = dict(zip((o.name for o in session.get_outputs()), session.run(None, {"images": x})))["pooled"]
-    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+    backbone = ssl_zoo.load_backbone(name)
+    for size in sizes:
+        x = np.random.default_rng(size).uniform(0, 255, (2, size, size, 3)).astype("float32")
+        got = dict(zip((o.name for o in session.get_outputs()), session.run(None, {"images": x})))["pooled"]
+        np.testing.assert_allclose(got, np.asarray(backbone(x)), atol=1e-4, rtol=1e-4, err_msg=f"{size} px")
     # Its training record is the released one: a recipe or diagnostics only apply to a training run.
     from ssl_zoo.export import ExportError, export
 
