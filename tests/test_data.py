@@ -328,3 +328,25 @@ def test_directory_symlink_loops_are_listed_once(tmp_path):
     assert [p.rsplit("/", 1)[-1] for p in paths] == ["a.png", "b.png"] and labels == [0, 1]
     assert classes == ["cats", "dogs"]
     assert source.stats.counts() == {"directory already listed (symlink loop or second link)": 3}
+
+
+def test_palette_and_cmyk_files_decode_to_the_rgb_they_show(tmp_path):
+    """A palette PNG (with and without a transparent index) and a CMYK JPEG are converted, counted
+    by mode, and give the colours Pillow shows for them (transparent pixels on white)."""
+    from ssl_zoo.data.decode import SkipStats, decode_file
+
+    rgb = _rgb((16, 16), seed=9)
+    palette = Image.fromarray(rgb).quantize(colors=16)
+    palette.save(tmp_path / "palette.png")
+    with_alpha = palette.copy()
+    with_alpha.info["transparency"] = 0
+    with_alpha.save(tmp_path / "palette_alpha.png", transparency=0)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    stats = SkipStats()
+    got = {name: decode_file(str(tmp_path / name), 8, stats) for name in ("palette.png", "palette_alpha.png", "cmyk.jpg")}
+    assert stats.total == 0
+    np.testing.assert_array_equal(got["palette.png"], np.asarray(palette.convert("RGB")))
+    transparent = np.asarray(Image.open(tmp_path / "palette_alpha.png")) == 0
+    assert transparent.any() and (got["palette_alpha.png"][transparent] == 255).all()  # on white
+    assert got["cmyk.jpg"].shape == (16, 16, 3) and np.abs(got["cmyk.jpg"].astype(int) - rgb).mean() < 12
+    assert stats.converted["P"] == 1 and stats.converted["alpha"] == 1 and stats.converted["CMYK"] == 1
