@@ -4,7 +4,8 @@ Usage: python contract_worker.py RECIPE_JSON IMAGES_NPY OUT_DIR [PLUGIN_MODULE]
 
 Trains the recipe on the images (an ArraySource), resuming OUT_DIR if it holds checkpoints, and
 writes every checkpointed variable to OUT_DIR/arrays.npz. With $SSL_ZOO_TEST_KILL_AFTER_CHECKPOINT=k
-the process SIGKILLs itself right after checkpoint k is written: a real crash at a chosen moment.
+the process SIGKILLs itself right after checkpoint k is written: a real crash at a chosen moment;
+with $SSL_ZOO_TEST_KILL_BEFORE_CHECKPOINT=k, right before it is written.
 """
 
 import importlib
@@ -37,12 +38,16 @@ recipe = recipe_from_dict(json.loads(Path(recipe_path).read_text()))
 trainer = Trainer(method_from_recipe(recipe), recipe, ArraySource(np.load(images_path)), tf.distribute.get_strategy(),
                   out_dir)
 kill_after = os.environ.get("SSL_ZOO_TEST_KILL_AFTER_CHECKPOINT")
-if kill_after:
+kill_before = os.environ.get("SSL_ZOO_TEST_KILL_BEFORE_CHECKPOINT")
+if kill_after or kill_before:
     save = trainer.manager.save
 
     def save_then_crash(*args, **kwargs):
+        if kill_before and int(trainer.step.numpy()) == int(kill_before):
+            # At an epoch's end: its record is in history.json, its checkpoint not written yet.
+            os.kill(os.getpid(), signal.SIGKILL)
         path = save(*args, **kwargs)
-        if int(trainer.step.numpy()) == int(kill_after):
+        if kill_after and int(trainer.step.numpy()) == int(kill_after):
             os.kill(os.getpid(), signal.SIGKILL)
         return path
 

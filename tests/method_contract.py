@@ -59,6 +59,7 @@ class MethodContract:
     plugin: str | None = None  # a module that registers a test-only method (imported by the worker)
     keras_fit: bool = True  # default-step methods also train under plain Keras fit
     kill_after_checkpoints: tuple[int, ...] = (4,)  # 2 epochs x 3 steps: 4 is mid-epoch 2
+    kill_before_checkpoints: tuple[int, ...] = ()  # 3: epoch 1's record written, its checkpoint not
 
     def recipe_dict(self, **train) -> dict:
         recipe = {
@@ -172,11 +173,14 @@ class MethodContract:
         recipe.write_text(json.dumps(self.recipe_dict(epochs=2, steps_per_epoch=3)))
         np.save(tmp_path / "images.npy", self.images)
 
-        def worker(out: str, kill_after: int | None = None):
+        def worker(out: str, kill_after: int | None = None, kill_before: int | None = None):
             env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
             env.pop("SSL_ZOO_TEST_KILL_AFTER_CHECKPOINT", None)
+            env.pop("SSL_ZOO_TEST_KILL_BEFORE_CHECKPOINT", None)
             if kill_after is not None:
                 env["SSL_ZOO_TEST_KILL_AFTER_CHECKPOINT"] = str(kill_after)
+            if kill_before is not None:
+                env["SSL_ZOO_TEST_KILL_BEFORE_CHECKPOINT"] = str(kill_before)
             return subprocess.Popen([sys.executable, str(HERE / "contract_worker.py"), str(recipe),
                                      str(tmp_path / "images.npy"), str(tmp_path / out), self.plugin or ""],
                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -190,9 +194,11 @@ class MethodContract:
             return out
 
         unbroken = worker("unbroken")
-        for k in self.kill_after_checkpoints:
-            finish(worker(f"killed{k}", kill_after=k), expect_kill=True)
-            out = finish(worker(f"killed{k}"))
+        runs = [(f"killed{k}", dict(kill_after=k)) for k in self.kill_after_checkpoints]
+        runs += [(f"killed_before{k}", dict(kill_before=k)) for k in self.kill_before_checkpoints]
+        for run, kill in runs:
+            finish(worker(run, **kill), expect_kill=True)
+            out = finish(worker(run))
             assert "resumed from" in out, out[-2000:]
         finish(unbroken)
         ref = np.load(tmp_path / "unbroken" / "arrays.npz")
@@ -205,18 +211,18 @@ class MethodContract:
 
         reference_history = history("unbroken")
         assert [r["epoch"] for r in reference_history] == [1, 2]
-        for k in self.kill_after_checkpoints:
-            resumed = history(f"killed{k}")
+        for k in [run for run, _ in runs]:
+            resumed = history(k)
             assert [r.keys() for r in resumed] == [r.keys() for r in reference_history], k
             for a, b in zip(resumed, reference_history):
                 for key in a:
                     np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5,
-                                               err_msg=f"history {key} after a SIGKILL at checkpoint {k}")
-            got = np.load(tmp_path / f"killed{k}" / "arrays.npz")
+                                               err_msg=f"history {key} in {k} (SIGKILLed, resumed)")
+            got = np.load(tmp_path / k / "arrays.npz")
             assert sorted(got.files) == sorted(ref.files)
             for name in ref.files:
                 np.testing.assert_allclose(got[name], ref[name], rtol=1e-6, atol=1e-7,
-                                           err_msg=f"{name} after a SIGKILL at checkpoint {k}")
+                                           err_msg=f"{name} in {k} (SIGKILLed, resumed)")
 
     def run_slow(self, tmp_path) -> None:
         self.check_replicas_match(tmp_path)
