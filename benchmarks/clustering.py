@@ -6,7 +6,7 @@ with the fitted scaling exponent (time ~ N^b): DeepCluster's PCA-whitening + k-m
 The features are Gaussian mixtures of the recipe's feature width (the quarter-width ResNet-18's
 128-d pooled features): the cost of these steps depends on N, the width, k and the iterations,
 not on what the vectors mean. Each size runs in its own subprocess, so that its peak memory
-(ru_maxrss, the whole process: Python, NumPy, scikit-learn) is its own.
+(VmHWM, the whole process: Python, NumPy, scikit-learn) is its own.
 
     python benchmarks/clustering.py --out benchmarks/results/clustering.json
 """
@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -52,7 +51,9 @@ def run_one(step: str, n: int, width: int, k: int, pca_dim: int, iterations: int
         labels, _ = clustering.sinkhorn_knopp(log_probs, lam=lam)
         sizes = np.bincount(labels, minlength=k)
         out = {"seconds": time.perf_counter() - t0, "largest_label_share": float(sizes.max() / n)}
-    return {**out, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    # VmHWM is this process's own peak; ru_maxrss would carry the parent's across the exec (Linux).
+    line = next(x for x in open("/proc/self/status") if x.startswith("VmHWM"))
+    return {**out, "peak_rss_gib": int(line.split()[1]) / 2**20}
 
 
 def exponent(sizes, seconds) -> float:

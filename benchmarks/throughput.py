@@ -12,7 +12,7 @@ pipeline rows say whether either side is input-bound.
 Methods with hooks (DeepCluster's clustering, SeLa's label refreshes) also get their hooks timed
 on the whole training split ("hooks"), and a rate with the hooks' time per epoch included.
 
-Each measurement runs in its own subprocess so that its peak memory (ru_maxrss) is its own.
+Each measurement runs in its own subprocess so that its peak memory (VmHWM) is its own.
 
     python benchmarks/throughput.py --data-dir DATA --out benchmarks/results/throughput.json
     python benchmarks/throughput.py --data-dir DATA --methods rotnet --steps 40   # one method
@@ -25,7 +25,6 @@ import itertools
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -45,7 +44,9 @@ RECIPES = {
 
 
 def _peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
+    # VmHWM is this process's own peak; ru_maxrss would carry the parent's across the exec (Linux).
+    line = next(x for x in open("/proc/self/status") if x.startswith("VmHWM"))
+    return int(line.split()[1]) / 2**20  # kB
 
 
 def _backbone_images(inputs) -> tuple[int, int]:

@@ -64,6 +64,7 @@ def _run(backbone, train, test, num_classes, image_size, *, epochs_frozen, epoch
          lr_unfrozen, steps_per_epoch, test_steps, seed, can_unfreeze=True, run_eagerly=False, label="") -> dict:
     import keras
 
+    from ssl_zoo.backbones import keep_fixed_layers_frozen
     from ssl_zoo.progress import keras_progress
 
     def test_accuracy(phase):
@@ -88,6 +89,7 @@ def _run(backbone, train, test, num_classes, image_size, *, epochs_frozen, epoch
     }
     if epochs_unfrozen and can_unfreeze:
         backbone.trainable = True
+        keep_fixed_layers_frozen(backbone)
         model.compile(optimizer=keras.optimizers.Adam(lr_unfrozen), loss=loss, metrics=["accuracy"], jit_compile=False,
                   run_eagerly=run_eagerly)
         h = model.fit(train, epochs=epochs_unfrozen, steps_per_epoch=steps_per_epoch, shuffle=False, verbose=0,

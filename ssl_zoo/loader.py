@@ -240,4 +240,7 @@ def load_backbone(source: str | os.PathLike, stages: str | Sequence[str] | None 
         return _load_saved_model(res, stages, bool(trainable))
     model = _load_preset(res, verify) if res.kind == "preset" else _load_keras_file(res.path, verify)
     model.trainable = True if trainable is None else bool(trainable)
+    from ssl_zoo.backbones import keep_fixed_layers_frozen
+
+    keep_fixed_layers_frozen(model)
     return _select(model, stages, model.name)

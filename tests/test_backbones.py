@@ -63,3 +63,31 @@ def test_bad_arguments_are_named():
         resnet(18, stem="vit")
     with pytest.raises(ValueError, match="unknown stages"):
         stage_model(resnet(18, 0.125, image_size=16), ["stage9"])
+
+
+def test_sobel_front_is_grey_gradients_frozen_and_survives_loading_floor_and_unfreezing(tmp_path):
+    import scipy.ndimage
+
+    import ssl_zoo
+    from ssl_zoo.evaluation.run import random_init_like
+
+    model = resnet(18, 0.125, "cifar", 16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), sobel=True)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype(np.float32)
+    front = keras.Model(model.input, model.get_layer("sobel_gradients").output)
+    grey = ((x / 255.0 - 0.5) / 0.25).mean(-1)
+    for i in range(2):
+        # Conv2D is a correlation: its "x" kernel [1 0 -1] is d/dx with the sign of left minus right.
+        gx = scipy.ndimage.correlate(grey[i], np.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]], float), mode="constant")
+        gy = scipy.ndimage.correlate(grey[i], np.array([[1, 2, 1], [0, 0, 0], [-1, -2, -1]], float), mode="constant")
+        np.testing.assert_allclose(np.asarray(front(x))[i], np.stack([gx, gy], -1), atol=2e-4)
+    assert {w.path.split("/")[0] for w in model.non_trainable_weights} >= {"sobel_grey", "sobel_gradients"}
+    assert not any(w.path.startswith("sobel") for w in model.trainable_weights)
+
+    model.save(tmp_path / "sobel.keras")
+    loaded = ssl_zoo.load_backbone(tmp_path / "sobel.keras")  # trainable=True by default
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-5)
+    assert not any(w.path.startswith("sobel") for w in loaded.trainable_weights)
+    floor = random_init_like(model, seed=1)
+    np.testing.assert_array_equal(floor.get_layer("sobel_gradients").get_weights()[0],
+                                  model.get_layer("sobel_gradients").get_weights()[0])
+    assert not np.allclose(floor.get_layer("stem_conv").get_weights()[0], model.get_layer("stem_conv").get_weights()[0])

@@ -2,7 +2,7 @@
 
 import inspect
 
-from ssl_zoo.backbones.resnet import STAGES, resnet, stage_model
+from ssl_zoo.backbones.resnet import SOBEL_LAYERS, STAGES, resnet, stage_model
 from ssl_zoo.errors import ConfigError
 
 ARCHITECTURES = {"resnet": resnet}
@@ -28,4 +28,16 @@ def build_backbone(config: dict, name: str | None = None):
     return ARCHITECTURES[arch](**config, name=name)
 
 
-__all__ = ["ARCHITECTURES", "STAGES", "build_backbone", "check_backbone_config", "resnet", "stage_model"]
+# Layers that are part of an architecture's definition, not of what it learns (fixed filters).
+FIXED_LAYERS = frozenset(SOBEL_LAYERS)
+
+
+def keep_fixed_layers_frozen(model) -> None:
+    """Re-freezes the fixed layers after `model.trainable = True`, which in Keras sets every
+    sublayer's flag: fine-tuning a Sobel-input backbone trains the network, never its filter."""
+    for layer in model._flatten_layers(include_self=False):
+        if layer.name in FIXED_LAYERS:
+            layer.trainable = False
+
+
+__all__ = ["ARCHITECTURES", "FIXED_LAYERS", "keep_fixed_layers_frozen", "STAGES", "build_backbone", "check_backbone_config", "resnet", "stage_model"]

@@ -8,11 +8,15 @@ export reach intermediate features: by name, never by graph tensor name.
 
 The model takes RGB images with values in [0, 255] (float or int) and normalises them itself
 with the per-channel mean/std it was trained with, so a user never has to know the preprocessing.
+With `sobel=True` (DeepCluster's input, Caron et al. 2018) a fixed front turns the normalised
+image into its grey level's two Sobel gradients: two frozen `Conv2D` layers, so the backbone still
+takes RGB and still loads with stock Keras.
 """
 
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers
 
 from ssl_zoo.errors import ConfigError
@@ -28,6 +32,19 @@ _DEPTHS = {
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# The fixed front of `sobel=True`: the mean of the three normalised channels, then the horizontal
+# and vertical Sobel kernels (the values DeepCluster's reference code uses).
+SOBEL_LAYERS = ("sobel_grey", "sobel_gradients")
+_SOBEL_X = np.array([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], np.float32)
+
+
+def sobel_kernels() -> dict[str, np.ndarray]:
+    """Kernels of the `sobel=True` front, by layer name (Conv2D layout [h, w, in, out])."""
+    return {
+        "sobel_grey": np.full((1, 1, 3, 1), 1.0 / 3.0, np.float32),
+        "sobel_gradients": np.stack([_SOBEL_X, _SOBEL_X.T], axis=-1)[:, :, None, :],
+    }
 
 
 def _bn(name: str, synchronized: bool, zero_gamma: bool = False) -> layers.Layer:
@@ -89,6 +106,7 @@ def resnet(
     mean: tuple[float, float, float] = IMAGENET_MEAN,
     std: tuple[float, float, float] = IMAGENET_STD,
     sync_batchnorm: bool = True,
+    sobel: bool = False,
     name: str | None = None,
 ) -> keras.Model:
     """Builds a ResNet v1 feature extractor.
@@ -103,6 +121,8 @@ def resnet(
       sync_batchnorm: batch statistics over the global batch under tf.distribute. With one replica
         it is the ordinary batch norm; with several it makes the result independent of the
         replica count (what the zoo's distribution tests check).
+      sobel: put DeepCluster's fixed grey + Sobel front after the normalisation: the stem sees two
+        gradient channels instead of colour, which k-means would otherwise cluster on first.
     Returns:
       A functional `keras.Model` from images in [0, 255] to the pooled features, whose stage
       outputs are the layers named in `STAGES`.
@@ -123,6 +143,12 @@ def resnet(
     x = layers.Normalization(
         mean=list(mean), variance=[s * s for s in std], name="normalize"
     )(x)
+    if sobel:
+        for layer_name, kernel in sobel_kernels().items():
+            # Frozen (trainable=False is in the config, so it stays frozen after loading); the
+            # kernels are set below and travel in the weights file like any other.
+            x = layers.Conv2D(kernel.shape[-1], kernel.shape[0], padding="same", use_bias=False,
+                              trainable=False, name=layer_name)(x)
     if stem == "cifar":
         x = _conv(base, 3, 1, "stem_conv")(x)
         x = _bn("stem_bn", sync_batchnorm)(x)
@@ -141,7 +167,11 @@ def resnet(
         x = layers.Identity(name=f"stage{stage}")(x)
     x = layers.GlobalAveragePooling2D(name="global_pool")(x)
     outputs = layers.Identity(name="pooled")(x)
-    return keras.Model(inputs, outputs, name=name)
+    model = keras.Model(inputs, outputs, name=name)
+    if sobel:
+        for layer_name, kernel in sobel_kernels().items():
+            model.get_layer(layer_name).set_weights([kernel])
+    return model
 
 
 def stage_model(backbone: keras.Model, stages=("pooled",), name: str | None = None) -> keras.Model:

@@ -8,6 +8,7 @@ import time
 
 import keras
 
+from ssl_zoo.backbones import FIXED_LAYERS
 from ssl_zoo.data.sources import open_source
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.evaluation.features import extract
@@ -19,9 +20,15 @@ log = logging.getLogger(__name__)
 
 
 def random_init_like(backbone: keras.Model, seed: int = 0) -> keras.Model:
-    """Same architecture and preprocessing, freshly initialised weights."""
+    """Same architecture and preprocessing, freshly initialised weights. Frozen layers (a fixed
+    input filter such as the Sobel front, `FIXED_LAYERS`) are part of the architecture, not of what was learned:
+    their weights are copied, or the floor would be a different network."""
     keras.utils.set_random_seed(seed)
-    return keras.Model.from_config(backbone.get_config())
+    fresh = keras.Model.from_config(backbone.get_config())
+    for layer in backbone.layers:
+        if layer.name in FIXED_LAYERS:
+            fresh.get_layer(layer.name).set_weights(layer.get_weights())
+    return fresh
 
 
 def evaluate_backbone(
