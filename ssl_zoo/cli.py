@@ -449,6 +449,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Write failures that are the machine's, not the program's: the disk or a quota is full, or a file
+# outgrew a size limit. TensorFlow's C++ writers report them as OpErrors with the OS's text.
+_WRITE_FAILURES = ("No space left on device", "Disk quota exceeded", "File too large")
+
+
+def _write_failure(e: BaseException) -> str | None:
+    """The one sentence for a failed write (a full disk), or None for any other error."""
+    import errno
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        where = f" writing {e.filename}" if e.filename else ""
+        return f"{e.strerror}{where}"
+    text = str(e)
+    found = next((m for m in _WRITE_FAILURES if m in text), None)
+    if found is None or not type(e).__module__.startswith("tensorflow"):
+        return None
+    path = re.search(r"(/[^\s:;,'\"]+)", text)
+    return f"{found}" + (f" writing {path.group(1)}" if path else "")
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -463,6 +483,15 @@ def main(argv=None) -> int:
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the trainer has said where it saved; no traceback
         logging.getLogger("ssl_zoo").warning("stopped (%s)", e or "interrupted")
         return 130
+    except Exception as e:
+        failure = _write_failure(e)
+        if failure is None:
+            raise
+        # Every artefact is written atomically (a temporary name, then a rename): what was finished
+        # before the failed write is intact, and the same command resumes from the last checkpoint.
+        logging.getLogger("ssl_zoo").error("%s: free some space and run the same command again (finished files "
+                                           "and the last checkpoint are intact)", failure)
+        return 2
 
 
 if __name__ == "__main__":

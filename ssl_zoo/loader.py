@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ssl_zoo.preset import (  # noqa: F401  (the load errors users catch are re-exported here)
-    SAVED_MODEL_METADATA, IntegrityError, LoadError, UnhashedFileWarning, UnsafeModelError, check_stages,
-    is_preset_folder, keras_file_for_any_backend, load_preset, read_json, read_metadata, unsafe_error,
+    SAVED_MODEL_METADATA, IntegrityError, LoadError, UnhashedFileWarning, UnsafeModelError, check_keras_file_weights,
+    check_stages, is_preset_folder, keras_file_for_any_backend, load_preset, read_json, read_metadata, unsafe_error,
     verify_keras_file, verify_saved_model, verify_weights)
 
 
@@ -110,6 +110,7 @@ def _load_keras_file(path: Path, verify: bool = True):
 
     if verify:
         verify_keras_file(path)
+    check_keras_file_weights(path)
     try:
         # A file with synchronised batch norm (written before releases used plain batch norm, or a
         # training run's) is read through a copy with plain batch norm: see preset.plain_batch_norm.

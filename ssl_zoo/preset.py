@@ -634,12 +634,54 @@ def unsafe_error(e: Exception, what) -> UnsafeModelError | None:
 
 
 def count_h5_arrays(path: Path) -> int:
+    """The number of arrays in a weights file, after refusing a file that is not HDF5 and one with
+    any link but a plain (hard) one: an external link reads another file (anywhere on the disk) when
+    the weights load, and a soft link can alias one array under two names."""
     import h5py
 
-    arrays = []
+    if not h5py.is_hdf5(path):
+        raise LoadError(f"{path} is not an HDF5 weights file (no HDF5 signature)")
     with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: arrays.append(name) if isinstance(obj, h5py.Dataset) else None)
+        return _count_plain_h5_arrays(f, path)
+
+
+def _count_plain_h5_arrays(f, where) -> int:
+    import h5py
+
+    arrays, links = [], []
+
+    def visit(name, link):
+        if not isinstance(link, h5py.HardLink):
+            links.append(f"{name} ({type(link).__name__})")
+
+    f.visititems_links(visit)
+    if links:
+        raise LoadError(f"{where} holds HDF5 links that are not plain arrays or groups: {', '.join(links[:3])}; "
+                        f"refusing it (an external link reads another file at load time)")
+    f.visititems(lambda name, obj: arrays.append(name) if isinstance(obj, h5py.Dataset) else None)
     return len(arrays)
+
+
+def check_keras_file_weights(path: Path) -> None:
+    """The same refusal for the weights inside a `.keras` archive (read in memory, never extracted)."""
+    import io
+    import zipfile
+
+    import h5py
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            member = next((n for n in z.namelist() if n.endswith(".weights.h5")), None)
+            data = z.read(member) if member else None
+    except (zipfile.BadZipFile, OSError) as e:
+        raise LoadError(f"{path} is not a .keras archive: {e}") from e
+    if data is None:
+        return
+    try:
+        with h5py.File(io.BytesIO(data), "r") as f:
+            _count_plain_h5_arrays(f, f"{path} ({member})")
+    except OSError as e:
+        raise LoadError(f"{path}: {member} is not an HDF5 weights file: {e}") from e
 
 
 def check_stages(model, meta: dict, where) -> None:

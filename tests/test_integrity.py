@@ -203,3 +203,57 @@ def test_malformed_preset_json_is_one_load_error(case, message, tmp_path, tmp_pa
         (preset / "config.json").write_bytes(b"\x89HDF\r\n\x1a\n binary")
     with pytest.raises(LoadError, match=message):
         load_backbone(preset, verify=False)
+
+
+def test_a_config_naming_a_non_keras_module_is_refused_and_runs_nothing(tmp_path, tmp_path_factory):
+    """A layer entry rewritten to {"module": "os", "class_name": "system", "config": {...}}: Keras'
+    safe-mode deserialisation refuses it (LoadError naming config.json) and no command runs."""
+    from ssl_zoo.loader import LoadError
+
+    ex = rf.copy_export(tmp_path, tmp_path_factory)
+    config = json.loads((ex["preset"] / "config.json").read_text())
+    planted = tmp_path / "planted"
+    config["config"]["layers"][1].update(module="os", class_name="system", config={"command": f"touch {planted}"})
+    (ex["preset"] / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LoadError, match=r"config\.json: cannot build the model"):
+        load_backbone(ex["preset"], verify=False)
+    assert not planted.exists()
+
+
+def test_weights_that_are_not_hdf5_or_hold_links_are_refused(tmp_path, tmp_path_factory):
+    """Bytes that are not HDF5: a LoadError saying so (not h5py's OSError). An HDF5 external link
+    (an array read from another file, anywhere, at load time) or a soft link: refused by name, in a
+    preset and inside a .keras archive."""
+    import shutil
+    import zipfile
+
+    import h5py
+
+    from ssl_zoo.loader import LoadError
+
+    ex = rf.copy_export(tmp_path, tmp_path_factory)
+    weights = ex["preset"] / "model.weights.h5"
+    good = weights.read_bytes()
+    weights.write_bytes(b"not HDF5 " * 100)
+    with pytest.raises(LoadError, match=r"model\.weights\.h5 is not an HDF5 weights file"):
+        load_backbone(ex["preset"], verify=False)
+    (tmp_path / "elsewhere.h5").write_bytes(good)
+    for kind in ("ExternalLink", "SoftLink"):
+        weights.write_bytes(good)
+        with h5py.File(weights, "a") as f:
+            arrays = []
+            f.visititems(lambda n, o: arrays.append(n) if isinstance(o, h5py.Dataset) else None)
+            del f[arrays[0]]
+            f[arrays[0]] = (h5py.ExternalLink(str(tmp_path / "elsewhere.h5"), "/" + arrays[0]) if kind == "ExternalLink"
+                            else h5py.SoftLink("/" + arrays[1]))
+        with pytest.raises(LoadError, match=rf"holds HDF5 links .*\({kind}\)"):
+            load_backbone(ex["preset"], verify=False)
+    # The same weights inside a .keras archive.
+    archive = tmp_path / "linked.keras"
+    with zipfile.ZipFile(ex["keras"]) as src, zipfile.ZipFile(archive, "w") as dst:
+        for item in src.infolist():
+            data = weights.read_bytes() if item.filename.endswith(".weights.h5") else src.read(item)
+            dst.writestr(item, data)
+    with pytest.raises(LoadError, match=r"linked\.keras \(model\.weights\.h5\) holds HDF5 links"):
+        load_backbone(archive, verify=False)
+    shutil.rmtree(ex["out"])

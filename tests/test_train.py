@@ -174,3 +174,40 @@ def test_version_of_the_command_is_the_package_version(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"ssl-zoo {ssl_zoo.__version__}"
+
+
+@pytest.mark.slow
+def test_a_write_that_fails_mid_run_is_one_sentence_and_the_last_checkpoint_resumes(tmp_path):
+    """A real failed write, not a simulated one: once the run has its first checkpoint, its file-size
+    limit (RLIMIT_FSIZE, set from outside with prlimit; SIGXFSZ ignored, so the kernel fails the
+    write with EFBIG as a full disk fails it with ENOSPC) drops below a checkpoint's size. The
+    command ends with status 2 and one sentence, no traceback; the first checkpoint is intact and
+    the same command, rerun without the limit, resumes from it and finishes."""
+    import resource
+
+    write_image_folder(tmp_path, n=48)
+    tiny_recipe_toml(tmp_path / "recipe.toml", epochs=1, steps_per_epoch=12, checkpoint_every=2)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+    def ignore_sigxfsz():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    proc = subprocess.Popen(_train_cmd(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=ignore_sigxfsz)
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    deadline = time.time() + 240
+    while not list(ckpt_dir.glob("ckpt-*.index")):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (4096, 4096))
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 2, out[-2000:] + err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("ssl-zoo: error:")]
+    assert len(lines) == 1 and "File too large" in lines[0] and "run the same command again" in lines[0], err[-3000:]
+    assert "Traceback" not in err
+    saved = sorted(int(p.name.split("-")[1].split(".")[0]) for p in ckpt_dir.glob("ckpt-*.index"))
+    assert saved and saved[0] == 2
+    done = subprocess.run(_train_cmd(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "resumed from" in done.stdout + done.stderr
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["steps"] == 12
