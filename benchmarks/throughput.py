@@ -38,6 +38,7 @@ RECIPES = {
     "relative_patch": "training/relative_patch_resnet18w025_imagenette96.toml",
     "exemplar": "training/exemplar_resnet18w025_imagenette96.toml",
     "simclr": "training/simclr_resnet18w025_cifar10.toml",
+    "byol": "training/byol_resnet18w025_cifar10.toml",
     "deepcluster": "training/deepcluster_resnet18w025_cifar10.toml",
     "sela": "training/sela_resnet18w025_cifar10.toml",
 }

@@ -9,13 +9,14 @@ from ssl_zoo.methods.byol import BYOL
 from ssl_zoo.methods.deepcluster import DeepCluster
 from ssl_zoo.methods.exemplar import Exemplar
 from ssl_zoo.methods.jigsaw import Jigsaw
+from ssl_zoo.methods.moco import MoCo
 from ssl_zoo.methods.relative_patch import RelativePatch
 from ssl_zoo.methods.rotnet import RotNet
 from ssl_zoo.methods.sela import SeLa
 from ssl_zoo.methods.simclr import SimCLR
 
 METHODS: dict[str, type[PretextMethod]] = {
-    cls.name: cls for cls in (RotNet, Jigsaw, RelativePatch, Exemplar, SimCLR, BYOL, DeepCluster, SeLa)
+    cls.name: cls for cls in (RotNet, Jigsaw, RelativePatch, Exemplar, SimCLR, MoCo, BYOL, DeepCluster, SeLa)
 }
 
 

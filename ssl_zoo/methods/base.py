@@ -229,6 +229,10 @@ class PretextMethod:
         """Called once by the trainer with the training data before any dataset is built, for
         methods whose pretext classes come from the data (Exemplar CNN's seed patches). No-op."""
 
+    def check_batch(self, global_batch: int, per_replica_batch: int) -> None:
+        """Called by the trainer before anything is built: raise ConfigError for batch sizes the
+        method cannot work with (MoCo's queue must hold a global batch). No-op."""
+
 
 def extract_backbone(model: keras.Model) -> keras.Model:
     """The backbone inside a pretext model, found by name (the head is dropped by name too)."""

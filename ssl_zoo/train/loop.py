@@ -104,6 +104,7 @@ class Trainer:
             raise ConfigError(f"global batch {train.global_batch} is not divisible by {replicas} replicas")
         self.global_batch = train.global_batch
         self.per_replica_batch = train.global_batch // replicas
+        method.check_batch(self.global_batch, self.per_replica_batch)
         n = source.num_examples(recipe.data.train_split)
         self.steps_per_epoch = train.steps_per_epoch or (n // train.global_batch if n else None)
         if not self.steps_per_epoch:

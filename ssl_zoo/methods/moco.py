@@ -1,0 +1,194 @@
+"""MoCo v2 (He, Fan, Wu, Xie & Girshick, CVPR 2020, "Momentum Contrast for Unsupervised Visual
+Representation Learning"; Chen, Fan, Girshick & He 2020, "Improved Baselines with Momentum
+Contrastive Learning"): "a dynamic dictionary with a queue and a moving-averaged encoder ... a
+large and consistent dictionary on-the-fly" (He et al., abstract); v2 adds SimCLR's MLP head and
+augmentation.
+
+Composition plus its own step: SimCLR's two-view transform (`ssl_zoo.pretext.contrastive`), a
+query encoder (backbone + MLP head, the trained model), a key encoder that is its exponential
+moving average (momentum `momentum`, parameters only: the key encoder's batch-norm statistics are
+its own), and a queue of the last `queue_size` keys (method state, checkpointed with its write
+position, so a resumed run has the same negatives). Each query's positive is the key of its
+image's other view; its negatives are the queue (`ssl_zoo.losses.info_nce`). After each step the
+keys of the whole global batch (gathered from every replica, in replica order) replace the oldest
+entries.
+
+Batch norm must not let a query find its key through shared batch statistics (He et al. Sec.
+3.3: with per-GPU BN the model "cheats"; they shuffle the keys across GPUs). Here each replica's
+batch is cut into `bn_groups` sub-batches, each normalised on its own statistics (synchronised
+across replicas, so the sub-batch is global): the queries in contiguous groups, the keys in
+interleaved ones (`key_order`), so every key group holds an equal share of every query group and
+no query and its key are normalised over the same subset. This is shuffle BN on one device, with
+a fixed interleave instead of a random shuffle (no randomness to resume). `bn_groups = 1` is
+plain synchronised BN over the batch. The released backbone is the query encoder's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ssl_zoo import losses
+from ssl_zoo.errors import ConfigError
+from ssl_zoo.heads import projection_head
+from ssl_zoo.methods.base import PretextMethod, state_variable
+from ssl_zoo.methods.card import MethodCard
+from ssl_zoo.pretext.contrastive import two_views
+
+
+def key_order(batch: int, groups: int) -> np.ndarray:
+    """The order in which a replica's images go through the key encoder: cut into `groups`
+    contiguous chunks, key group j takes every `groups`-th image (a transpose), so it holds an
+    equal share of every query group (within one image when groups^2 does not divide the batch):
+    with batch >= groups^2 no key group is any query group."""
+    return np.arange(batch).reshape(groups, batch // groups).T.reshape(-1)
+
+
+def grouped(encoder, images, groups: int, training: bool):
+    """`encoder` on `groups` contiguous sub-batches, each with its own batch statistics."""
+    if groups == 1:
+        return encoder(images, training=training)
+    return tf.concat([encoder(chunk, training=training) for chunk in tf.split(images, groups, axis=0)], axis=0)
+
+
+@dataclasses.dataclass
+class MoCo(PretextMethod):
+    name: ClassVar[str] = "moco"
+    card: ClassVar[MethodCard] = MethodCard(
+        title="MoCo v2",
+        paper="He, Fan, Wu, Xie & Girshick, \"Momentum Contrast for Unsupervised Visual Representation "
+              "Learning\", CVPR 2020 (arXiv:1911.05722); Chen, Fan, Girshick & He, \"Improved Baselines with "
+              "Momentum Contrastive Learning\", 2020 (arXiv:2003.04297)",
+        paragraph="Every training image is augmented twice (random resized crop and flip, colour jitter with "
+                  "probability 0.8, greyscale with probability 0.2). A query encoder (backbone and MLP head) "
+                  "embeds one view; a key encoder, a slow exponential moving average of it, embeds the other. "
+                  "Each query must pick out its own key among a queue of keys from earlier batches (InfoNCE at "
+                  "a temperature); every batch's keys then replace the oldest in the queue. Batch norm runs on "
+                  "sub-batches, the keys' interleaved with the queries', so that a query cannot find its key "
+                  "through shared batch statistics. The head, key encoder and queue are dropped after "
+                  "training; the query encoder's backbone is released.",
+        pretext_eval="two fresh augmented views of each image of the held-out {split} split of {data} (fixed "
+                     "seeds): the query of one view must be more similar to the key of the other than to every "
+                     "key in the final queue",
+        limitation="Its invariances are the augmentations': colour and crop position are treated as nuisance, "
+                   "so tasks that need colour or absolute position get less from these features.",
+        view_size_field="image_size",
+    )
+    image_size: int = 32
+    temperature: float = 0.2
+    head_hidden_units: tuple[int, ...] = (512,)
+    projection_dim: int = 128
+    queue_size: int = 4096
+    momentum: float = 0.99
+    bn_groups: int = 4
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    jitter_strength: float = 0.5
+    jitter_probability: float = 0.8
+    grey_probability: float = 0.2
+    blur_probability: float = 0.0
+
+    def __post_init__(self):
+        self.require_positive("queue_size", "bn_groups", "projection_dim")
+        if self.temperature <= 0:
+            raise ConfigError(f"[method] moco temperature must be positive, got {self.temperature}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"[method] moco momentum must be in [0, 1), got {self.momentum}")
+        self.head_hidden_units = tuple(self.head_hidden_units)
+        self.crop_scale = tuple(self.crop_scale)
+
+    def build_model(self) -> keras.Model:
+        backbone = self.build_backbone()
+        images = keras.Input((self.image_size, self.image_size, 3), name="images")
+        head = projection_head(self.head_hidden_units, self.projection_dim)
+        return keras.Model(images, head(backbone(images)), name="pretext_model")
+
+    def build_state(self, model):
+        key_encoder = keras.models.clone_model(model)
+        key_encoder.name = "key_encoder"
+        key_encoder.set_weights(model.get_weights())
+        # The paper starts the queue with random unit vectors (it is full of real keys after
+        # queue_size / global batch steps); a fixed seed keeps runs reproducible.
+        start = np.random.default_rng(0).normal(size=(self.queue_size, self.projection_dim)).astype(np.float32)
+        start /= np.linalg.norm(start, axis=1, keepdims=True)
+        return {"key_encoder": key_encoder, "queue": state_variable(start, "queue"),
+                "queue_position": state_variable(np.int64(0), "queue_position")}
+
+    def example_transform(self, image, size: int, seed, training: bool = True, index=None) -> dict:
+        """Two views, also at evaluation (fixed seeds there)."""
+        del training, index
+        views = two_views(image, size, seed, scale=self.crop_scale, jitter_strength=self.jitter_strength,
+                          jitter_probability=self.jitter_probability, grey_probability=self.grey_probability,
+                          blur_probability=self.blur_probability)
+        return {"inputs": views}
+
+    def check_batch(self, global_batch: int, per_replica_batch: int) -> None:
+        if global_batch > self.queue_size:
+            raise ConfigError(f"[method] moco queue_size = {self.queue_size} is smaller than the global batch "
+                              f"({global_batch} keys a step): it must hold at least one batch")
+        self._groups(per_replica_batch)
+
+    def _groups(self, batch: int | None) -> int:
+        if batch is None:
+            raise ConfigError("MoCo's batch-norm groups need a fixed batch size per replica")
+        if batch % self.bn_groups or (self.bn_groups > 1 and batch < self.bn_groups ** 2):
+            raise ConfigError(f"[method] moco bn_groups = {self.bn_groups} must divide the batch per replica "
+                              f"({batch} images) into groups of at least {self.bn_groups} (so that every key group "
+                              f"mixes every query group)")
+        return self.bn_groups
+
+    def queries(self, model, first, training: bool):
+        """The query encoder on the first views, in contiguous batch-norm groups."""
+        return grouped(model, first, self._groups(first.shape[0]) if training else 1, training)
+
+    def keys(self, key_encoder, second, training: bool):
+        """The key encoder on the second views, in interleaved batch-norm groups, back in batch order."""
+        groups = self._groups(second.shape[0]) if training else 1
+        if groups == 1:
+            return key_encoder(second, training=training)
+        order = key_order(int(second.shape[0]), groups)
+        return tf.gather(grouped(key_encoder, tf.gather(second, order), groups, training), np.argsort(order))
+
+    def momentum_update(self, model, key_encoder) -> None:
+        for k, q in zip(key_encoder.trainable_weights, model.trainable_weights, strict=True):
+            k.assign(self.momentum * k + (1.0 - self.momentum) * q)
+
+    def enqueue(self, state, keys) -> None:
+        """The global batch's keys (every replica's, in replica order) replace the oldest entries."""
+        ctx = tf.distribute.get_replica_context()
+        keys = tf.math.l2_normalize(tf.cast(keys, tf.float32), axis=-1)
+        everyone = ctx.all_gather(keys, axis=0) if ctx.num_replicas_in_sync > 1 else keys
+        position = state["queue_position"]
+        rows = (position + tf.range(tf.shape(everyone, out_type=tf.int64)[0])) % self.queue_size
+        state["queue"].assign(tf.tensor_scatter_nd_update(state["queue"], rows[:, None], everyone))
+        position.assign((position + tf.shape(everyone, out_type=tf.int64)[0]) % self.queue_size)
+
+    def train_step(self, ctx, batch):
+        model, state = ctx.model, ctx.state
+        key_encoder = state["key_encoder"]
+        # As the reference code: the key encoder moves towards the query encoder before it encodes.
+        self.momentum_update(model, key_encoder)
+        first, second = batch["inputs"]
+        keys = self.keys(key_encoder, second, training=True)  # no gradient: outside the tape
+        with tf.GradientTape() as tape:
+            queries = self.queries(model, first, training=True)
+            per_example, correct = losses.info_nce(queries, keys, state["queue"], self.temperature)
+            loss = losses.replica_loss(per_example, model)
+        grads = tape.gradient(loss, model.trainable_variables)
+        ctx.optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        self.enqueue(state, keys)
+        return self._metrics(per_example, correct)
+
+    def eval_step(self, ctx, batch):
+        first, second = batch["inputs"]
+        queries = self.queries(ctx.model, first, training=False)
+        keys = self.keys(ctx.state["key_encoder"], second, training=False)
+        return self._metrics(*losses.info_nce(queries, keys, ctx.state["queue"], self.temperature))
+
+    @staticmethod
+    def _metrics(per_example, correct):
+        return {"loss_sum": tf.reduce_sum(per_example), "correct": tf.reduce_sum(tf.cast(correct, tf.float32)),
+                "count": tf.cast(tf.shape(per_example)[0], tf.float32)}
