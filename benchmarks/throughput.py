@@ -39,6 +39,7 @@ RECIPES = {
     "exemplar": "training/exemplar_resnet18w025_imagenette96.toml",
     "simclr": "training/simclr_resnet18w025_cifar10.toml",
     "byol": "training/byol_resnet18w025_cifar10.toml",
+    "moco": "training/moco_resnet18w025_cifar10.toml",
     "deepcluster": "training/deepcluster_resnet18w025_cifar10.toml",
     "sela": "training/sela_resnet18w025_cifar10.toml",
 }
