@@ -90,7 +90,9 @@ def main() -> None:
         print(json.dumps(run_one(args.part, args.n, **settings[args.part])))
         return
     report = {"command": "python benchmarks/clustering.py",
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+              # The load average says whether something else shared the cores during the run.
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                          "load_average_1min_at_start": os.getloadavg()[0]},
               "settings": settings, "steps": {}}
     for step in settings:
         rows = {}
