@@ -379,9 +379,7 @@ def export(source, name: str | None, out: str | os.PathLike, *, eval_report: str
         backbone, run, history = source, None, None
     if recipe_file is not None:
         run = {**(run or {}), "recipe": recipe_header_from_file(run, recipe_file)}
-    report = eval_report
-    if isinstance(eval_report, (str, os.PathLike)):
-        report = json.loads(Path(eval_report).read_text())
+    report = _released_report(eval_report, name)
     metadata = build_metadata(backbone, name, run, history, report, hardware,
                               read_diagnostics(diagnostics, legacy=context_check))
     return _write_release(backbone, metadata, name, out, formats)
@@ -404,6 +402,17 @@ def released_preset(source):
     return load_raw_backbone(source), dict(resolved.metadata or {})  # hashes checked as a load would
 
 
+def _released_report(eval_report, name: str) -> dict | None:
+    """The evaluation report as released: its "model" is the path the evaluation was given (a run
+    folder on the machine that made it), which names nothing for a user, so it becomes the entry."""
+    report = eval_report
+    if isinstance(eval_report, (str, os.PathLike)):
+        report = json.loads(Path(eval_report).read_text())
+    if report is None:
+        return None
+    return {**report, "model": name}
+
+
 def _export_released(released, name: str | None, out, *, formats, eval_report, given: dict) -> dict[str, str]:
     """Another set of artefacts (ONNX, a SavedModel) of a released entry: its checked backbone and its
     metadata as released (training record, evaluation, card), under `name` (default its own)."""
@@ -419,8 +428,7 @@ def _export_released(released, name: str | None, out, *, formats, eval_report, g
         raise ExportError("give --name: the preset's metadata names no entry")
     metadata["name"] = name
     if eval_report is not None:
-        metadata["evaluation"] = (json.loads(Path(eval_report).read_text())
-                                  if isinstance(eval_report, (str, os.PathLike)) else eval_report)
+        metadata["evaluation"] = _released_report(eval_report, name)
     return _write_release(backbone, metadata, name, out, formats)
 
 

@@ -53,6 +53,7 @@ def test_preset_layout_and_metadata(tmp_path_factory):
     assert meta["recipe"]["name"] == rf.NAME
     assert meta["training"]["pretext_eval_accuracy"] == 0.5642
     assert meta["evaluation"]["summary"]["best_stage"] == "stage4"
+    assert meta["evaluation"]["model"] == rf.NAME  # not the run path the evaluation was given
     assert meta["parameters"] > 0
     config = json.loads((preset / "config.json").read_text())
     assert config["class_name"] == "Functional" and config["ssl_zoo"]["arch"]["depth"] == 18

@@ -174,6 +174,22 @@ def test_released_entries_carry_every_hash():
         assert e["sha256"] == {n: sha256_file(folder / n) for n in ("config.json", "model.weights.h5", "metadata.json")}
 
 
+def test_released_files_name_no_path_of_the_machine_that_made_them():
+    """A release says where it came from by entry name and recipe, never by the training machine's
+    folders (an evaluation report records the path it was given; the export replaces it)."""
+    import re
+
+    from ssl_zoo import zoo
+
+    absolute = re.compile(r'"(/(?:home|work|tmp|Users|root|mnt|data)/[^"]*)"')
+    for e in zoo.list_entries(zoo.ZOO_DIR / zoo.REGISTRY_FILE):
+        folder = zoo.preset_dir(e)
+        for f in ("metadata.json", "config.json", "README.md"):
+            found = absolute.findall((folder / f).read_text())
+            assert not found, f"{e['name']}/{f} names {found[:3]}"
+        assert json.loads((folder / "metadata.json").read_text())["evaluation"]["model"] == e["name"]
+
+
 @pytest.mark.parametrize("case, message", [
     ("metadata_list", r"metadata\.json must hold a JSON object, not list"),
     ("metadata_deep", r"metadata\.json is nested deeper than 64 levels"),
