@@ -9,7 +9,9 @@ values the run used, so that the repository reproduces the released weights; its
 measured numbers, goes into the card), then reloads every artefact and compares its features with the
 trained backbone on random images: the preset through `ssl_zoo.load_backbone(NAME)` (sha256
 checked), the `.keras` file with plain Keras, and the SavedModel with plain `tf.saved_model.load`
-in a subprocess that never imports ssl_zoo. Exits non-zero if any difference exceeds --tol.
+in a subprocess that never imports ssl_zoo. A registered entry also regenerates the leaderboard
+(`ssl-zoo leaderboard`: model_cards/LEADERBOARD.md, its plot, README's table). Exits non-zero if any
+difference exceeds --tol.
 """
 
 from __future__ import annotations
@@ -72,6 +74,9 @@ def main(argv=None) -> int:
         cmd += ["--context-check", args.diagnostics]
     if cli(cmd) != 0:
         return 1
+    if not args.no_register:  # the new entry's row in model_cards/LEADERBOARD.md and the README
+        if cli(["leaderboard"] + ([] if Path("README.md").is_file() else ["--no-readme"])) != 0:
+            return 1
 
     import keras
 

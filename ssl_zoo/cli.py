@@ -261,6 +261,22 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_leaderboard(args) -> int:
+    from ssl_zoo.leaderboard import write
+
+    result = write(args.out, readme=None if args.no_readme else args.readme, registry=args.registry)
+    for row in result["rows"]:
+        print(f"{row['name']:<44} {row['best_stage']:<7} {100 * row['best_probe']:6.2f} % "
+              f"({100 * (row['best_probe'] - row['floor_best']):+.2f} over the best random-init stage), "
+              f"kNN {100 * row['knn']:.2f} %  [protocol {row['protocol_id']}]")
+    print(f"leaderboard: {result['leaderboard']}")
+    for plot in result["plots"]:
+        print(f"plot: {plot}")
+    if result["readme"]:
+        print(f"readme: {result['readme']}")
+    return 0
+
+
 def cmd_card(args) -> int:
     _import_tensorflow(args)
     from ssl_zoo.cards import write_card_files, write_model_card
@@ -408,6 +424,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--registry", default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("leaderboard", help="every released entry's evaluation side by side: model_cards/LEADERBOARD.md, "
+                                           "its plot and the README's table")
+    p.add_argument("--registry", default=None)
+    p.add_argument("--out", default="model_cards", help="folder of LEADERBOARD.md and its plot (default model_cards)")
+    p.add_argument("--readme", default="README.md", help="README whose leaderboard block is rewritten (default README.md)")
+    p.add_argument("--no-readme", action="store_true", help="leave the README alone")
+    p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("card", help="(re)generate the model card of a preset / zoo entry from its metadata")
     p.add_argument("source", help="preset folder, export folder or zoo name")

@@ -282,6 +282,7 @@ def test_release_entry_script(tmp_path, tmp_path_factory):
     print(report)
     assert set(report["max_abs_diff"]) == {"preset", "keras", "saved_model"}
     assert (tmp_path / "model_cards" / f"{rf.NAME}.md").exists()
+    assert rf.NAME in (tmp_path / "model_cards" / "LEADERBOARD.md").read_text()
 
 
 def test_export_takes_recipe_header_only_from_a_file_that_reproduces_the_run(tmp_path, tmp_path_factory):

@@ -14,6 +14,7 @@ from ssl_zoo.errors import ConfigError
 from ssl_zoo.evaluation.features import extract
 from ssl_zoo.evaluation.knn import knn_accuracy
 from ssl_zoo.evaluation.linear_probe import linear_probe
+from ssl_zoo.evaluation.protocol import protocol_id
 from ssl_zoo.train.recipe import EvalConfig, ProbeConfig, evaluation_protocol
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,7 @@ def evaluate_model(
         # above are over the images that remained (num_train, num_test).
         "skipped": data.stats.counts(),
     }
+    report["protocol_id"] = protocol_id(report)  # the leaderboard compares only equal ids
     if data.stats.total:
         log.warning("%s: %s", data.name, data.stats.summary())
     if out:

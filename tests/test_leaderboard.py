@@ -1,0 +1,110 @@
+"""`ssl-zoo leaderboard`: every released entry side by side, generated from its released metadata."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ssl_zoo import leaderboard, zoo
+from ssl_zoo.evaluation.protocol import protocol_id
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _released():
+    return [(e, json.loads((zoo.preset_dir(e) / "metadata.json").read_text()))
+            for e in zoo.list_entries(zoo.ZOO_DIR / zoo.REGISTRY_FILE)]
+
+
+def test_every_entry_appears_with_its_cards_numbers():
+    rows = {r["name"]: r for r in leaderboard.collect(zoo.ZOO_DIR / zoo.REGISTRY_FILE)}
+    released = _released()
+    assert sorted(rows) == sorted(e["name"] for e, _ in released)
+    for entry, meta in released:
+        report, row = meta["evaluation"], rows[entry["name"]]
+        assert row["best_stage"] == report["summary"]["best_stage"]
+        assert row["best_probe"] == report["summary"]["best_stage_probe"]
+        assert row["floor_best"] == report["summary"]["random_init_best_probe"]
+        assert row["knn"] == report["knn"]["trained"] and row["knn_floor"] == report["knn"]["random_init"]
+        # The registry's rounded copy agrees with the report the row was read from.
+        assert round(row["best_probe"], 4) == entry["probe"]["accuracy"]
+
+
+def test_committed_leaderboard_and_readme_block_are_what_the_command_writes(tmp_path):
+    """Releasing an entry without regenerating the leaderboard fails here."""
+    shutil.copy(REPO / "README.md", tmp_path / "README.md")
+    (tmp_path / "model_cards").mkdir()
+    result = leaderboard.write(tmp_path / "model_cards", readme=tmp_path / "README.md",
+                               registry=zoo.ZOO_DIR / zoo.REGISTRY_FILE, plots=False)
+    assert (REPO / "model_cards" / "LEADERBOARD.md").read_text() == Path(result["leaderboard"]).read_text(), \
+        "model_cards/LEADERBOARD.md is stale: run `ssl-zoo leaderboard`"
+    assert (REPO / "README.md").read_text() == (tmp_path / "README.md").read_text(), \
+        "README.md's leaderboard block is stale: run `ssl-zoo leaderboard`"
+    for pid in leaderboard.groups(result["rows"]):
+        assert (REPO / "model_cards" / leaderboard.plot_name(pid)).is_file()
+
+
+def test_protocol_id_separates_changed_protocols_and_only_them():
+    _, meta = _released()[0]
+    report = meta["evaluation"]
+    same = copy.deepcopy(report)
+    same["linear_probe"]["stem"]["trained"] = 0.0  # a result, not the protocol
+    same["model"] = "another"
+    assert protocol_id(same) == protocol_id(report)
+    for change in (("image_size", 96), ("seed", 1), ("num_train", 5000), ("test_split", "val")):
+        other = copy.deepcopy(report)
+        other["protocol"][change[0]] = change[1]
+        assert protocol_id(other) != protocol_id(report), change
+    assert protocol_id({**report, "dataset": "folder:imagenette"}) != protocol_id(report)
+
+
+def test_entries_under_another_protocol_get_their_own_table(tmp_path):
+    rows = leaderboard.collect(zoo.ZOO_DIR / zoo.REGISTRY_FILE)
+    moved = copy.deepcopy(rows[0])
+    moved["protocol"] = {**moved["protocol"], "image_size": 96}
+    moved["protocol_id"] = protocol_id({"dataset": moved["dataset"], "protocol": moved["protocol"]})
+    text = leaderboard.render(rows[1:] + [moved])
+    assert text.count("\n## ") == 2 and f"protocol `{moved['protocol_id']}`" in text
+    section = text.split(f"protocol `{moved['protocol_id']}`", 1)[1]
+    assert moved["name"] in section and rows[1]["name"] not in section.split("\n## ")[0]
+
+
+def test_metadata_that_does_not_match_the_registry_is_refused(tmp_path):
+    registry = tmp_path / "entries.json"
+    entries = json.loads((zoo.ZOO_DIR / zoo.REGISTRY_FILE).read_text())
+    first = entries["entries"][0]
+    preset = tmp_path / "presets" / first["name"]
+    shutil.copytree(zoo.preset_dir(first), preset)
+    first["preset"] = f"presets/{first['name']}"
+    entries["entries"] = [first]
+    registry.write_text(json.dumps(entries))
+    assert [r["name"] for r in leaderboard.collect(registry)] == [first["name"]]
+    meta = preset / "metadata.json"
+    meta.write_text(meta.read_text().replace('"best_stage_probe": 0.', '"best_stage_probe": 0.9', 1))
+    with pytest.raises(leaderboard.LeaderboardError, match="does not match the sha256"):
+        leaderboard.collect(registry)
+
+
+def test_readme_without_the_block_is_one_sentence(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# a readme\n")
+    with pytest.raises(leaderboard.LeaderboardError, match="no leaderboard block"):
+        leaderboard.write(tmp_path / "cards", readme=readme, registry=zoo.ZOO_DIR / zoo.REGISTRY_FILE, plots=False)
+
+
+def test_cli_writes_board_plot_and_readme_without_importing_tensorflow(tmp_path):
+    shutil.copy(REPO / "README.md", tmp_path / "README.md")
+    code = ("import sys; from ssl_zoo.cli import main; rc = main(sys.argv[1:]); "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'imported TF'; sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, "leaderboard", "--out", str(tmp_path / "cards"),
+                           "--readme", str(tmp_path / "README.md")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "rotnet_resnet18w025_cifar10" in proc.stdout and "leaderboard:" in proc.stdout
+    assert (tmp_path / "cards" / "LEADERBOARD.md").is_file()
+    assert list((tmp_path / "cards").glob("LEADERBOARD_*.png"))
