@@ -24,9 +24,9 @@ import tensorflow as tf
 from ssl_zoo import losses
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import PRETEXT_HEAD, projection_head
-from ssl_zoo.methods.base import BACKBONE, PretextMethod
+from ssl_zoo.methods.base import BACKBONE
 from ssl_zoo.methods.card import MethodCard
-from ssl_zoo.pretext.contrastive import two_views
+from ssl_zoo.methods.two_view import TwoViewMethod, per_view_metrics
 
 PREDICTOR = "predictor"
 
@@ -46,7 +46,7 @@ def byol_loss(prediction, target):
 
 
 @dataclasses.dataclass
-class BYOL(PretextMethod):
+class BYOL(TwoViewMethod):
     name: ClassVar[str] = "byol"
     card: ClassVar[MethodCard] = MethodCard(
         title="BYOL",
@@ -68,23 +68,14 @@ class BYOL(PretextMethod):
                    "so tasks that need colour or absolute position get less from these features.",
         view_size_field="image_size",
     )
-    image_size: int = 32
-    head_hidden_units: tuple[int, ...] = (512,)
-    projection_dim: int = 128
     predictor_hidden_units: tuple[int, ...] = (512,)
     base_momentum: float = 0.99
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    jitter_strength: float = 0.5
-    jitter_probability: float = 0.8
-    grey_probability: float = 0.2
-    blur_probability: float = 0.0
 
     def __post_init__(self):
+        super().__post_init__()
         if not 0.0 <= self.base_momentum < 1.0:
             raise ConfigError(f"[method] byol base_momentum must be in [0, 1), got {self.base_momentum}")
-        self.head_hidden_units = tuple(self.head_hidden_units)
         self.predictor_hidden_units = tuple(self.predictor_hidden_units)
-        self.crop_scale = tuple(self.crop_scale)
 
     def build_model(self) -> keras.Model:
         backbone = self.build_backbone()
@@ -107,14 +98,6 @@ class BYOL(PretextMethod):
         target.name = "target_encoder"
         target.set_weights(online.get_weights())
         return {"target": target}
-
-    def example_transform(self, image, size: int, seed, training: bool = True, index=None) -> dict:
-        """Two views, also at evaluation (fixed seeds there)."""
-        del training, index
-        views = two_views(image, size, seed, scale=self.crop_scale, jitter_strength=self.jitter_strength,
-                          jitter_probability=self.jitter_probability, grey_probability=self.grey_probability,
-                          blur_probability=self.blur_probability)
-        return {"inputs": views}
 
     def _forward(self, model, target, views, training: bool):
         first, second = views
@@ -161,5 +144,4 @@ class BYOL(PretextMethod):
         mine = tf.cast(ctx.replica_id_in_sync_group, tf.int32) * local + tf.range(local)
         nearest = tf.argmax(tf.matmul(p, keys, transpose_b=True), axis=1, output_type=tf.int32)
         correct = tf.equal(nearest, mine)
-        return {"loss_sum": tf.reduce_sum(per_view), "correct": tf.reduce_sum(tf.cast(correct, tf.float32)),
-                "count": tf.cast(tf.shape(per_view)[0], tf.float32)}
+        return per_view_metrics(per_view, correct)

@@ -34,10 +34,9 @@ import tensorflow as tf
 
 from ssl_zoo import losses
 from ssl_zoo.errors import ConfigError
-from ssl_zoo.heads import projection_head
-from ssl_zoo.methods.base import PretextMethod, state_variable
+from ssl_zoo.methods.base import state_variable
 from ssl_zoo.methods.card import MethodCard
-from ssl_zoo.pretext.contrastive import two_views
+from ssl_zoo.methods.two_view import TwoViewMethod, per_view_metrics
 
 
 def key_order(batch: int, groups: int) -> np.ndarray:
@@ -56,7 +55,7 @@ def grouped(encoder, images, groups: int, training: bool):
 
 
 @dataclasses.dataclass
-class MoCo(PretextMethod):
+class MoCo(TwoViewMethod):
     name: ClassVar[str] = "moco"
     card: ClassVar[MethodCard] = MethodCard(
         title="MoCo v2",
@@ -78,33 +77,21 @@ class MoCo(PretextMethod):
                    "so tasks that need colour or absolute position get less from these features.",
         view_size_field="image_size",
     )
-    image_size: int = 32
     temperature: float = 0.2
-    head_hidden_units: tuple[int, ...] = (512,)
-    projection_dim: int = 128
     queue_size: int = 4096
     momentum: float = 0.99
     bn_groups: int = 4
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    jitter_strength: float = 0.5
-    jitter_probability: float = 0.8
-    grey_probability: float = 0.2
-    blur_probability: float = 0.0
 
     def __post_init__(self):
+        super().__post_init__()
         self.require_positive("queue_size", "bn_groups", "projection_dim")
         if self.temperature <= 0:
             raise ConfigError(f"[method] moco temperature must be positive, got {self.temperature}")
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"[method] moco momentum must be in [0, 1), got {self.momentum}")
-        self.head_hidden_units = tuple(self.head_hidden_units)
-        self.crop_scale = tuple(self.crop_scale)
 
     def build_model(self) -> keras.Model:
-        backbone = self.build_backbone()
-        images = keras.Input((self.image_size, self.image_size, 3), name="images")
-        head = projection_head(self.head_hidden_units, self.projection_dim)
-        return keras.Model(images, head(backbone(images)), name="pretext_model")
+        return self.projection_model()
 
     def build_state(self, model):
         key_encoder = keras.models.clone_model(model)
@@ -116,14 +103,6 @@ class MoCo(PretextMethod):
         start /= np.linalg.norm(start, axis=1, keepdims=True)
         return {"key_encoder": key_encoder, "queue": state_variable(start, "queue"),
                 "queue_position": state_variable(np.int64(0), "queue_position")}
-
-    def example_transform(self, image, size: int, seed, training: bool = True, index=None) -> dict:
-        """Two views, also at evaluation (fixed seeds there)."""
-        del training, index
-        views = two_views(image, size, seed, scale=self.crop_scale, jitter_strength=self.jitter_strength,
-                          jitter_probability=self.jitter_probability, grey_probability=self.grey_probability,
-                          blur_probability=self.blur_probability)
-        return {"inputs": views}
 
     def check_batch(self, global_batch: int, per_replica_batch: int) -> None:
         if global_batch > self.queue_size:
@@ -180,15 +159,10 @@ class MoCo(PretextMethod):
         grads = tape.gradient(loss, model.trainable_variables)
         ctx.optimizer.apply_gradients(zip(grads, model.trainable_variables))
         self.enqueue(state, keys)
-        return self._metrics(per_example, correct)
+        return per_view_metrics(per_example, correct)
 
     def eval_step(self, ctx, batch):
         first, second = batch["inputs"]
         queries = self.queries(ctx.model, first, training=False)
         keys = self.keys(ctx.state["key_encoder"], second, training=False)
-        return self._metrics(*losses.info_nce(queries, keys, ctx.state["queue"], self.temperature))
-
-    @staticmethod
-    def _metrics(per_example, correct):
-        return {"loss_sum": tf.reduce_sum(per_example), "correct": tf.reduce_sum(tf.cast(correct, tf.float32)),
-                "count": tf.cast(tf.shape(per_example)[0], tf.float32)}
+        return per_view_metrics(*losses.info_nce(queries, keys, ctx.state["queue"], self.temperature))

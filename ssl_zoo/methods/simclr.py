@@ -4,8 +4,7 @@ for contrastive learning of visual representations ... composition of data augme
 critical role ... a learnable nonlinear transformation between the representation and the
 contrastive loss substantially improves the quality of the learned representations" (abstract).
 
-Composition plus its own step: the two-view transform (`ssl_zoo.pretext.contrastive`), backbone,
-MLP projection head, NT-Xent with the negatives of every replica (`ssl_zoo.losses.nt_xent`). The
+Composition plus its own step: the two views and MLP projection head of `two_view.TwoViewMethod`, NT-Xent with the negatives of every replica (`ssl_zoo.losses.nt_xent`). The
 step runs the backbone once on both views stacked in the batch, so that (synchronised) batch norm
 sees all 2N views as one network would. The released backbone is the encoder before the head.
 """
@@ -20,14 +19,12 @@ import tensorflow as tf
 
 from ssl_zoo import losses
 from ssl_zoo.errors import ConfigError
-from ssl_zoo.heads import projection_head
-from ssl_zoo.methods.base import PretextMethod
 from ssl_zoo.methods.card import MethodCard
-from ssl_zoo.pretext.contrastive import two_views
+from ssl_zoo.methods.two_view import TwoViewMethod, per_view_metrics
 
 
 @dataclasses.dataclass
-class SimCLR(PretextMethod):
+class SimCLR(TwoViewMethod):
     name: ClassVar[str] = "simclr"
     card: ClassVar[MethodCard] = MethodCard(
         title="SimCLR",
@@ -46,36 +43,15 @@ class SimCLR(PretextMethod):
                    "so tasks that need colour or absolute position get less from these features.",
         view_size_field="image_size",
     )
-    image_size: int = 32
     temperature: float = 0.2
-    head_hidden_units: tuple[int, ...] = (512,)
-    projection_dim: int = 128
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    jitter_strength: float = 0.5
-    jitter_probability: float = 0.8
-    grey_probability: float = 0.2
-    blur_probability: float = 0.0  # the paper blurs ImageNet views (0.5), not CIFAR's
 
     def __post_init__(self):
+        super().__post_init__()
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be positive, got {self.temperature}")
-        self.head_hidden_units = tuple(self.head_hidden_units)
-        self.crop_scale = tuple(self.crop_scale)
 
     def build_model(self) -> keras.Model:
-        backbone = self.build_backbone()
-        images = keras.Input((self.image_size, self.image_size, 3), name="images")
-        head = projection_head(self.head_hidden_units, self.projection_dim)
-        return keras.Model(images, head(backbone(images)), name="pretext_model")
-
-    def example_transform(self, image, size: int, seed, training: bool = True, index=None) -> dict:
-        """Two views, also at evaluation (fixed seeds there): with two identical centre crops the
-        held-out task would be trivial."""
-        del training, index
-        views = two_views(image, size, seed, scale=self.crop_scale, jitter_strength=self.jitter_strength,
-                          jitter_probability=self.jitter_probability, grey_probability=self.grey_probability,
-                          blur_probability=self.blur_probability)
-        return {"inputs": views}
+        return self.projection_model()
 
     def _contrast(self, model, views, training: bool):
         first, second = views
@@ -91,13 +67,7 @@ class SimCLR(PretextMethod):
             loss = losses.replica_loss(per_example, model)
         grads = tape.gradient(loss, model.trainable_variables)
         ctx.optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return self._metrics(per_example, correct)
+        return per_view_metrics(per_example, correct)
 
     def eval_step(self, ctx, batch):
-        return self._metrics(*self._contrast(ctx.model, batch["inputs"], training=False))
-
-    @staticmethod
-    def _metrics(per_example, correct):
-        # Counted per view (2 per image): the loss and accuracy of each view's query.
-        return {"loss_sum": tf.reduce_sum(per_example), "correct": tf.reduce_sum(tf.cast(correct, tf.float32)),
-                "count": tf.cast(tf.shape(per_example)[0], tf.float32)}
+        return per_view_metrics(*self._contrast(ctx.model, batch["inputs"], training=False))

@@ -1,0 +1,59 @@
+"""What SimCLR, MoCo v2 and BYOL share: two augmented views of every image (SimCLR's recipe:
+random resized crop and flip, colour jitter, greyscale, optional blur; `ssl_zoo.pretext.contrastive`),
+an MLP projection head on the backbone, and metrics counted per view.
+
+Each method keeps its own step (NT-Xent over the batch, InfoNCE against a queue, a prediction of an
+EMA target); only the views and the bookkeeping are the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+from ssl_zoo.heads import projection_head
+from ssl_zoo.methods.base import PretextMethod
+from ssl_zoo.pretext.contrastive import two_views
+
+
+@dataclasses.dataclass
+class TwoViewMethod(PretextMethod):
+    image_size: int = 32
+    head_hidden_units: tuple[int, ...] = (512,)
+    projection_dim: int = 128
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    jitter_strength: float = 0.5
+    jitter_probability: float = 0.8
+    grey_probability: float = 0.2
+    blur_probability: float = 0.0  # the papers blur ImageNet views (0.5), not CIFAR's
+
+    def __post_init__(self):
+        # TOML gives lists; the dataclass's config (and the recorded recipe) keeps tuples.
+        self.head_hidden_units = tuple(self.head_hidden_units)
+        self.crop_scale = tuple(self.crop_scale)
+
+    def projection_model(self, **head) -> keras.Model:
+        """Backbone + MLP projection head on `image_size` images (the trained model of SimCLR and
+        of MoCo's query encoder)."""
+        backbone = self.build_backbone()
+        images = keras.Input((self.image_size, self.image_size, 3), name="images")
+        return keras.Model(images, projection_head(self.head_hidden_units, self.projection_dim, **head)(backbone(images)),
+                           name="pretext_model")
+
+    def example_transform(self, image, size: int, seed, training: bool = True, index=None) -> dict:
+        """Two views, also at evaluation (fixed seeds there): with two identical centre crops the
+        held-out task would be trivial."""
+        del training, index
+        views = two_views(image, size, seed, scale=self.crop_scale, jitter_strength=self.jitter_strength,
+                          jitter_probability=self.jitter_probability, grey_probability=self.grey_probability,
+                          blur_probability=self.blur_probability)
+        return {"inputs": views}
+
+
+def per_view_metrics(per_view_loss, correct) -> dict:
+    """The trainer's sums, counted per view (2 per image): each view's loss and whether its
+    positive won."""
+    return {"loss_sum": tf.reduce_sum(per_view_loss), "correct": tf.reduce_sum(tf.cast(correct, tf.float32)),
+            "count": tf.cast(tf.shape(per_view_loss)[0], tf.float32)}
