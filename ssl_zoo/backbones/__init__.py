@@ -2,7 +2,7 @@
 
 import inspect
 
-from ssl_zoo.backbones.resnet import SOBEL_LAYERS, STAGES, resnet, stage_model
+from ssl_zoo.backbones.resnet import GREY_LAYER, SOBEL_LAYERS, STAGES, resnet, stage_model
 from ssl_zoo.errors import ConfigError
 
 ARCHITECTURES = {"resnet": resnet}
@@ -29,7 +29,7 @@ def build_backbone(config: dict, name: str | None = None):
 
 
 # Layers that are part of an architecture's definition, not of what it learns (fixed filters).
-FIXED_LAYERS = frozenset(SOBEL_LAYERS)
+FIXED_LAYERS = frozenset((*SOBEL_LAYERS, GREY_LAYER))
 
 
 def keep_fixed_layers_frozen(model) -> None:

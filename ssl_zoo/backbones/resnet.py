@@ -10,7 +10,9 @@ The model takes RGB images with values in [0, 255] (float or int) and normalises
 with the per-channel mean/std it was trained with, so a user never has to know the preprocessing.
 With `sobel=True` (DeepCluster's input, Caron et al. 2018) a fixed front turns the normalised
 image into its grey level's two Sobel gradients: two frozen `Conv2D` layers, so the backbone still
-takes RGB and still loads with stock Keras.
+takes RGB and still loads with stock Keras. With `grey=True` (colorization, whose network must
+not see colour) a frozen 1x1 `Conv2D` first replaces each pixel by its grey level in all three
+channels, so the released backbone takes RGB like every other.
 """
 
 from __future__ import annotations
@@ -37,6 +39,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # and vertical Sobel kernels (the values DeepCluster's reference code uses).
 SOBEL_LAYERS = ("sobel_grey", "sobel_gradients")
 _SOBEL_X = np.array([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], np.float32)
+
+
+# The fixed front of `grey=True`: Rec. 709 luma weights (those of CIE Y, which L* is a function
+# of), applied to the sRGB values, into each of the three channels.
+GREY_LAYER = "grey"
+LUMA_709 = (0.2126, 0.7152, 0.0722)
+
+
+def grey_kernel() -> np.ndarray:
+    """Kernel of the `grey=True` front (Conv2D layout [1, 1, 3 in, 3 out])."""
+    return np.tile(np.array(LUMA_709, np.float32)[:, None], (1, 3))[None, None]
 
 
 def sobel_kernels() -> dict[str, np.ndarray]:
@@ -107,6 +120,7 @@ def resnet(
     std: tuple[float, float, float] = IMAGENET_STD,
     sync_batchnorm: bool = True,
     sobel: bool = False,
+    grey: bool = False,
     name: str | None = None,
 ) -> keras.Model:
     """Builds a ResNet v1 feature extractor.
@@ -123,6 +137,8 @@ def resnet(
         replica count (what the zoo's distribution tests check).
       sobel: put DeepCluster's fixed grey + Sobel front after the normalisation: the stem sees two
         gradient channels instead of colour, which k-means would otherwise cluster on first.
+      grey: put a fixed RGB -> grey front before everything (colorization): the network sees the
+        grey level only, in the three channels the normalisation expects.
     Returns:
       A functional `keras.Model` from images in [0, 255] to the pooled features, whose stage
       outputs are the layers named in `STAGES`.
@@ -138,8 +154,11 @@ def resnet(
     name = name or f"resnet{depth}_w{width:g}_{stem}"
 
     inputs = keras.Input((image_size, image_size, 3), name="images")
+    x = inputs
+    if grey:
+        x = layers.Conv2D(3, 1, use_bias=False, trainable=False, name=GREY_LAYER)(x)
     # Rescaling to [0, 1] then Normalization keeps the constants in the model config.
-    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(x)
     x = layers.Normalization(
         mean=list(mean), variance=[s * s for s in std], name="normalize"
     )(x)
@@ -171,6 +190,8 @@ def resnet(
     if sobel:
         for layer_name, kernel in sobel_kernels().items():
             model.get_layer(layer_name).set_weights([kernel])
+    if grey:
+        model.get_layer(GREY_LAYER).set_weights([grey_kernel()])
     return model
 
 

@@ -42,6 +42,17 @@ def sparse_cross_entropy(labels, logits):
     )
 
 
+def weighted_soft_cross_entropy(soft_targets, weights, logits):
+    """Per-example mean over positions of `weights * -sum_q soft_targets log softmax(logits)`.
+
+    `soft_targets`, `logits`: [B, ..., Q]; `weights`: [B, ...], one per position (colorization's
+    class rebalancing, Zhang et al. 2016 eq. 2: the weight of the position's nearest bin)."""
+    logits = tf.cast(logits, tf.float32)
+    per_position = -tf.reduce_sum(tf.cast(soft_targets, tf.float32) * tf.nn.log_softmax(logits, axis=-1), axis=-1)
+    weighted = tf.cast(weights, tf.float32) * per_position
+    return tf.reduce_mean(tf.reshape(weighted, [tf.shape(weighted)[0], -1]), axis=-1)
+
+
 def nt_xent(z1, z2, temperature: float, replica_context=None):
     """SimCLR's NT-Xent (Chen et al. 2020, Eq. 1) with the negatives of the *global* batch.
 

@@ -6,6 +6,7 @@ from ssl_zoo.backbones import check_backbone_config
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.methods.base import PretextMethod, extract_backbone
 from ssl_zoo.methods.byol import BYOL
+from ssl_zoo.methods.colorization import Colorization
 from ssl_zoo.methods.deepcluster import DeepCluster
 from ssl_zoo.methods.exemplar import Exemplar
 from ssl_zoo.methods.jigsaw import Jigsaw
@@ -16,7 +17,8 @@ from ssl_zoo.methods.sela import SeLa
 from ssl_zoo.methods.simclr import SimCLR
 
 METHODS: dict[str, type[PretextMethod]] = {
-    cls.name: cls for cls in (RotNet, Jigsaw, RelativePatch, Exemplar, SimCLR, MoCo, BYOL, DeepCluster, SeLa)
+    cls.name: cls for cls in (RotNet, Jigsaw, RelativePatch, Exemplar, SimCLR, MoCo, BYOL, DeepCluster, SeLa,
+                                Colorization)
 }
 
 

@@ -1,0 +1,266 @@
+"""Colorization (Zhang, Isola & Efros, ECCV 2016, "Colorful Image Colorization"): from the grey
+image, predict each pixel's colour as a distribution over the quantised ab plane.
+
+Composition only, on the default step: the transform hands the network an RGB view (the backbone's
+fixed grey front, `resnet(grey=True)`, removes its colour) and the view's ab channels at the
+head's resolution as the target; the loss soft-encodes them over the in-gamut bins that `prepare`
+found in the training data and weights each pixel by the rarity of its colour
+(`ssl_zoo.pretext.colorization`). The head upsamples the last stage x2 (1/4 of the input with the
+CIFAR stem, the paper's 56 of 224) and classifies every position into the Q bins.
+
+The paper's network sees L*, a cube root of linear luminance; stock Keras layers cannot take a
+cube root, so the released backbone (which must take RGB in [0, 255] and load in safe mode on every
+backend) sees Rec. 709 luma, the same weights as CIE Y applied to the sRGB values: a lightness
+signal with the same colour weighting, without L*'s curve. Training and release see the same grey.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, ClassVar
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers
+
+from ssl_zoo import losses
+from ssl_zoo.backbones import stage_model
+from ssl_zoo.data.augment import AUGMENTATIONS, center_crop
+from ssl_zoo.errors import ConfigError
+from ssl_zoo.heads import PRETEXT_HEAD
+from ssl_zoo.methods.base import PretextMethod
+from ssl_zoo.methods.card import MethodCard, pct
+from ssl_zoo.pretext.colorization import ANNEAL_T, AbGamut, annealed_mean, lab_to_rgb, rgb_to_lab, soft_encode
+
+log = logging.getLogger(__name__)
+
+LAST_STAGE = "stage4"
+STAGE4_STRIDE = {"cifar": 8, "imagenet": 32}
+HEAD_UPSAMPLING = 2
+
+
+def colour_head(num_bins: int, hidden_units: int, name: str = PRETEXT_HEAD) -> keras.Sequential:
+    """Last stage's map -> x2 bilinear upsampling -> 3x3 conv -> BN -> ReLU -> 1x1 conv to bin logits."""
+    return keras.Sequential([
+        layers.UpSampling2D(HEAD_UPSAMPLING, interpolation="bilinear", name=f"{name}_upsample"),
+        layers.Conv2D(hidden_units, 3, padding="same", use_bias=False, name=f"{name}_conv"),
+        layers.BatchNormalization(synchronized=True, name=f"{name}_bn"),
+        layers.ReLU(name=f"{name}_relu"),
+        layers.Conv2D(num_bins, 1, name=f"{name}_logits"),
+    ], name=name)
+
+
+@dataclasses.dataclass
+class Colorization(PretextMethod):
+    name: ClassVar[str] = "colorization"
+    card: ClassVar[MethodCard] = MethodCard(
+        title="Colorization",
+        paper="Zhang, Isola & Efros, \"Colorful Image Colorization\", ECCV 2016 (arXiv:1603.08511)",
+        paragraph="The network sees a grey image and predicts the colour of every position as a "
+                  "distribution over the ab plane of CIE Lab, cut into squares of side 10 of which only "
+                  "those the training images occupy are classes. Each target is soft-encoded over its 5 "
+                  "nearest bins (Gaussian, sigma 5) and weighted by the inverse of how common its colour "
+                  "is (lambda 0.5), so that the network cannot win by predicting the desaturated colours "
+                  "that dominate photos. The colour head is dropped after training; the backbone, with "
+                  "its fixed RGB-to-grey front (Rec. 709 luma where the paper has L*, which stock layers "
+                  "cannot compute), is what this entry releases: it takes RGB and ignores the colour.",
+        pretext_eval="the held-out {split} split of {data}: the fraction of positions whose most "
+                     "likely bin is the true colour's nearest bin",
+        limitation="The backbone never sees colour: downstream tasks that depend on hue (flowers, fruit, "
+                   "traffic lights) lose that cue, and the random-init floor it is compared with is the "
+                   "same grey network.",
+        view_size_field="image_size",
+    )
+    image_size: int = 32
+    augment: str = "crop_flip"
+    head_hidden_units: int = 128
+    gamut_images: int = 5000  # training images whose ab histogram gives the bins and weights
+    rebalance_lambda: float = 0.5
+    gamut_seed: int = 0
+
+    def __post_init__(self):
+        if self.backbone.get("grey") is False:
+            raise ConfigError("[backbone] grey = false: colorization's network must not see colour "
+                              "(leave grey out or set it true)")
+        self.backbone = {**self.backbone, "grey": True}
+        self.require_positive("image_size", "head_hidden_units", "gamut_images")
+        stem = self.backbone.get("stem", "cifar")
+        if self.image_size % STAGE4_STRIDE.get(stem, 1):
+            raise ConfigError(f"colorization image_size {self.image_size} must be a multiple of the "
+                              f"{stem} stem's stride {STAGE4_STRIDE[stem]}")
+        self.gamut: AbGamut | None = None
+
+    # ---- data -----------------------------------------------------------------------------------
+    @property
+    def target_size(self) -> int:
+        """Side of the head's output: the last stage's map, upsampled x2."""
+        return self.image_size // STAGE4_STRIDE[self.backbone.get("stem", "cifar")] * HEAD_UPSAMPLING
+
+    def view_ab(self, view) -> tf.Tensor:
+        """An RGB view [S, S, 3] in [0, 255] -> its ab channels, area-averaged to the head's grid."""
+        lab = rgb_to_lab(view)
+        return tf.image.resize(lab[..., 1:], [self.target_size] * 2, method="area")
+
+    def example_transform(self, image, size: int, seed, training: bool = True, index=None) -> dict:
+        del index, size  # views are cut at the method's image_size, the size its head's grid assumes
+        view = AUGMENTATIONS[self.augment if training else "center"](image, self.image_size, seed)
+        return {"inputs": view, "targets": self.view_ab(view)}
+
+    def prepare(self, source, split: str, image_size: int) -> None:
+        """The ab bins and their weights, from the first `gamut_images` training images (the
+        split read in the order `gamut_seed` shuffles it: the same on every run and resume)."""
+        del image_size
+        ds = (source.examples(split, shuffle_seed=self.gamut_seed).take(self.gamut_images)
+              .map(lambda ex: self.view_ab(center_crop(ex["image"], self.image_size)),
+                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(256))
+        ab = np.concatenate([b.reshape(-1, 2) for b in ds.as_numpy_iterator()] or [np.zeros((0, 2))])
+        self.set_gamut(AbGamut.from_ab(ab, rebalance_lambda=self.rebalance_lambda))
+        log.info("colorization: %d in-gamut ab bins from %d pixels of %s/%s (weights %.2f .. %.2f)",
+                 self.gamut.num_bins, self.gamut.pixels, source.name, split, self.gamut.weights.min(),
+                 self.gamut.weights.max())
+
+    def set_gamut(self, gamut: AbGamut) -> None:
+        self.gamut = gamut
+        self._centres = tf.constant(gamut.centres)
+        self._weights = tf.constant(gamut.weights)
+
+    def require_gamut(self) -> AbGamut:
+        if self.gamut is None:
+            raise ConfigError("colorization has no ab gamut yet: call prepare(source, split, size) with the "
+                              "training data (the trainer does) or set_gamut()")
+        return self.gamut
+
+    # ---- composition ----------------------------------------------------------------------------
+    def build_model(self) -> keras.Model:
+        gamut = self.require_gamut()
+        backbone = self.build_backbone()
+        inputs = keras.Input((self.image_size, self.image_size, 3), name="images")
+        # Same layers and name as the backbone, one more output: the last stage's map for the head
+        # (`extract_backbone` keeps only the pooled output at export).
+        with_map = stage_model(backbone, ("pooled", LAST_STAGE), name=backbone.name)
+        logits = colour_head(gamut.num_bins, self.head_hidden_units)(with_map(inputs)[LAST_STAGE])
+        return keras.Model(inputs, logits, name="pretext_model")
+
+    # ---- loss and metrics -----------------------------------------------------------------------
+    def loss(self, targets, outputs):
+        """Per image: the mean over positions of the rebalanced soft cross-entropy (eq. 2 and 3)."""
+        soft, nearest = soft_encode(targets, self._centres)
+        return losses.weighted_soft_cross_entropy(soft, tf.gather(self._weights, nearest), outputs)
+
+    def metrics(self, targets, outputs, per_example) -> dict[str, tf.Tensor]:
+        """Sums over images of: the loss, the fraction of positions whose top bin is the target's
+        nearest ("accuracy"), and the mean ab distance of the annealed-mean colour to the truth
+        ("ab_error") next to that of predicting grey, ab = 0 ("grey_ab_error")."""
+        _, nearest = soft_encode(targets, self._centres)
+        top = tf.argmax(outputs, -1, output_type=tf.int32)
+        positions = (1, 2)
+        ab = annealed_mean(outputs, self._centres)
+        return {
+            "loss_sum": tf.reduce_sum(per_example),
+            "correct": tf.reduce_sum(tf.reduce_mean(tf.cast(tf.equal(top, nearest), tf.float32), positions)),
+            "ab_error_sum": tf.reduce_sum(tf.reduce_mean(tf.norm(ab - targets, axis=-1), positions)),
+            "grey_ab_error_sum": tf.reduce_sum(tf.reduce_mean(tf.norm(targets, axis=-1), positions)),
+            "count": tf.cast(tf.shape(per_example)[0], tf.float32),
+        }
+
+    # ---- what it learned ------------------------------------------------------------------------
+    def diagnose(self, run_dir, *, recipe, data_dir=None, split: str | None = None, max_examples: int | None = None,
+                 batch_size: int = 250, picture: str | Path | None = None, picture_images: int = 12) -> dict:
+        """{"colorization_check": report}: on held-out images, the pixel bin accuracy against
+        always answering the commonest bin, the annealed-mean colour's ab error against grey's,
+        and the gamut; with `picture`, a PNG of grey input / colorized / true colour."""
+        from ssl_zoo.data.pipeline import build_pretext_dataset
+        from ssl_zoo.data.sources import open_source
+
+        run_dir = Path(run_dir)
+        split = split or recipe.data.eval_split
+        if not split:
+            raise ConfigError("the recipe has no eval split; pass split=")
+        source = open_source(recipe.data.source, data_dir)
+        self.prepare(source, recipe.data.train_split, recipe.data.image_size)
+        gamut = self.require_gamut()
+        # safe_mode: a run folder may come from elsewhere; no Lambda or pickled code is executed.
+        model = keras.saving.load_model(run_dir / "pretext_model.keras", compile=False, safe_mode=True)
+        ds = build_pretext_dataset(source, split, self, batch_size=batch_size, image_size=recipe.data.image_size,
+                                   training=False)
+        if max_examples:
+            ds = ds.take(-(-max_examples // batch_size))
+        commonest = int(np.argmax(gamut.prior))
+        sums = dict.fromkeys(("loss_sum", "correct", "ab_error_sum", "grey_ab_error_sum", "count"), 0.0)
+        commonest_correct, shown = 0.0, None
+        for batch in ds:
+            outputs = model(batch["inputs"], training=False)
+            for k, v in self.metrics(batch["targets"], outputs, self.loss(batch["targets"], outputs)).items():
+                sums[k] += float(v)
+            _, nearest = soft_encode(batch["targets"], self._centres)
+            commonest_correct += float(tf.reduce_sum(tf.reduce_mean(tf.cast(tf.equal(nearest, commonest),
+                                                                             tf.float32), (1, 2))))
+            if shown is None:
+                shown = (batch["inputs"][:picture_images].numpy(), outputs[:picture_images].numpy())
+        n = sums.pop("count")
+        if n == 0:
+            raise ConfigError(f"colorization check: no images in split {split!r}")
+        report: dict[str, Any] = {
+            "examples": int(n), "data": recipe.data.source, "split": split,
+            "accuracy": sums["correct"] / n, "commonest_bin_accuracy": commonest_correct / n,
+            "uniform_chance": 1.0 / gamut.num_bins, "loss": sums["loss_sum"] / n,
+            "ab_error": sums["ab_error_sum"] / n, "grey_ab_error": sums["grey_ab_error_sum"] / n,
+            "num_bins": gamut.num_bins, "gamut_pixels": gamut.pixels,
+            "weights": [float(gamut.weights.min()), float(gamut.weights.max())],
+            "annealed_mean_temperature": ANNEAL_T,
+            "method": {k: v for k, v in self.config().items() if k != "backbone"},
+        }
+        if picture is not None and shown is not None:
+            draw_colorizations(shown[0], shown[1], gamut, Path(picture), self.target_size)
+            report["picture"] = Path(picture).name
+        return {"colorization_check": report}
+
+    @staticmethod
+    def card_diagnostics(diagnostics: dict) -> list[str]:
+        c = diagnostics.get("colorization_check")
+        if not c:
+            return []
+        lines = [f"- Held-out colorization (`ssl-zoo diagnose`, {c['examples']} images of `{c['split']}`, "
+                 f"{c['num_bins']} in-gamut bins): the top bin is the true colour's at {pct(c['accuracy'])} of "
+                 f"positions, against {pct(c['commonest_bin_accuracy'])} for always answering the commonest bin "
+                 f"and {pct(c['uniform_chance'])} for a uniform guess; the annealed-mean colour "
+                 f"(T = {c['annealed_mean_temperature']}) is {c['ab_error']:.2f} ab units from the truth, "
+                 f"predicting grey {c['grey_ab_error']:.2f}."]
+        if c.get("picture"):
+            lines += ["", f"![grey input, colorized, true colour on held-out images]({c['picture']})"]
+        return lines
+
+
+def draw_colorizations(views: np.ndarray, logits: np.ndarray, gamut: AbGamut, path: Path, target_size: int) -> Path:
+    """Rows of held-out images: the grey the network saw, its colorization (its annealed-mean ab
+    upsampled onto the true L), the true colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lab = rgb_to_lab(views).numpy()
+    ab = tf.image.resize(annealed_mean(logits, gamut.centres), views.shape[1:3], method="bilinear").numpy()
+    grey = lab_to_rgb(np.concatenate([lab[..., :1], np.zeros_like(ab)], -1)).numpy()
+    coloured = lab_to_rgb(np.concatenate([lab[..., :1], ab], -1)).numpy()
+    rows = [("grey input (L)", grey), ("colorized", coloured), ("true colour", views)]
+    n = len(views)
+    fig, axes = plt.subplots(3, n, figsize=(1.2 * n, 4.0), squeeze=False)
+    for r, (title, images) in enumerate(rows):
+        for i in range(n):
+            ax = axes[r][i]
+            ax.imshow(np.clip(images[i], 0, 255).astype(np.uint8), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_ylabel(title, fontsize=7)
+    fig.suptitle(f"colorization on held-out images (annealed mean, T = {ANNEAL_T}; "
+                 f"predicted at {target_size}x{target_size})", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
