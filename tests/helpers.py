@@ -64,7 +64,7 @@ def two_replica_strategy(devices):
     return tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
 
 
-def assert_two_step_fit(method, images, image_size: int) -> None:
+def assert_two_step_fit(method, images, image_size: int, labels=None) -> None:
     """The method's pretext model trains for two steps under plain Keras `fit` on its own
     transform's output (batches of 4 from `images`), with a finite loss."""
     import keras
@@ -73,7 +73,7 @@ def assert_two_step_fit(method, images, image_size: int) -> None:
     from ssl_zoo.data.sources import ArraySource
 
     model = method.build_model()
-    ds = keras_pairs(build_pretext_dataset(ArraySource(images), "train", method, batch_size=4, image_size=image_size,
+    ds = keras_pairs(build_pretext_dataset(ArraySource(images, labels), "train", method, batch_size=4, image_size=image_size,
                                            training=True))
     model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     history = model.fit(ds.take(2), epochs=1, verbose=0)

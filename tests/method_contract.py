@@ -58,6 +58,7 @@ class MethodContract:
     method: dict  # the recipe's [method] section: name and parameters
     image_size: int  # the data's image size (the crop a context method cuts its views from)
     images: np.ndarray  # uint8 [N, H, W, 3], N >= 12
+    labels: np.ndarray | None = None  # classes of `images`, for the supervised reference only
     backbone: dict = dataclasses.field(default_factory=lambda: {k: v for k, v in TINY_BACKBONE.items()
                                                                   if k != "image_size"})
     optimizers: dict | None = None  # [optimizers.NAME] sections, for methods with several optimizers
@@ -88,7 +89,7 @@ class MethodContract:
     def source(self):
         from ssl_zoo.data.sources import ArraySource
 
-        return ArraySource(self.images)
+        return ArraySource(self.images, self.labels)
 
     def trainer(self, tmp_path, strategy=None, name: str = "run", **train):
         from ssl_zoo.methods import method_from_recipe
@@ -129,7 +130,7 @@ class MethodContract:
 
             method = method_from_recipe(self.recipe())
             method.prepare(self.source(), "train", self.image_size)
-            assert_two_step_fit(method, self.images, self.image_size)
+            assert_two_step_fit(method, self.images, self.image_size, self.labels)
 
     def check_export_round_trip(self, tmp_path) -> None:
         import ssl_zoo

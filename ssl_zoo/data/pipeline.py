@@ -141,14 +141,19 @@ def build_pretext_dataset(
 ) -> tf.data.Dataset:
     """Batches of `method`'s pretext examples: `{"inputs", "targets"?, "index"}` (module docstring).
 
-    `method.example_transform(image, size, seed, training=, index=)` makes each example and
+    `method.example_transform(image, size, seed, training=, index=)` makes each example (with
+    `label=` too for a method whose `reads_labels` is true) and
     `method.batch_transform(batch)` (if any) each batch; `index` is the source images' identity
     (for RotNet's four rotations per image it stays the B source indices)."""
     who = f"{type(method).__name__}.example_transform"
 
+    # Only a method that says it reads labels (the supervised reference) is handed them.
+    labels = {"label"} if getattr(method, "reads_labels", False) else set()
+
     def example(ex, example_seed):
-        out = pretext_example(
-            method.example_transform(ex["image"], image_size, example_seed, training=training, index=ex["index"]), who)
+        extra = {k: ex[k] for k in labels}
+        out = pretext_example(method.example_transform(ex["image"], image_size, example_seed, training=training,
+                                                       index=ex["index"], **extra), who)
         return {**out, "index": ex["index"]}
 
     batch_transform = None

@@ -15,10 +15,11 @@ from ssl_zoo.methods.relative_patch import RelativePatch
 from ssl_zoo.methods.rotnet import RotNet
 from ssl_zoo.methods.sela import SeLa
 from ssl_zoo.methods.simclr import SimCLR
+from ssl_zoo.methods.supervised import Supervised
 
 METHODS: dict[str, type[PretextMethod]] = {
     cls.name: cls for cls in (RotNet, Jigsaw, RelativePatch, Exemplar, SimCLR, MoCo, BYOL, DeepCluster, SeLa,
-                                Colorization)
+                                Colorization, Supervised)
 }
 
 
@@ -57,6 +58,7 @@ def diagnose_run(run_dir, *, data_dir=None, overrides=(), out=None, **options) -
     "context_check"). The run's recorded recipe builds the method; `overrides`
     (`section.key=value`) correct it, e.g. `method.placement=grid` for a run recorded before that
     parameter existed. `out`: the report file `ssl-zoo export --diagnostics` takes."""
+    import inspect
     import json
     from pathlib import Path
 
@@ -71,6 +73,8 @@ def diagnose_run(run_dir, *, data_dir=None, overrides=(), out=None, **options) -
     if not hasattr(method, "diagnose"):
         having = sorted(n for n, cls in METHODS.items() if hasattr(cls, "diagnose"))
         raise ConfigError(f"{run_dir} trained {method.name!r}, which has no diagnostics (methods with some: {having})")
+    if "picture" in options and "picture" not in inspect.signature(method.diagnose).parameters:
+        raise ConfigError(f"{method.name!r} draws no picture of its pretext task (drop --picture)")
     report = method.diagnose(run_dir, recipe=recipe, data_dir=data_dir, **options)
     for diagnostic in report.values():
         diagnostic.update(run=str(run_dir), overrides=list(overrides))

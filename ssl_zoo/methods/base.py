@@ -118,6 +118,9 @@ class PretextMethod:
     # (Exemplar CNN samples its seed bank): the trainer then streams placeholders (ImagelessSource)
     # instead of decoding every training image only to drop it.
     reads_images: ClassVar[bool] = True
+    # True only for the supervised reference (`supervised.py`): its transform is handed each
+    # image's class (`label=`). Self-supervised methods never see labels.
+    reads_labels: ClassVar[bool] = False
     # JSON files the method's hooks write into the run folder that its card reads (DeepCluster's
     # clusters.json): `ssl-zoo export` copies them into the preset's metadata ("run_reports").
     # A method may also render card lines and a plot from the metadata: `card_training(meta,
