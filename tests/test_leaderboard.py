@@ -108,3 +108,28 @@ def test_cli_writes_board_plot_and_readme_without_importing_tensorflow(tmp_path)
     assert "rotnet_resnet18w025_cifar10" in proc.stdout and "leaderboard:" in proc.stdout
     assert (tmp_path / "cards" / "LEADERBOARD.md").is_file()
     assert list((tmp_path / "cards").glob("LEADERBOARD_*.png"))
+
+
+def test_supervised_reference_is_listed_last_and_each_stage_shown_as_its_fraction(tmp_path):
+    rows = [r for r in leaderboard.collect(zoo.ZOO_DIR / zoo.REGISTRY_FILE) if not leaderboard.is_reference(r)]
+    entry = next(r for r in rows if r["name"] == "rotnet_resnet18w025_cifar10")
+    reference = copy.deepcopy(entry)
+    reference.update(name="supervised_ref", method="supervised", best_probe=0.99)
+    for stage in reference["stages"].values():
+        stage["trained"] = 2 * stage["trained"]  # twice the entry's probe: 50 % at every stage
+    text = leaderboard.render(rows + [reference])
+    summary = [line for line in text.splitlines() if line.startswith("| [")]
+    assert summary[-1].startswith("| [supervised_ref]") and "reference (labels)" in summary[-1]
+    fraction = entry["stages"][entry["best_stage"]]["trained"] / reference["stages"][entry["best_stage"]]["trained"]
+    rotnet_line = next(line for line in summary if line.startswith("| [rotnet_resnet18w025_cifar10]"))
+    assert f"| {100 * fraction:.0f} % |" in rotnet_line
+    table = text.split("(Asano et al. 2020, Table 1", 1)[1]
+    assert "| rotnet_resnet18w025_cifar10 | 50 % |" in table and "| supervised_ref (reference) |" in table
+    # Another backbone's entry is not measured against this reference.
+    other = next(r for r in rows if r["backbone"] != entry["backbone"]) if any(
+        r["backbone"] != entry["backbone"] for r in rows) else None
+    if other is not None:
+        assert leaderboard.reference_for(other, rows + [reference]) is None
+    # Without a reference: no fraction table, a dash in the column.
+    assert "(Asano et al. 2020, Table 1" not in leaderboard.render(rows)
+    leaderboard.plot_group(rows + [reference], tmp_path / "board.png")
