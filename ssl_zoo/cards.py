@@ -134,7 +134,8 @@ def card_data(meta: dict[str, Any]):
                                   metric_value=round_accuracy(s["best_stage_probe"]), **common))
         results.append(EvalResult(task_name="kNN on frozen features", metric_name=f"kNN top-1 (k={report['knn']['k']}, {report['knn']['stage']})",
                                   metric_value=round_accuracy(report["knn"]["trained"]), **common))
-    tags = ["self-supervised-learning", "image-feature-extraction", "keras", "tensorflow", method,
+    tags = ["supervised-reference" if _uses_labels(method) else "self-supervised-learning",
+            "image-feature-extraction", "keras", "tensorflow", method,
             meta["arch"].get("arch", "backbone") if meta.get("arch") else "backbone", "ssl_zoo"]
     return ModelCardData(
         library_name="keras",
@@ -145,6 +146,11 @@ def card_data(meta: dict[str, Any]):
         model_name=meta["name"],
         eval_results=results or None,
     )
+
+
+def _uses_labels(method_name: str | None) -> bool:
+    """True for a method trained with the data's labels (the supervised reference)."""
+    return bool(getattr(method_class(method_name), "reads_labels", False))
 
 
 def batch_norm_sentence(record: dict | None) -> str | None:
@@ -210,7 +216,9 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None, training_plo
     add = L.append
     add(f"# {name}\n")
     add(f"{meta['backbone_label']} ({meta['parameters']:,} parameters) trained with "
-        f"{info.title if info else method_name} on {train_ds} without labels, released by "
+        f"{info.title if info else method_name} on {train_ds} "
+        f"{'WITH its labels (a reference for the self-supervised entries)' if _uses_labels(method_name) else 'without labels'}"
+        f", released by "
         f"ssl_zoo as a Keras backbone that maps RGB images in [0, 255] to features "
         f"and, on request, to its named stages ({', '.join(meta['stages'])}).\n")
 

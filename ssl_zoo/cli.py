@@ -191,8 +191,9 @@ def cmd_diagnose(args) -> int:
     _import_tensorflow(args)
     from ssl_zoo.methods import diagnose_run
 
+    options = {"picture": args.picture} if args.picture else {}
     report = diagnose_run(args.run, data_dir=args.data_dir, split=args.split, max_examples=args.max_examples,
-                          overrides=args.set or [], out=args.out)
+                          overrides=args.set or [], out=args.out, **options)
     print(json.dumps({name: {k: v for k, v in d.items() if k not in ("method", "overrides", "run")}
                       for name, d in report.items()}, indent=2))
     return 0
@@ -392,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="correct the run's recorded recipe, e.g. method.placement=grid")
     p.add_argument("--out", default=None, help="write the report JSON here")
+    p.add_argument("--picture", default=None, help="also draw the pretext task on held-out images into this PNG "
+                                                   "(colorization: grey input, colorized, true colour)")
     p.set_defaults(func=cmd_diagnose, out_kind="file")
 
     p = sub.add_parser("export", help="release artefacts (preset = HF checkpoint, SavedModel, .keras) of a trained model")

@@ -183,3 +183,50 @@ def test_method_contract(tmp_path):
 @pytest.mark.slow
 def test_method_contract_two_replicas(tmp_path):
     CONTRACT.run_slow(tmp_path)
+
+
+def test_diagnose_on_a_run_folder_writes_report_and_picture(tmp_path, capsys):
+    """End to end on an (untrained) colorization run: recorded recipe, image folder, gamut from the
+    training split, safe-mode load, held-out metrics and baselines, the picture; a method that draws
+    no picture refuses --picture in one sentence."""
+    import json
+
+    from helpers import write_image_folder
+    from ssl_zoo.cli import main
+    from ssl_zoo.methods import method_from_recipe
+    from ssl_zoo.train.recipe import recipe_from_dict
+
+    write_image_folder(tmp_path, n=12, size=20)
+    recipe = recipe_from_dict({
+        "name": "tiny_colorization", "method": {"name": "colorization", "image_size": 16, "head_hidden_units": 8},
+        "backbone": dict(TINY_BACKBONE), "data": {"source": "folder:images", "image_size": 16, "eval_split": "train"},
+    })
+    method = method_from_recipe(recipe)
+    from ssl_zoo.data.sources import open_source
+
+    method.prepare(open_source("folder:images", tmp_path), "train", 16)
+    run = tmp_path / "run"
+    run.mkdir()
+    method.build_model().save(run / "pretext_model.keras")
+    (run / "run.json").write_text(json.dumps({"recipe": recipe.to_dict()}))
+    out, picture = tmp_path / "diagnostics.json", tmp_path / "cards" / "x_pretext.png"
+    assert main(["diagnose", str(run), "--data-dir", str(tmp_path), "--max-examples", "8", "--out", str(out),
+                 "--picture", str(picture)]) == 0
+    report = json.loads(out.read_text())["colorization_check"]
+    assert report["examples"] == 8 and report["num_bins"] == method.gamut.num_bins
+    assert 0.0 <= report["accuracy"] <= 1.0 and 0.0 <= report["commonest_bin_accuracy"] <= 1.0
+    assert report["grey_ab_error"] > 0 and report["picture"] == "x_pretext.png" and picture.stat().st_size > 1000
+    assert str(tmp_path) not in json.dumps({k: v for k, v in report.items() if k not in ("run", "overrides")})
+
+
+def test_picture_is_refused_by_a_method_that_draws_none(tmp_path, caplog):
+    import json
+
+    from ssl_zoo.cli import main
+    from ssl_zoo.train.recipe import recipe_from_dict
+
+    recipe = recipe_from_dict({"name": "r", "method": {"name": "relative_patch"},
+                               "backbone": {"arch": "resnet", "depth": 18, "width": 0.125, "stem": "cifar"}})
+    (tmp_path / "run.json").write_text(json.dumps({"recipe": recipe.to_dict()}))
+    assert main(["diagnose", str(tmp_path), "--picture", str(tmp_path / "p.png")]) == 2
+    assert "draws no picture of its pretext task" in caplog.text

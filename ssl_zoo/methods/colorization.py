@@ -184,6 +184,7 @@ class Colorization(PretextMethod):
         gamut = self.require_gamut()
         # safe_mode: a run folder may come from elsewhere; no Lambda or pickled code is executed.
         model = keras.saving.load_model(run_dir / "pretext_model.keras", compile=False, safe_mode=True)
+        batch_size = min(batch_size, max_examples or batch_size)
         ds = build_pretext_dataset(source, split, self, batch_size=batch_size, image_size=recipe.data.image_size,
                                    training=False)
         if max_examples:
