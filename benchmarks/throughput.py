@@ -42,6 +42,7 @@ RECIPES = {
     "moco": "training/moco_resnet18w025_cifar10.toml",
     "deepcluster": "training/deepcluster_resnet18w025_cifar10.toml",
     "sela": "training/sela_resnet18w025_cifar10.toml",
+    "colorization": "training/colorization_resnet18w025_cifar10.toml",
 }
 
 

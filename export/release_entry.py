@@ -2,7 +2,7 @@
 
     python export/release_entry.py runs/NAME --name NAME --eval runs/NAME/eval.json \
         [--out export/NAME] [--hardware "..."] [--hf hf://org/NAME] [--no-register] [--recipe FILE] \
-        [--diagnostics runs/NAME/diagnostics.json]
+        [--diagnostics runs/NAME/diagnostics.json] [--data-dir DATA]
 
 Runs `ssl-zoo export --register --recipe training/NAME.toml` (the recipe file must hold exactly the
 values the run used, so that the repository reproduces the released weights; its header, with the
@@ -47,6 +47,8 @@ def main(argv=None) -> int:
     p.add_argument("--diagnostics", "--context-check", default=None,
                    help="ssl-zoo diagnose report of the run, recorded in the metadata and shown in the card "
                         "(--context-check: its former name)")
+    p.add_argument("--data-dir", default=None,
+                   help="data root: also draw the entry's pictures beside its card (`ssl-zoo pictures`)")
     p.add_argument("--recipe", default=None,
                    help="recipe file that reproduces the run (default training/NAME.toml when it exists); "
                         "checked value by value against the run's, its header goes into the card")
@@ -76,6 +78,8 @@ def main(argv=None) -> int:
         return 1
     if not args.no_register:  # the new entry's row in model_cards/LEADERBOARD.md and the README
         if cli(["leaderboard"] + ([] if Path("README.md").is_file() else ["--no-readme"])) != 0:
+            return 1
+        if args.data_dir and cli(["pictures", args.name, "--data-dir", args.data_dir]) != 0:
             return 1
 
     import keras

@@ -196,7 +196,10 @@ def plot_method_training(meta: dict[str, Any], path) -> Path | None:
     return draw(meta, path) if draw else None
 
 
-def render_card(meta: dict[str, Any], plot_name: str | None = None, training_plot_name: str | None = None) -> str:
+def render_card(meta: dict[str, Any], plot_name: str | None = None, training_plot_name: str | None = None,
+                pictures: dict[str, str] | None = None) -> str:
+    """The card's markdown. `pictures`: {kind: file} beside the card (`ssl_zoo.pictures`), linked
+    in a section of their own (the cards folder's card; the preset's travels without them)."""
     name = meta["name"]
     report = meta.get("evaluation") or {}
     training = meta.get("training") or {}
@@ -255,6 +258,14 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None, training_plo
     add("")
     if plot_name and report:
         add(f"![Linear probe accuracy per stage, trained vs random init]({plot_name})\n")
+    if pictures:
+        from ssl_zoo.pictures import PICTURES
+
+        add("## Pictures\n")
+        add("Drawn from the released backbone on held-out images (`ssl-zoo pictures`; the pretext task by "
+            "`ssl-zoo diagnose --picture`).\n")
+        for kind, file in pictures.items():
+            add(f"![{PICTURES[kind]}]({file})\n")
 
     add("## Method\n")
     if info:
@@ -436,8 +447,10 @@ def write_model_card(preset: str | os.PathLike, cards_dir: str | os.PathLike = "
     if plot_method_training(meta, partial):  # a method that draws none leaves no file
         os.replace(partial, cards_dir / f"{name}_training.png")
         training_plot = f"{name}_training.png"
+    from ssl_zoo.pictures import pictures_beside
+
     with atomic_file(cards_dir / f"{name}.md") as tmp:
-        tmp.write_text(render_card(meta, plot, training_plot))
+        tmp.write_text(render_card(meta, plot, training_plot, pictures_beside(cards_dir, name)))
     return cards_dir / f"{name}.md"
 
 

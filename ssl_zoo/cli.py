@@ -1,4 +1,4 @@
-"""`ssl-zoo` command line: train, evaluate, diagnose, export, list, card, push, finetune."""
+"""`ssl-zoo` command line: train, evaluate, diagnose, export, list, card, pictures, leaderboard, push, finetune."""
 
 from __future__ import annotations
 
@@ -278,6 +278,25 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
+def cmd_pictures(args) -> int:
+    _import_tensorflow(args)
+    from ssl_zoo import zoo
+    from ssl_zoo.cards import write_model_card
+    from ssl_zoo.errors import ConfigError
+    from ssl_zoo.pictures import write_entry_pictures
+
+    names = [e["name"] for e in zoo.list_entries()] if args.all else args.names
+    if not names:
+        raise ConfigError("name an entry (or preset folder), or pass --all")
+    for name in names:
+        result = write_entry_pictures(name, data_dir=args.data_dir, cards_dir=args.out, num_images=args.num_images)
+        card = write_model_card(result["preset"], args.out)
+        print(f"{result['name']}: {', '.join(result['pictures'].values())}; precision@{result['k']} "
+              f"{100 * result['precision_at_k']:.1f} % on {result['images']} images of {result['dataset']}/"
+              f"{result['split']}; card {card}")
+    return 0
+
+
 def cmd_card(args) -> int:
     _import_tensorflow(args)
     from ssl_zoo.cards import write_card_files, write_model_card
@@ -442,6 +461,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-preset", action="store_true",
                    help="also rewrite the preset's own README.md and plot (after a card template change)")
     p.set_defaults(func=cmd_card, out_kind="folder")
+
+    p = sub.add_parser("pictures", help="draw an entry's first-layer filters and held-out nearest neighbours beside "
+                                        "its card, and relink the card")
+    p.add_argument("names", nargs="*", help="zoo names or preset folders")
+    p.add_argument("--all", action="store_true", help="every entry of the registry")
+    _add_data_dir(p)
+    p.add_argument("--out", default="model_cards", help="cards folder (default model_cards)")
+    p.add_argument("--num-images", type=int, default=2000, help="held-out images searched (default 2000)")
+    p.set_defaults(func=cmd_pictures, out_kind="folder")
 
     p = sub.add_parser("push", help="upload a preset folder or zoo entry to the Hugging Face Hub")
     p.add_argument("source", help="preset folder, export folder's preset/, or zoo name")

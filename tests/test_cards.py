@@ -113,6 +113,7 @@ def test_released_cards_are_what_the_current_template_renders(name):
     # A card template change must reach every released entry: its packaged preset card and its copy in
     # model_cards/ are regenerated from the preset's metadata (`ssl-zoo card PRESET`), never hand-edited.
     from ssl_zoo.cards import render_card
+    from ssl_zoo.pictures import pictures_beside
 
     preset = REPO / "ssl_zoo" / "zoo" / "presets" / name
     meta = json.loads((preset / "metadata.json").read_text())
@@ -120,7 +121,9 @@ def test_released_cards_are_what_the_current_template_renders(name):
     in_preset = "training.png" if (preset / "training.png").is_file() else None
     in_cards = f"{name}_training.png" if (REPO / "model_cards" / f"{name}_training.png").is_file() else None
     assert (preset / "README.md").read_text() == render_card(meta, "probe_per_stage.png", in_preset)
-    assert (REPO / "model_cards" / f"{name}.md").read_text() == render_card(meta, f"{name}_probe.png", in_cards)
+    pictures = pictures_beside(REPO / "model_cards", name)
+    assert (REPO / "model_cards" / f"{name}.md").read_text() == render_card(meta, f"{name}_probe.png", in_cards,
+                                                                           pictures)
     assert '"synchronized": true' not in (preset / "config.json").read_text()
     assert "is plain (`synchronized: false`)" in (preset / "README.md").read_text()
     if name in FIRST_RELEASED_WITH_SYNCHRONIZED_BN:

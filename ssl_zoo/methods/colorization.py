@@ -230,8 +230,6 @@ class Colorization(PretextMethod):
                  f"and {pct(c['uniform_chance'])} for a uniform guess; the annealed-mean colour "
                  f"(T = {c['annealed_mean_temperature']}) is {c['ab_error']:.2f} ab units from the truth, "
                  f"predicting grey {c['grey_ab_error']:.2f}."]
-        if c.get("picture"):
-            lines += ["", f"![grey input, colorized, true colour on held-out images]({c['picture']})"]
         return lines
 
 
