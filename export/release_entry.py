@@ -81,6 +81,9 @@ def main(argv=None) -> int:
             return 1
         if args.data_dir and cli(["pictures", args.name, "--data-dir", args.data_dir]) != 0:
             return 1
+        # Every card in model_cards/ again: a new supervised reference adds its column to the others.
+        if cli(["card", "--all"]) != 0:
+            return 1
 
     import keras
 

@@ -197,9 +197,12 @@ def plot_method_training(meta: dict[str, Any], path) -> Path | None:
 
 
 def render_card(meta: dict[str, Any], plot_name: str | None = None, training_plot_name: str | None = None,
-                pictures: dict[str, str] | None = None) -> str:
+                pictures: dict[str, str] | None = None, reference: dict[str, Any] | None = None) -> str:
     """The card's markdown. `pictures`: {kind: file} beside the card (`ssl_zoo.pictures`), linked
-    in a section of their own (the cards folder's card; the preset's travels without them)."""
+    in a section of their own; `reference`: the supervised reference's leaderboard row
+    (`ssl_zoo.leaderboard.reference_for`), whose probe each stage is shown as a fraction of. Both
+    for the cards folder's card, which `ssl-zoo card` regenerates; the preset's card is fixed at
+    release and has neither."""
     name = meta["name"]
     report = meta.get("evaluation") or {}
     training = meta.get("training") or {}
@@ -231,13 +234,22 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None, training_plo
         add(f"Measured by `ssl-zoo evaluate` on {ds_name} ({proto.get('num_train', '?')} training / "
             f"{proto.get('num_test', '?')} test images, {proto.get('image_size', size)} px). Every number is next to the "
             f"same architecture at random initialisation (the floor a frozen random network already reaches).\n")
-        add("| stage | probe dims | trained | random init | gain |")
-        add("|---|---:|---:|---:|---:|")
+        ref_stages = (reference or {}).get("stages") or {}
+        add("| stage | probe dims | trained | random init | gain |" + (" of supervised |" if ref_stages else ""))
+        add("|---|---:|---:|---:|---:|" + ("---:|" if ref_stages else ""))
         for stage in stages_in_network_order(report["linear_probe"]):
             r = report["linear_probe"][stage]
-            add(f"| {stage} | {r['dims']} | {_pct(r['trained'])} | {_pct(r['random_init'])} | "
-                f"{100 * (r['trained'] - r['random_init']):+.2f} pt |")
+            row = (f"| {stage} | {r['dims']} | {_pct(r['trained'])} | {_pct(r['random_init'])} | "
+                   f"{100 * (r['trained'] - r['random_init']):+.2f} pt |")
+            if ref_stages:
+                ref = ref_stages.get(stage)
+                row += f" {100 * r['trained'] / ref['trained']:.0f} % |" if ref else " – |"
+            add(row)
         add("")
+        if ref_stages:
+            add(f"*Of supervised*: the probe as a fraction of the supervised reference's at the same stage "
+                f"([{reference['name']}]({reference['name']}.md): this backbone trained with the labels, evaluated "
+                f"the same way; Asano et al. 2020, Table 1).\n")
         add(f"- Best stage: **{s['best_stage']}**, linear probe **{_pct(s['best_stage_probe'])}**; random init at "
             f"the same stage {_pct(s['random_init_probe_same_stage'])}, best random-init stage "
             f"({s['random_init_best_stage']}) {_pct(s['random_init_best_probe'])}; gain over the best floor "
@@ -450,8 +462,20 @@ def write_model_card(preset: str | os.PathLike, cards_dir: str | os.PathLike = "
     from ssl_zoo.pictures import pictures_beside
 
     with atomic_file(cards_dir / f"{name}.md") as tmp:
-        tmp.write_text(render_card(meta, plot, training_plot, pictures_beside(cards_dir, name)))
+        tmp.write_text(render_card(meta, plot, training_plot, pictures_beside(cards_dir, name), supervised_reference(name)))
     return cards_dir / f"{name}.md"
+
+
+def supervised_reference(name: str, registry=None) -> dict[str, Any] | None:
+    """The leaderboard row of the supervised reference that registered entry `name` is measured
+    against (same backbone, same protocol); None for an unregistered entry, a reference, or none."""
+    from ssl_zoo import leaderboard
+
+    rows = leaderboard.collect(registry)
+    row = next((r for r in rows if r["name"] == name), None)
+    if row is None or leaderboard.is_reference(row):
+        return None
+    return leaderboard.reference_for(row, rows)
 
 
 def _hardware_text(hw) -> str:

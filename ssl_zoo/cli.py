@@ -303,12 +303,18 @@ def cmd_card(args) -> int:
     from ssl_zoo.loader import resolve_source
     from ssl_zoo.preset import read_metadata
 
-    res = resolve_source(args.source)
-    if res.kind != "preset":
-        raise SystemExit(f"{args.source}: a card is generated from a preset folder (its metadata.json)")
-    print(write_model_card(res.path, args.out))
-    if args.in_preset:
-        print(write_card_files(read_metadata(res.path), res.path))
+    from ssl_zoo import zoo
+    from ssl_zoo.errors import ConfigError
+
+    if args.all == bool(args.source):
+        raise ConfigError("name one preset folder or zoo entry, or pass --all (every registered entry)")
+    for source in [e["name"] for e in zoo.list_entries()] if args.all else [args.source]:
+        res = resolve_source(source)
+        if res.kind != "preset":
+            raise SystemExit(f"{source}: a card is generated from a preset folder (its metadata.json)")
+        print(write_model_card(res.path, args.out))
+        if args.in_preset:
+            print(write_card_files(read_metadata(res.path), res.path))
     return 0
 
 
@@ -456,7 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("card", help="(re)generate the model card of a preset / zoo entry from its metadata")
-    p.add_argument("source", help="preset folder, export folder or zoo name")
+    p.add_argument("source", nargs="?", default=None, help="preset folder, export folder or zoo name")
+    p.add_argument("--all", action="store_true", help="every registered entry (after a release: the cards show each "
+                                                      "stage as a fraction of the supervised reference's)")
     p.add_argument("--out", default="model_cards", help="cards folder (default model_cards)")
     p.add_argument("--in-preset", action="store_true",
                    help="also rewrite the preset's own README.md and plot (after a card template change)")

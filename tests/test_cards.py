@@ -112,7 +112,7 @@ FIRST_RELEASED_WITH_SYNCHRONIZED_BN = {"rotnet_resnet18w025_cifar10", "jigsaw_re
 def test_released_cards_are_what_the_current_template_renders(name):
     # A card template change must reach every released entry: its packaged preset card and its copy in
     # model_cards/ are regenerated from the preset's metadata (`ssl-zoo card PRESET`), never hand-edited.
-    from ssl_zoo.cards import render_card
+    from ssl_zoo.cards import render_card, supervised_reference
     from ssl_zoo.pictures import pictures_beside
 
     preset = REPO / "ssl_zoo" / "zoo" / "presets" / name
@@ -122,8 +122,9 @@ def test_released_cards_are_what_the_current_template_renders(name):
     in_cards = f"{name}_training.png" if (REPO / "model_cards" / f"{name}_training.png").is_file() else None
     assert (preset / "README.md").read_text() == render_card(meta, "probe_per_stage.png", in_preset)
     pictures = pictures_beside(REPO / "model_cards", name)
-    assert (REPO / "model_cards" / f"{name}.md").read_text() == render_card(meta, f"{name}_probe.png", in_cards,
-                                                                           pictures)
+    assert (REPO / "model_cards" / f"{name}.md").read_text() == render_card(
+        meta, f"{name}_probe.png", in_cards, pictures, supervised_reference(name)), \
+        f"model_cards/{name}.md is stale: run `ssl-zoo card --all`"
     assert '"synchronized": true' not in (preset / "config.json").read_text()
     assert "is plain (`synchronized: false`)" in (preset / "README.md").read_text()
     if name in FIRST_RELEASED_WITH_SYNCHRONIZED_BN:
@@ -266,3 +267,19 @@ def test_card_code_block_runs(preset, tmp_path, monkeypatch):
     scope = {"train_ds": train_ds}
     exec(compile(code, "card-snippet", "exec"), scope)
     assert scope["classifier"].output.shape[-1] == 10
+
+
+def test_card_shows_each_stage_as_a_fraction_of_the_supervised_reference():
+    from ssl_zoo.cards import render_card, supervised_reference
+
+    meta = json.loads((REPO / "ssl_zoo" / "zoo" / "presets" / "rotnet_resnet18w025_cifar10" / "metadata.json").read_text())
+    probe = meta["evaluation"]["linear_probe"]
+    reference = {"name": "supervised_ref", "stages": {s: {"trained": 2 * v["trained"]} for s, v in probe.items()
+                                                      if s != "pooled"}}
+    text = render_card(meta, reference=reference)
+    assert "| stage | probe dims | trained | random init | gain | of supervised |" in text
+    assert "| 50 % |" in text and [line for line in text.splitlines() if line.startswith("| pooled |")][0].endswith("| – |")
+    assert "[supervised_ref](supervised_ref.md)" in text
+    assert "of supervised" not in render_card(meta)
+    # A reference is never measured against itself; an unregistered name has none.
+    assert supervised_reference("not_an_entry") is None
