@@ -454,7 +454,8 @@ class ImagelessSource(Source):
 
 
 def open_source(spec: str, data_dir: str | os.PathLike | None = None, *, cache: bool = False) -> Source:
-    """Opens a source from a spec: `tfds:NAME` or `folder:PATH` (PATH relative to the data dir).
+    """Opens a source from a spec: `tfds:NAME`, `folder:PATH` or `single:PATH?height=&size=&n=` (one
+    photo as a stream of augmented crops, `ssl_zoo.data.single_image`); PATH relative to the data dir.
 
     `cache` (a recipe's `[data] cache`) keeps an image folder decoded in memory after its first
     pass; a TFDS dataset is read from its prepared records either way."""
@@ -474,4 +475,11 @@ def open_source(spec: str, data_dir: str | os.PathLike | None = None, *, cache: 
         if not path.is_absolute() and root is not None:
             path = root / path
         return ImageFolderSource(path, cache=cache)
-    raise DataError(f"unknown data source kind {kind!r} in {spec!r}; use 'tfds:' or 'folder:'")
+    if kind == "single":
+        from ssl_zoo.data.single_image import open_single_image
+
+        root = resolve_data_dir(data_dir)
+        if isinstance(root, str):
+            raise DataError(f"a single-image source reads a local file; {spec!r} cannot be under the data dir {root}")
+        return open_single_image(value, root)
+    raise DataError(f"unknown data source kind {kind!r} in {spec!r}; use 'tfds:', 'folder:' or 'single:'")
