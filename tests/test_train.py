@@ -69,6 +69,11 @@ def test_rotnet_loss_decreases_on_real_images(tmp_path):
     assert after["accuracy"] > 0.5
 
 
+# Methods whose model's shape comes from the training data (`prepare`): colorization's ab bins, the
+# supervised reference's classes.
+MODEL_FROM_DATA = {"colorization", "supervised"}
+
+
 @pytest.mark.parametrize("recipe_path", sorted((REPO / "training").rglob("*.toml")),
                          ids=lambda p: str(p.relative_to(REPO / "training").with_suffix("")))
 def test_every_recipe_builds(recipe_path):
@@ -79,11 +84,14 @@ def test_every_recipe_builds(recipe_path):
     recipe = load_recipe(recipe_path)
     assert recipe.description, "a recipe states what it reaches and how to reproduce it"
     method = method_from_recipe(recipe)
+    photos = ArraySource(np.random.default_rng(0).integers(0, 255, (2, 300, 400, 3), dtype=np.uint8),
+                         labels=np.array([0, 1]))
+    if method.name in MODEL_FROM_DATA:
+        method.prepare(photos, "train", recipe.data.image_size)
     model = method.build_model()
     assert model.get_layer("backbone") is not None and model.get_layer("pretext_head") is not None
     if not getattr(method, "reads_images", True):
         return  # Exemplar draws its views from a seed bank of num_classes images, not from the batch
-    photos = ArraySource(np.random.default_rng(0).integers(0, 255, (2, 300, 400, 3), dtype=np.uint8))
     ds = build_pretext_dataset(photos, "train", method, batch_size=2, image_size=recipe.data.image_size, training=True)
     inputs = next(iter(ds))["inputs"]
     for view, spec in zip(tf.nest.flatten(inputs), model.inputs):
