@@ -11,6 +11,8 @@ pipeline rows say whether either side is input-bound.
 
 Methods with hooks (DeepCluster's clustering, SeLa's label refreshes) also get their hooks timed
 on the whole training split ("hooks"), and a rate with the hooks' time per epoch included.
+Adversarial methods (those with a `generator_step`: the context encoder) also get their generator's
+step alone timed ("generator"), so that the discriminator's share of a step is shown separately.
 
 Each measurement runs in its own subprocess so that its peak memory (VmHWM) is its own.
 
@@ -43,6 +45,7 @@ RECIPES = {
     "deepcluster": "training/deepcluster_resnet18w025_cifar10.toml",
     "sela": "training/sela_resnet18w025_cifar10.toml",
     "colorization": "training/colorization_resnet18w025_cifar10.toml",
+    "context_encoder": "training/context_encoder_resnet18w025_cifar10.toml",
 }
 
 
@@ -149,6 +152,18 @@ def run_part(part: str, method_name: str, data_dir: str, steps: int, warmup: int
             return {"steps_per_epoch": spe, "epoch_hook_seconds": epoch_hook, "refresh_seconds": refresh,
                     "refreshes_per_epoch": refreshes, "hook_seconds_per_epoch": epoch_hook + refreshes * refresh,
                     "peak_rss_gib": _peak_rss_gib()}
+        if part == "generator":
+            # The method's step without its discriminator's: the generator's forward (which runs
+            # the discriminator once, frozen, for its adversarial term) and update.
+            step = tf.function(lambda b: method.generator_step(trainer.context, b))
+            step(first)
+            for _ in range(warmup):
+                step(next(batches))
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                metrics, _ = step(next(batches))
+            float(metrics["loss_sum"])
+            return {"backbone_images_per_second": steps * per_step / (time.perf_counter() - t0)}
         if part == "method":
             trainer.train_step(first)
             for _ in range(warmup):
@@ -178,6 +193,7 @@ def _run_subprocess(args, part: str, method: str, images: int = 0, side: int = 0
 
 
 def benchmark_method(args, method: str) -> dict:
+    from ssl_zoo.methods import method_from_recipe
     from ssl_zoo.train.recipe import load_recipe
 
     recipe = load_recipe(ROOT / RECIPES[method])
@@ -195,6 +211,13 @@ def benchmark_method(args, method: str) -> dict:
             hooks["steps_per_epoch"] * images / (step_seconds + hooks["hook_seconds_per_epoch"]))
         hooks["method_with_hooks_over_supervised"] = (
             hooks["method_images_per_second_with_hooks"] / supervised["backbone_images_per_second"])
+    adversarial = None
+    if hasattr(method_from_recipe(recipe), "generator_step"):
+        generator = _run_subprocess(args, "generator", method)
+        step, without = 1 / trained["backbone_images_per_second"], 1 / generator["backbone_images_per_second"]
+        adversarial = {"generator": generator, "discriminator_share_of_step": (step - without) / step,
+                       "generator_over_supervised": (generator["backbone_images_per_second"]
+                                                     / supervised["backbone_images_per_second"])}
     return {
         "recipe": RECIPES[method],
         "data": recipe.data.source,
@@ -208,6 +231,7 @@ def benchmark_method(args, method: str) -> dict:
         "method_over_supervised": trained["backbone_images_per_second"] / supervised["backbone_images_per_second"],
         "pipeline_over_method": pipeline["backbone_images_per_second"] / trained["backbone_images_per_second"],
         **({"hooks": hooks} if hooks else {}),
+        **({"adversarial": adversarial} if adversarial else {}),
     }
 
 

@@ -2,7 +2,7 @@
 
 import inspect
 
-from ssl_zoo.backbones.resnet import GREY_LAYER, SOBEL_LAYERS, STAGES, resnet, stage_model
+from ssl_zoo.backbones.resnet import GREY_LAYER, SOBEL_LAYERS, STAGE4_STRIDE, STAGES, resnet, stage_model
 from ssl_zoo.errors import ConfigError
 
 ARCHITECTURES = {"resnet": resnet}
@@ -40,4 +40,4 @@ def keep_fixed_layers_frozen(model) -> None:
             layer.trainable = False
 
 
-__all__ = ["ARCHITECTURES", "FIXED_LAYERS", "keep_fixed_layers_frozen", "STAGES", "build_backbone", "check_backbone_config", "resnet", "stage_model"]
+__all__ = ["ARCHITECTURES", "FIXED_LAYERS", "keep_fixed_layers_frozen", "STAGE4_STRIDE", "STAGES", "build_backbone", "check_backbone_config", "resnet", "stage_model"]

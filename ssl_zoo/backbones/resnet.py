@@ -24,6 +24,8 @@ from keras import layers
 from ssl_zoo.errors import ConfigError
 
 STAGES = ("stem", "stage1", "stage2", "stage3", "stage4", "pooled")
+# How much smaller than the input the last stage's map is, per stem (dense pretext heads upsample it).
+STAGE4_STRIDE = {"cifar": 8, "imagenet": 32}
 
 # depth -> (block kind, blocks per stage): Table 1 of He et al. 2016.
 _DEPTHS = {

@@ -105,3 +105,19 @@ def info_nce(queries, positive_keys, negative_keys, temperature: float):
     per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     correct = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels)
     return per_example, correct
+
+
+def gan_discriminator_loss(real_logits, fake_logits):
+    """Per-example discriminator loss of the standard GAN (Goodfellow et al. 2014): binary
+    cross-entropy with real = 1 and fake = 0, -log D(real) - log(1 - D(fake)), from logits
+    (softplus(-r) + softplus(f), stable for large logits). [B, 1] or [B] logits -> [B]."""
+    real = tf.reshape(tf.cast(real_logits, tf.float32), [tf.shape(real_logits)[0], -1])
+    fake = tf.reshape(tf.cast(fake_logits, tf.float32), [tf.shape(fake_logits)[0], -1])
+    return tf.reduce_mean(tf.nn.softplus(-real), axis=1) + tf.reduce_mean(tf.nn.softplus(fake), axis=1)
+
+
+def gan_generator_loss(fake_logits):
+    """Per-example non-saturating generator loss, -log D(fake) = softplus(-f) (Goodfellow et al.
+    2014, Sec. 3: it gives strong gradients early, when the discriminator rejects every fake)."""
+    fake = tf.reshape(tf.cast(fake_logits, tf.float32), [tf.shape(fake_logits)[0], -1])
+    return tf.reduce_mean(tf.nn.softplus(-fake), axis=1)

@@ -7,6 +7,7 @@ from ssl_zoo.errors import ConfigError
 from ssl_zoo.methods.base import PretextMethod, extract_backbone
 from ssl_zoo.methods.byol import BYOL
 from ssl_zoo.methods.colorization import Colorization
+from ssl_zoo.methods.context_encoder import ContextEncoder
 from ssl_zoo.methods.deepcluster import DeepCluster
 from ssl_zoo.methods.exemplar import Exemplar
 from ssl_zoo.methods.jigsaw import Jigsaw
@@ -19,7 +20,7 @@ from ssl_zoo.methods.supervised import Supervised
 
 METHODS: dict[str, type[PretextMethod]] = {
     cls.name: cls for cls in (RotNet, Jigsaw, RelativePatch, Exemplar, SimCLR, MoCo, BYOL, DeepCluster, SeLa,
-                                Colorization, Supervised)
+                                Colorization, ContextEncoder, Supervised)
 }
 
 

@@ -27,10 +27,11 @@ import tensorflow as tf
 from keras import layers
 
 from ssl_zoo import losses
-from ssl_zoo.backbones import stage_model
+from ssl_zoo.backbones import STAGE4_STRIDE, stage_model
 from ssl_zoo.data.augment import AUGMENTATIONS, center_crop
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import PRETEXT_HEAD
+from ssl_zoo.image_grid import draw_image_rows
 from ssl_zoo.methods.base import PretextMethod
 from ssl_zoo.methods.card import MethodCard, pct
 from ssl_zoo.pretext.colorization import ANNEAL_T, AbGamut, annealed_mean, lab_to_rgb, rgb_to_lab, soft_encode
@@ -38,7 +39,6 @@ from ssl_zoo.pretext.colorization import ANNEAL_T, AbGamut, annealed_mean, lab_t
 log = logging.getLogger(__name__)
 
 LAST_STAGE = "stage4"
-STAGE4_STRIDE = {"cifar": 8, "imagenet": 32}
 HEAD_UPSAMPLING = 2
 
 
@@ -172,28 +172,14 @@ class Colorization(PretextMethod):
         """{"colorization_check": report}: on held-out images, the pixel bin accuracy against
         always answering the commonest bin, the annealed-mean colour's ab error against grey's,
         and the gamut; with `picture`, a PNG of grey input / colorized / true colour."""
-        from ssl_zoo.data.pipeline import build_pretext_dataset
-        from ssl_zoo.data.sources import open_source
+        from ssl_zoo.methods.held_out import held_out_batches
 
-        run_dir = Path(run_dir)
-        split = split or recipe.data.eval_split
-        if not split:
-            raise ConfigError("the recipe has no eval split; pass split=")
-        source = open_source(recipe.data.source, data_dir)
-        self.prepare(source, recipe.data.train_split, recipe.data.image_size)
+        batches = held_out_batches(self, run_dir, recipe, data_dir, split, max_examples, batch_size)
         gamut = self.require_gamut()
-        # safe_mode: a run folder may come from elsewhere; no Lambda or pickled code is executed.
-        model = keras.saving.load_model(run_dir / "pretext_model.keras", compile=False, safe_mode=True)
-        batch_size = min(batch_size, max_examples or batch_size)
-        ds = build_pretext_dataset(source, split, self, batch_size=batch_size, image_size=recipe.data.image_size,
-                                   training=False)
-        if max_examples:
-            ds = ds.take(-(-max_examples // batch_size))
         commonest = int(np.argmax(gamut.prior))
         sums = dict.fromkeys(("loss_sum", "correct", "ab_error_sum", "grey_ab_error_sum", "count"), 0.0)
         commonest_correct, shown = 0.0, None
-        for batch in ds:
-            outputs = model(batch["inputs"], training=False)
+        for batch, outputs in batches:
             for k, v in self.metrics(batch["targets"], outputs, self.loss(batch["targets"], outputs)).items():
                 sums[k] += float(v)
             _, nearest = soft_encode(batch["targets"], self._centres)
@@ -201,6 +187,7 @@ class Colorization(PretextMethod):
                                                                              tf.float32), (1, 2))))
             if shown is None:
                 shown = (batch["inputs"][:picture_images].numpy(), outputs[:picture_images].numpy())
+        split = split or recipe.data.eval_split
         n = sums.pop("count")
         if n == 0:
             raise ConfigError(f"colorization check: no images in split {split!r}")
@@ -236,30 +223,10 @@ class Colorization(PretextMethod):
 def draw_colorizations(views: np.ndarray, logits: np.ndarray, gamut: AbGamut, path: Path, target_size: int) -> Path:
     """Rows of held-out images: the grey the network saw, its colorization (its annealed-mean ab
     upsampled onto the true L), the true colour."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     lab = rgb_to_lab(views).numpy()
     ab = tf.image.resize(annealed_mean(logits, gamut.centres), views.shape[1:3], method="bilinear").numpy()
     grey = lab_to_rgb(np.concatenate([lab[..., :1], np.zeros_like(ab)], -1)).numpy()
     coloured = lab_to_rgb(np.concatenate([lab[..., :1], ab], -1)).numpy()
-    rows = [("grey input (L)", grey), ("colorized", coloured), ("true colour", views)]
-    n = len(views)
-    fig, axes = plt.subplots(3, n, figsize=(1.2 * n, 4.0), squeeze=False)
-    for r, (title, images) in enumerate(rows):
-        for i in range(n):
-            ax = axes[r][i]
-            ax.imshow(np.clip(images[i], 0, 255).astype(np.uint8), interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_ylabel(title, fontsize=7)
-    fig.suptitle(f"colorization on held-out images (annealed mean, T = {ANNEAL_T}; "
-                 f"predicted at {target_size}x{target_size})", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return draw_image_rows([("grey input (L)", grey), ("colorized", coloured), ("true colour", views)],
+                           f"colorization on held-out images (annealed mean, T = {ANNEAL_T}; "
+                           f"predicted at {target_size}x{target_size})", path)

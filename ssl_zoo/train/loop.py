@@ -59,9 +59,9 @@ def build_optimizer(cfg: OptimizerConfig, global_batch: int, total_steps: int, s
     if cfg.name == "sgd":
         opt = keras.optimizers.SGD(lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay or None)
     elif cfg.name == "adamw":
-        opt = keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+        opt = keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay, beta_1=cfg.beta_1)
     elif cfg.name == "lamb":
-        opt = keras.optimizers.Lamb(lr, weight_decay=cfg.weight_decay or None)
+        opt = keras.optimizers.Lamb(lr, beta_1=cfg.beta_1, weight_decay=cfg.weight_decay or None)
     else:
         raise ConfigError(f"unknown optimizer {cfg.name!r}; sgd, adamw or lamb")
     if cfg.weight_decay:

@@ -134,8 +134,11 @@ class OptimizerConfig(Checked):
     section: ClassVar[str] = "optimizer"
     name: str = one_of(("sgd", "adamw", "lamb"), "sgd")
     learning_rate: float = 0.1  # per 256 images of global batch (linear scaling, Goyal et al. 2017)
-    momentum: float = 0.9
-    nesterov: bool = True
+    momentum: float = 0.9  # sgd
+    nesterov: bool = True  # sgd
+    # adamw and lamb: the first moment's decay; 0.5 for adversarial training (Radford et al. 2016,
+    # which found 0.9 made it oscillate).
+    beta_1: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: float = 1.0
     schedule: str = one_of(("cosine", "constant"), "cosine")

@@ -1,0 +1,58 @@
+"""The one piece adversarial methods share: the discriminator, and its update.
+
+Not a GAN trainer: a method with an adversarial term writes its own step (its generator's loss
+has its own terms: inpainting, super-resolution, BiGAN's encoder) and calls `discriminator_step`
+for the other half, with its own optimizer (`PretextMethod.optimizer_names`). The discriminator
+lives in the method's state, so it is checkpointed and restored with the run and never exported.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+from ssl_zoo import losses
+
+DISCRIMINATOR = "discriminator"
+
+
+def conv_discriminator(image_size: int, widths: tuple[int, ...] = (32, 64, 128), channels: int = 3,
+                       name: str = DISCRIMINATOR) -> keras.Model:
+    """Images in [-1, 1] -> one real/fake logit: a DCGAN discriminator (Radford et al. 2016), a 4x4
+    stride-2 convolution per width with leaky ReLU (0.2), then a dense logit.
+
+    No batch normalisation: its statistics would mix the real and the fake batch, and without it
+    the discriminator is the same function on every replica's slice of the batch, so its
+    gradients need no cross-replica statistics to be right."""
+    inputs = keras.Input((image_size, image_size, channels), name="images")
+    x = inputs
+    for i, width in enumerate(widths):
+        x = layers.Conv2D(width, 4, strides=2, padding="same", name=f"{name}_conv{i}")(x)
+        x = layers.LeakyReLU(0.2, name=f"{name}_lrelu{i}")(x)
+    x = layers.Flatten(name=f"{name}_flatten")(x)
+    return keras.Model(inputs, layers.Dense(1, name=f"{name}_logit")(x), name=name)
+
+
+def discriminator_step(discriminator: keras.Model, optimizer, real, fake) -> dict[str, tf.Tensor]:
+    """One replica's update of `discriminator` (and of nothing else) on a real and a fake batch
+    of the same size: binary cross-entropy (`losses.gan_discriminator_loss`), reduced to this
+    replica's share of the global mean. `fake` is a constant here: no gradient reaches whatever
+    made it. `real`, `fake`: whatever the discriminator takes (images; BiGAN's (x, z) pairs).
+
+    Returns sums over the replica's examples: "discriminator_loss_sum", and the discriminator's
+    mean belief that a real ("d_real_sum") and a fake ("d_fake_sum") input is real, the balance
+    to watch (a discriminator at 1 / 0 gives its generator nothing to learn from)."""
+    fake = tf.nest.map_structure(tf.stop_gradient, fake)
+    variables = discriminator.trainable_variables
+    with tf.GradientTape() as tape:
+        real_logits = discriminator(real, training=True)
+        fake_logits = discriminator(fake, training=True)
+        per_example = losses.gan_discriminator_loss(real_logits, fake_logits)
+        loss = losses.replica_loss(per_example, discriminator)
+    optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+    return {
+        "discriminator_loss_sum": tf.reduce_sum(per_example),
+        "d_real_sum": tf.reduce_sum(tf.sigmoid(tf.cast(real_logits, tf.float32))),
+        "d_fake_sum": tf.reduce_sum(tf.sigmoid(tf.cast(fake_logits, tf.float32))),
+    }

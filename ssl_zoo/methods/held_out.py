@@ -1,0 +1,35 @@
+"""The held-out pass a method's `diagnose` makes over a trained run: the run's pretext model (read
+in Keras safe mode, since a run folder may come from elsewhere) applied to the method's own
+evaluation examples of a split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+
+from ssl_zoo.errors import ConfigError
+
+
+def held_out_batches(method, run_dir, recipe, data_dir=None, split: str | None = None,
+                     max_examples: int | None = None, batch_size: int = 250):
+    """An iterator of `(batch, outputs)` over `split` (default: the recipe's eval split) of the recipe's
+    data: the method's evaluation transform (`training=False`, fixed seeds) and the run's
+    `pretext_model.keras` on it, at most `max_examples` images. Methods whose model comes from the
+    data (`prepare`) are prepared with the training split before this returns."""
+    from ssl_zoo.data.pipeline import build_pretext_dataset
+    from ssl_zoo.data.sources import open_source
+
+    split = split or recipe.data.eval_split
+    if not split:
+        raise ConfigError("the recipe has no eval split; pass split=")
+    source = open_source(recipe.data.source, data_dir)
+    method.prepare(source, recipe.data.train_split, recipe.data.image_size)
+    # safe_mode: no Lambda or pickled code in the file is executed.
+    model = keras.saving.load_model(Path(run_dir) / "pretext_model.keras", compile=False, safe_mode=True)
+    batch_size = min(batch_size, max_examples or batch_size)
+    ds = build_pretext_dataset(source, split, method, batch_size=batch_size, image_size=recipe.data.image_size,
+                               training=False)
+    if max_examples:
+        ds = ds.take(-(-max_examples // batch_size))
+    return ((batch, model(batch["inputs"], training=False)) for batch in ds)
