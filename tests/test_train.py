@@ -69,9 +69,9 @@ def test_rotnet_loss_decreases_on_real_images(tmp_path):
     assert after["accuracy"] > 0.5
 
 
-# Methods whose model's shape comes from the training data (`prepare`): colorization's ab bins, the
-# supervised reference's classes.
-MODEL_FROM_DATA = {"colorization", "supervised"}
+# Methods whose model's shape comes from the training data (`prepare`): colorization's and
+# split-brain's ab bins, the supervised reference's classes.
+MODEL_FROM_DATA = {"colorization", "split_brain", "supervised"}
 
 
 @pytest.mark.parametrize("recipe_path", sorted((REPO / "training").rglob("*.toml")),

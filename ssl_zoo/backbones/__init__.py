@@ -2,10 +2,11 @@
 
 import inspect
 
-from ssl_zoo.backbones.resnet import GREY_LAYER, SOBEL_LAYERS, STAGE4_STRIDE, STAGES, resnet, stage_model
+from ssl_zoo.backbones.resnet import (CHROMA_LAYER, GREY_LAYER, SOBEL_LAYERS, SPLIT_PREFIXES, STAGE4_STRIDE, STAGES,
+                                     resnet, split_resnet, stage_model)
 from ssl_zoo.errors import ConfigError
 
-ARCHITECTURES = {"resnet": resnet}
+ARCHITECTURES = {"resnet": resnet, "split_resnet": split_resnet}
 
 
 def check_backbone_config(config: dict) -> None:
@@ -29,7 +30,7 @@ def build_backbone(config: dict, name: str | None = None):
 
 
 # Layers that are part of an architecture's definition, not of what it learns (fixed filters).
-FIXED_LAYERS = frozenset((*SOBEL_LAYERS, GREY_LAYER))
+FIXED_LAYERS = frozenset((*SOBEL_LAYERS, GREY_LAYER, CHROMA_LAYER))
 
 
 def keep_fixed_layers_frozen(model) -> None:
@@ -40,4 +41,4 @@ def keep_fixed_layers_frozen(model) -> None:
             layer.trainable = False
 
 
-__all__ = ["ARCHITECTURES", "FIXED_LAYERS", "keep_fixed_layers_frozen", "STAGE4_STRIDE", "STAGES", "build_backbone", "check_backbone_config", "resnet", "stage_model"]
+__all__ = ["ARCHITECTURES", "FIXED_LAYERS", "keep_fixed_layers_frozen", "SPLIT_PREFIXES", "STAGE4_STRIDE", "STAGES", "build_backbone", "check_backbone_config", "resnet", "split_resnet", "stage_model"]

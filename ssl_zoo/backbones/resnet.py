@@ -49,6 +49,19 @@ GREY_LAYER = "grey"
 LUMA_709 = (0.2126, 0.7152, 0.0722)
 
 
+# The fixed chroma front of `split_resnet`'s colour half: blue minus luma and red minus luma
+# (the B'-Y', R'-Y' of video colour-difference signals), the colour the grey level leaves out.
+CHROMA_LAYER = "chroma"
+# Layer-name prefixes of `split_resnet`'s two halves: the grey one and the chroma one.
+SPLIT_PREFIXES = ("l_", "ab_")
+
+
+def chroma_kernel() -> np.ndarray:
+    """Kernel of the chroma front (Conv2D layout [1, 1, 3 in, 2 out]): B - Y and R - Y."""
+    luma = np.array(LUMA_709, np.float32)
+    return np.stack([np.eye(3, dtype=np.float32)[2] - luma, np.eye(3, dtype=np.float32)[0] - luma], axis=1)[None, None]
+
+
 def grey_kernel() -> np.ndarray:
     """Kernel of the `grey=True` front (Conv2D layout [1, 1, 3 in, 3 out])."""
     return np.tile(np.array(LUMA_709, np.float32)[:, None], (1, 3))[None, None]
@@ -145,55 +158,138 @@ def resnet(
       A functional `keras.Model` from images in [0, 255] to the pooled features, whose stage
       outputs are the layers named in `STAGES`.
     """
-    if depth not in _DEPTHS:
-        raise ConfigError(f"ResNet depth must be one of {sorted(_DEPTHS)}, got {depth}")
-    if stem not in ("cifar", "imagenet"):
-        raise ConfigError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
-    if width <= 0:
-        raise ConfigError(f"width must be positive, got {width}")
-    kind, blocks = _DEPTHS[depth]
-    base = max(8, int(round(64 * width)))
+    _check(depth, width, stem)
     name = name or f"resnet{depth}_w{width:g}_{stem}"
-
     inputs = keras.Input((image_size, image_size, 3), name="images")
     x = inputs
     if grey:
         x = layers.Conv2D(3, 1, use_bias=False, trainable=False, name=GREY_LAYER)(x)
-    # Rescaling to [0, 1] then Normalization keeps the constants in the model config.
-    x = layers.Rescaling(1.0 / 255.0, name="rescale")(x)
-    x = layers.Normalization(
-        mean=list(mean), variance=[s * s for s in std], name="normalize"
-    )(x)
+    x = _normalize(x, mean, std)
     if sobel:
         for layer_name, kernel in sobel_kernels().items():
             # Frozen (trainable=False is in the config, so it stays frozen after loading); the
             # kernels are set below and travel in the weights file like any other.
             x = layers.Conv2D(kernel.shape[-1], kernel.shape[0], padding="same", use_bias=False,
                               trainable=False, name=layer_name)(x)
-    if stem == "cifar":
-        x = _conv(base, 3, 1, "stem_conv")(x)
-        x = _bn("stem_bn", sync_batchnorm)(x)
-        x = layers.ReLU(name="stem_relu")(x)
-    else:
-        x = _conv(base, 7, 2, "stem_conv")(x)
-        x = _bn("stem_bn", sync_batchnorm)(x)
-        x = layers.ReLU(name="stem_relu")(x)
-        x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
-    x = layers.Identity(name="stem")(x)
-    for stage, n_blocks in enumerate(blocks, start=1):
-        filters = base * 2 ** (stage - 1)
-        for b in range(n_blocks):
-            stride = 2 if (b == 0 and stage > 1) else 1
-            x = _block(x, filters, stride, kind, f"stage{stage}_block{b + 1}", sync_batchnorm)
-        x = layers.Identity(name=f"stage{stage}")(x)
-    x = layers.GlobalAveragePooling2D(name="global_pool")(x)
-    outputs = layers.Identity(name="pooled")(x)
+    outputs = _trunk(x, depth, width, stem, sync_batchnorm)["pooled"]
     model = keras.Model(inputs, outputs, name=name)
     if sobel:
         for layer_name, kernel in sobel_kernels().items():
             model.get_layer(layer_name).set_weights([kernel])
     if grey:
         model.get_layer(GREY_LAYER).set_weights([grey_kernel()])
+    return model
+
+
+def _check(depth: int, width: float, stem: str) -> None:
+    if depth not in _DEPTHS:
+        raise ConfigError(f"ResNet depth must be one of {sorted(_DEPTHS)}, got {depth}")
+    if stem not in ("cifar", "imagenet"):
+        raise ConfigError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
+    if width <= 0:
+        raise ConfigError(f"width must be positive, got {width}")
+
+
+def _normalize(x, mean, std, prefix: str = ""):
+    # Rescaling to [0, 1] then Normalization keeps the constants in the model config.
+    x = layers.Rescaling(1.0 / 255.0, name=f"{prefix}rescale")(x)
+    return layers.Normalization(mean=list(mean), variance=[s * s for s in std], name=f"{prefix}normalize")(x)
+
+
+def _trunk(x, depth: int, width: float, stem: str, sync_batchnorm: bool) -> dict:
+    """Stem, four stages and global pooling on the normalised input `x`. Returns {stage name:
+    its output} (the Identity layers named after the stages)."""
+    kind, blocks = _DEPTHS[depth]
+    base = _base_channels(width)
+    out = {"stem": _stem(x, base, stem, sync_batchnorm)}
+    x = out["stem"]
+    for stage, n_blocks in enumerate(blocks, start=1):
+        x = out[f"stage{stage}"] = _stage(x, stage, n_blocks, base, kind, sync_batchnorm)
+    x = layers.GlobalAveragePooling2D(name="global_pool")(x)
+    out["pooled"] = layers.Identity(name="pooled")(x)
+    return out
+
+
+def _base_channels(width: float) -> int:
+    return max(8, int(round(64 * width)))
+
+
+def _stem(x, base: int, stem: str, sync_batchnorm: bool, prefix: str = ""):
+    """The stem; every layer's name starts with `prefix`, the last is the Identity `prefix + "stem"`."""
+    if stem == "cifar":
+        x = _conv(base, 3, 1, f"{prefix}stem_conv")(x)
+        x = _bn(f"{prefix}stem_bn", sync_batchnorm)(x)
+        x = layers.ReLU(name=f"{prefix}stem_relu")(x)
+    else:
+        x = _conv(base, 7, 2, f"{prefix}stem_conv")(x)
+        x = _bn(f"{prefix}stem_bn", sync_batchnorm)(x)
+        x = layers.ReLU(name=f"{prefix}stem_relu")(x)
+        x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"{prefix}stem_pool")(x)
+    return layers.Identity(name=f"{prefix}stem")(x)
+
+
+def _stage(x, stage: int, n_blocks: int, base: int, kind: str, sync_batchnorm: bool, prefix: str = ""):
+    """Stage `stage` (1..4): its blocks, then the Identity `prefix + f"stage{stage}"`."""
+    filters = base * 2 ** (stage - 1)
+    for b in range(n_blocks):
+        stride = 2 if (b == 0 and stage > 1) else 1
+        x = _block(x, filters, stride, kind, f"{prefix}stage{stage}_block{b + 1}", sync_batchnorm)
+    return layers.Identity(name=f"{prefix}stage{stage}")(x)
+
+
+def _channels(x, start: int, stop: int, name: str):
+    """Channels start:stop of a [B, H, W, C] map, with stock layers and no weights: the channels
+    moved to the rows axis, cropped there (Cropping2D), moved back."""
+    y = layers.Permute((3, 1, 2), name=f"{name}_channels_first")(x)
+    y = layers.Cropping2D(((start, x.shape[-1] - stop), (0, 0)), name=f"{name}_take")(y)
+    return layers.Permute((2, 3, 1), name=f"{name}_channels_last")(y)
+
+
+def split_resnet(
+    depth: int = 18,
+    width: float = 1.0,
+    stem: str = "cifar",
+    image_size: int | None = None,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+    sync_batchnorm: bool = True,
+    name: str | None = None,
+) -> keras.Model:
+    """The split-brain autoencoder's backbone (Zhang, Isola & Efros 2017): two ResNets of half the
+    width side by side, one on the grey level (the `grey=True` front) and one on the colour without
+    the grey level (a fixed linear chroma front, `chroma_kernel`). Every stage layer (`stem` ...
+    `stage4`, `pooled`) is the concatenation of the two halves' (grey half's channels first), so
+    the loader, the probes and fine-tuning see one backbone of `width`; each half's next stage
+    reads its own channels back out of it (`_channels`), which keeps the halves independent.
+
+    The halves' own stages are the layers `SPLIT_PREFIXES[half] + stage` (`l_stage4`,
+    `ab_stage4`): the pretext heads read them. Takes RGB in [0, 255]; stock layers only."""
+    _check(depth, width, stem)
+    name = name or f"split_resnet{depth}_w{width:g}_{stem}"
+    kind, blocks = _DEPTHS[depth]
+    base = _base_channels(width / 2)
+    inputs = keras.Input((image_size, image_size, 3), name="images")
+    grey = layers.Conv2D(3, 1, use_bias=False, trainable=False, name=GREY_LAYER)(inputs)
+    chroma = layers.Conv2D(2, 1, use_bias=False, trainable=False, name=CHROMA_LAYER)(inputs)
+    l_prefix, ab_prefix = SPLIT_PREFIXES
+    halves = [
+        _stem(_normalize(grey, mean, std, l_prefix), base, stem, sync_batchnorm, l_prefix),
+        # The chroma channels are differences of colour channels, about zero-mean: only rescaled; the
+        # stem's batch norm sets their scale.
+        _stem(layers.Rescaling(1.0 / 255.0, name=f"{ab_prefix}rescale")(chroma), base, stem, sync_batchnorm,
+              ab_prefix),
+    ]
+    x = layers.Concatenate(name="stem")(halves)
+    for stage, n_blocks in enumerate(blocks, start=1):
+        split = halves[0].shape[-1]
+        halves = [_stage(_channels(x, lo, hi, f"{prefix}stage{stage}_input"), stage, n_blocks, base, kind,
+                         sync_batchnorm, prefix)
+                  for prefix, (lo, hi) in zip(SPLIT_PREFIXES, ((0, split), (split, x.shape[-1])))]
+        x = layers.Concatenate(name=f"stage{stage}")(halves)
+    x = layers.GlobalAveragePooling2D(name="global_pool")(x)
+    model = keras.Model(inputs, layers.Identity(name="pooled")(x), name=name)
+    model.get_layer(GREY_LAYER).set_weights([grey_kernel()])
+    model.get_layer(CHROMA_LAYER).set_weights([chroma_kernel()])
     return model
 
 

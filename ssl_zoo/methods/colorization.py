@@ -151,20 +151,28 @@ class Colorization(PretextMethod):
         return losses.weighted_soft_cross_entropy(soft, tf.gather(self._weights, nearest), outputs)
 
     def metrics(self, targets, outputs, per_example) -> dict[str, tf.Tensor]:
-        """Sums over images of: the loss, the fraction of positions whose top bin is the target's
-        nearest ("accuracy"), and the mean ab distance of the annealed-mean colour to the truth
+        """Sums over images of: the loss, and `ab_metrics`."""
+        return {"loss_sum": tf.reduce_sum(per_example), **self.ab_metrics(targets, outputs),
+                "count": tf.cast(tf.shape(per_example)[0], tf.float32)}
+
+    def ab_metrics(self, ab, logits) -> dict[str, tf.Tensor]:
+        """Sums over images of: the fraction of positions whose top bin is the target's nearest
+        ("accuracy"), and the mean ab distance of the annealed-mean colour to the truth
         ("ab_error") next to that of predicting grey, ab = 0 ("grey_ab_error")."""
-        _, nearest = soft_encode(targets, self._centres)
-        top = tf.argmax(outputs, -1, output_type=tf.int32)
+        _, nearest = soft_encode(ab, self._centres)
+        top = tf.argmax(logits, -1, output_type=tf.int32)
         positions = (1, 2)
-        ab = annealed_mean(outputs, self._centres)
         return {
-            "loss_sum": tf.reduce_sum(per_example),
             "correct": tf.reduce_sum(tf.reduce_mean(tf.cast(tf.equal(top, nearest), tf.float32), positions)),
-            "ab_error_sum": tf.reduce_sum(tf.reduce_mean(tf.norm(ab - targets, axis=-1), positions)),
-            "grey_ab_error_sum": tf.reduce_sum(tf.reduce_mean(tf.norm(targets, axis=-1), positions)),
-            "count": tf.cast(tf.shape(per_example)[0], tf.float32),
+            "ab_error_sum": tf.reduce_sum(tf.reduce_mean(tf.norm(annealed_mean(logits, self._centres) - ab, axis=-1),
+                                                         positions)),
+            "grey_ab_error_sum": tf.reduce_sum(tf.reduce_mean(tf.norm(ab, axis=-1), positions)),
         }
+
+    @staticmethod
+    def ab_part(targets, outputs):
+        """(ab targets, ab logits) of a batch: all of colorization's; split-brain's L -> ab half."""
+        return targets, outputs
 
     # ---- what it learned ------------------------------------------------------------------------
     def diagnose(self, run_dir, *, recipe, data_dir=None, split: str | None = None, max_examples: int | None = None,
@@ -179,14 +187,20 @@ class Colorization(PretextMethod):
         commonest = int(np.argmax(gamut.prior))
         sums = dict.fromkeys(("loss_sum", "correct", "ab_error_sum", "grey_ab_error_sum", "count"), 0.0)
         commonest_correct, shown = 0.0, None
+        extra: dict[str, Any] = {}
         for batch, outputs in batches:
-            for k, v in self.metrics(batch["targets"], outputs, self.loss(batch["targets"], outputs)).items():
+            ab, logits = self.ab_part(batch["targets"], outputs)
+            soft, nearest = soft_encode(ab, self._centres)
+            colour_loss = losses.weighted_soft_cross_entropy(soft, tf.gather(self._weights, nearest), logits)
+            for k, v in {"loss_sum": tf.reduce_sum(colour_loss), **self.ab_metrics(ab, logits),
+                         "count": tf.shape(logits)[0]}.items():
                 sums[k] += float(v)
-            _, nearest = soft_encode(batch["targets"], self._centres)
             commonest_correct += float(tf.reduce_sum(tf.reduce_mean(tf.cast(tf.equal(nearest, commonest),
                                                                              tf.float32), (1, 2))))
+            for k, v in self.held_out_extra(batch["targets"], outputs).items():
+                extra[k] = extra.get(k, 0) + v
             if shown is None:
-                shown = (batch["inputs"][:picture_images].numpy(), outputs[:picture_images].numpy())
+                shown = (batch["inputs"][:picture_images].numpy(), logits[:picture_images].numpy())
         split = split or recipe.data.eval_split
         n = sums.pop("count")
         if n == 0:
@@ -204,7 +218,17 @@ class Colorization(PretextMethod):
         if picture is not None and shown is not None:
             draw_colorizations(shown[0], shown[1], gamut, Path(picture), self.target_size)
             report["picture"] = Path(picture).name
-        return {"colorization_check": report}
+        return {"colorization_check": report, **self.held_out_reports(extra, split)}
+
+    def held_out_extra(self, targets, outputs) -> dict[str, Any]:
+        """Sums a subclass adds to the held-out pass (split-brain's other half). None here."""
+        del targets, outputs
+        return {}
+
+    def held_out_reports(self, extra: dict, split: str) -> dict[str, dict]:
+        """Reports a subclass makes of its `held_out_extra` sums. None here."""
+        del extra, split
+        return {}
 
     @staticmethod
     def card_diagnostics(diagnostics: dict) -> list[str]:
