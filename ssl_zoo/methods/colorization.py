@@ -118,8 +118,8 @@ class Colorization(PretextMethod):
                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(256))
         ab = np.concatenate([b.reshape(-1, 2) for b in ds.as_numpy_iterator()] or [np.zeros((0, 2))])
         self.set_gamut(AbGamut.from_ab(ab, rebalance_lambda=self.rebalance_lambda))
-        log.info("colorization: %d in-gamut ab bins from %d pixels of %s/%s (weights %.2f .. %.2f)",
-                 self.gamut.num_bins, self.gamut.pixels, source.name, split, self.gamut.weights.min(),
+        log.info("%s: %d in-gamut ab bins from %d pixels of %s/%s (weights %.2f .. %.2f)",
+                 self.name, self.gamut.num_bins, self.gamut.pixels, source.name, split, self.gamut.weights.min(),
                  self.gamut.weights.max())
 
     def set_gamut(self, gamut: AbGamut) -> None:
