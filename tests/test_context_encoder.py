@@ -188,3 +188,25 @@ def test_diagnose_on_a_run_folder_writes_report_and_picture(tmp_path):
     assert report["picture"] == "x_pretext.png" and picture.stat().st_size > 1000
     line = ContextEncoder.card_diagnostics({"inpainting_check": report})[0]
     assert "random region holes of 25%" in line and f"{report['fill_error']:.4f}" in line
+
+
+def test_card_has_loss_curves_from_the_history(tmp_path):
+    from ssl_zoo.methods import training_curves
+
+    history = [{"epoch": 1, "step": 10, "seconds": 3.0, "train_loss": 0.9, "train_hole_error": 0.2,
+                "eval_loss": 1.0, "eval_hole_error": 0.25, "learning_rate_generator": 1e-3},
+               {"epoch": 2, "step": 20, "seconds": 3.0, "train_loss": 0.5, "train_hole_error": 0.1}]
+    meta = {"name": "x", "history": history}
+    lines = training_curves.card_lines(meta, "x_training.png")
+    table = [line for line in lines if line.startswith("| ")]
+    assert table[0] == "| epoch | train loss | eval loss | train hole_error | eval hole_error |"
+    assert table[1] == "| 1 | 0.9 | 1 | 0.2 | 0.25 |" and table[2] == "| 2 | 0.5 | - | 0.1 | - |"
+    assert "![Training curves](x_training.png)\n" in lines
+    path = training_curves.card_plot(meta, tmp_path / ".x_training.partial.png")
+    assert path.stat().st_size > 1000
+    assert training_curves.card_plot({"name": "x", "history": []}, tmp_path / "none.png") is None
+    # The methods that use it: the card writer finds them through the registry.
+    from ssl_zoo.cards import plot_method_training
+
+    assert plot_method_training({"name": "x", "history": history, "method": {"name": "context_encoder"}},
+                                tmp_path / "ce.png") is not None

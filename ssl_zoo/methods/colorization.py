@@ -33,6 +33,7 @@ from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import PRETEXT_HEAD
 from ssl_zoo.image_grid import draw_image_rows
 from ssl_zoo.methods.base import PretextMethod
+from ssl_zoo.methods import training_curves
 from ssl_zoo.methods.card import MethodCard, pct
 from ssl_zoo.pretext.colorization import ANNEAL_T, AbGamut, annealed_mean, lab_to_rgb, rgb_to_lab, soft_encode
 
@@ -74,6 +75,9 @@ class Colorization(PretextMethod):
                    "same grey network.",
         view_size_field="image_size",
     )
+    # The card's loss curves (no single accuracy shows a generative pretext's progress).
+    card_training = staticmethod(training_curves.card_lines)
+    card_plot = staticmethod(training_curves.card_plot)
     image_size: int = 32
     augment: str = "crop_flip"
     head_hidden_units: int = 128

@@ -43,6 +43,7 @@ from ssl_zoo.heads import PRETEXT_HEAD
 from ssl_zoo.image_grid import draw_image_rows
 from ssl_zoo.methods.adversarial import DISCRIMINATOR, conv_discriminator, discriminator_step
 from ssl_zoo.methods.base import PretextMethod
+from ssl_zoo.methods import training_curves
 from ssl_zoo.methods.card import MethodCard
 from ssl_zoo.pretext.inpainting import MASKS, fill_hole, loss_weights, make_mask, masked_l2
 
@@ -111,6 +112,9 @@ class ContextEncoder(PretextMethod):
                    "never on whole ones: expect its early stages to be its best.",
         view_size_field="image_size",
     )
+    # The card's loss curves (no single accuracy shows a generative pretext's progress).
+    card_training = staticmethod(training_curves.card_lines)
+    card_plot = staticmethod(training_curves.card_plot)
     image_size: int = 32
     augment: str = "crop_flip"
     mask: str = "random_region"  # Pathak et al.'s better features came from random regions
