@@ -67,6 +67,8 @@ def entry_row(entry: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]
         "knn": report["knn"]["trained"],
         "knn_floor": report["knn"]["random_init"],
         "knn_stage": report["knn"]["stage"],
+        # Wall-clock of `ssl-zoo evaluate` on the machine that measured it (trained + random init).
+        "eval_minutes": round(report["seconds"] / 60, 1) if report.get("seconds") else None,
     }
 
 
@@ -236,7 +238,22 @@ def render(rows: list[dict[str, Any]]) -> str:
         lines += ["Linear probe per stage, % (gain over random init, points):", ""] + stage_table(group) + [""]
         lines += reference_table(group)
         lines += [f"![per-stage probe of every entry]({plot_name(pid)})", ""]
+        lines += cost_lines(group)
     return "\n".join(lines)
+
+
+def cost_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """What the protocol cost per entry: `ssl-zoo evaluate`'s wall-clock as recorded in its report."""
+    timed = [r for r in rows if r.get("eval_minutes") is not None]
+    if not timed:
+        return []
+    lines = ["The protocol's cost per entry (`ssl-zoo evaluate` on the machine that released it, 2 CPU cores, often "
+             "shared with a training run: the trained backbone and its random-init twin, every stage's features "
+             "of the whole train and test splits extracted once per model in one pass over the data and held in "
+             "memory, pooled to at most 4,096 dimensions per stage, then a probe per stage and a kNN on them):", "",
+             "| entry | minutes |", "|---|---|"]
+    lines += [f"| {r['name']} | {r['eval_minutes']:g} |" for r in timed]
+    return lines + [""]
 
 
 def readme_block(rows: list[dict[str, Any]], link: str) -> str:
