@@ -101,8 +101,11 @@ def stage_shapes(backbone) -> dict[str, list]:
 
 
 def backbone_label(arch: dict) -> str:
+    depth, width, stem = arch.get("depth", "?"), arch.get("width", 1), arch.get("stem", "imagenet")
     if arch.get("arch", "resnet") == "resnet":
-        return f"ResNet-{arch.get('depth', '?')} w{arch.get('width', 1):g} ({arch.get('stem', 'imagenet')} stem)"
+        return f"ResNet-{depth} w{width:g} ({stem} stem)"
+    if arch.get("arch") == "split_resnet":
+        return f"split ResNet-{depth} w{width:g} (two w{width / 2:g} halves on grey and on colour, {stem} stem)"
     return str(arch.get("arch"))
 
 
@@ -110,7 +113,14 @@ def _arch_from_model(backbone) -> dict:
     """Input statistics read from the model itself (they are layer constants, not guesses)."""
     import numpy as np
 
-    norm = backbone.get_layer("normalize")
+    import keras
+
+    # The input normalisation: the layer named "normalize", or the first Normalization layer (the
+    # split backbone's grey half, "l_normalize"; its colour half is only rescaled).
+    norms = [layer for layer in backbone.layers if isinstance(layer, keras.layers.Normalization)]
+    norm = next((layer for layer in norms if layer.name == "normalize"), norms[0] if norms else None)
+    if norm is None:
+        return {"mean": None, "std": None}
     # float32 constants: rounded to 6 digits so that 0.4914 reads as 0.4914, not 0.49140000343.
     mean = [round(float(v), 6) for v in np.ravel(norm.mean)] if norm.mean is not None else None
     var = norm.variance
@@ -340,7 +350,8 @@ def read_diagnostics(diagnostics: str | os.PathLike | dict | None = None,
     value = diagnostics if diagnostics is not None else legacy
     if isinstance(value, (str, os.PathLike)):
         value = read_json(value)
-    if value and legacy is not None and "context_check" not in value:
+    if value and legacy is not None and not all(isinstance(v, dict) for v in value.values()):
+        # A bare report (its values are numbers and strings), not {name: report}.
         value = {"context_check": value}
     if value is not None and not all(isinstance(v, dict) for v in value.values()):
         raise ExportError("diagnostics must be {name: report}, as `ssl-zoo diagnose --out` writes them")

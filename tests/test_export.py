@@ -338,6 +338,14 @@ def test_diagnostics_go_into_metadata_and_the_methods_card(tmp_path, tmp_path_fa
         render_card(meta)
     export(ex["run"], rf.NAME, tmp_path / "plain", formats=("preset",))
     assert json.loads((tmp_path / "plain" / "preset" / "metadata.json").read_text())["diagnostics"] is None
+    # Through the former name (release_entry.py's path), a {name: report} of several reports (split-brain's
+    # two halves) is taken as it is, not wrapped as one bare report; no report keeps its local "run" path.
+    two = {"colorization_check": {"accuracy": 0.18, "run": "/somewhere"}, "lightness_check": {"accuracy": 0.05,
+                                                                                               "run": "/somewhere"}}
+    (tmp_path / "two.json").write_text(json.dumps(two))
+    export(ex["run"], rf.NAME, tmp_path / "two", formats=("preset",), context_check=tmp_path / "two.json")
+    assert json.loads((tmp_path / "two" / "preset" / "metadata.json").read_text())["diagnostics"] == {
+        "colorization_check": {"accuracy": 0.18}, "lightness_check": {"accuracy": 0.05}}
 
 
 def test_registry_probe_numbers_are_rounded(tmp_path, tmp_path_factory):
