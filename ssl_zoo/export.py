@@ -324,14 +324,17 @@ def recipe_header_from_file(run: dict | None, recipe_file: str | os.PathLike) ->
     the file equals the run's: then the file in the repository reproduces these weights, which a
     release must guarantee anyway. Any difference is an ExportError naming the keys.
     """
-    from ssl_zoo.train.recipe import load_recipe
+    from ssl_zoo.train.recipe import load_recipe, recipe_from_dict
 
     recorded = dict((run or {}).get("recipe") or {})
     if not recorded:
         raise ExportError(f"--recipe {recipe_file}: the run has no recorded recipe (run.json) to compare it with")
     current = json.loads(json.dumps(load_recipe(recipe_file).to_dict()))  # tuples -> lists, as in run.json
+    # The run's recipe as today's code reads it: a setting added since the run started (an optimizer's
+    # beta_1) takes its default, which is what the run trained with.
+    as_read = json.loads(json.dumps(recipe_from_dict(dict(recorded), name=recorded.get("name", "run")).to_dict()))
     a = _flatten({k: v for k, v in current.items() if k != "description"})
-    b = _flatten({k: v for k, v in recorded.items() if k != "description"})
+    b = _flatten({k: v for k, v in as_read.items() if k != "description"})
     differ = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
     if differ:
         detail = ", ".join(f"{k}: file {a.get(k, '<absent>')!r} vs run {b.get(k, '<absent>')!r}" for k in differ[:6])

@@ -215,6 +215,7 @@ def test_diagnose_on_a_run_folder_writes_report_and_picture(tmp_path, capsys):
     report = json.loads(out.read_text())["colorization_check"]
     assert report["examples"] == 8 and report["num_bins"] == method.gamut.num_bins
     assert 0.0 <= report["accuracy"] <= 1.0 and 0.0 <= report["commonest_bin_accuracy"] <= 1.0
+    assert 0.0 <= report["rebalanced_accuracy"] <= 1.0 and 0.0 <= report["rebalanced_commonest_bin_accuracy"] <= 1.0
     assert report["grey_ab_error"] > 0 and report["picture"] == "x_pretext.png" and picture.stat().st_size > 1000
     assert str(tmp_path) not in json.dumps({k: v for k, v in report.items() if k not in ("run", "overrides")})
 

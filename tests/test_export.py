@@ -309,6 +309,21 @@ def test_export_takes_recipe_header_only_from_a_file_that_reproduces_the_run(tmp
         export(ex["run"], rf.NAME, tmp_path / "out2", formats=("preset",), recipe_file=bad)
     assert not (tmp_path / "out2").exists()
 
+    # A run recorded before a setting existed (optimizer.beta_1) trained with its default: a file that
+    # states the default reproduces it, one that states another value does not.
+    from ssl_zoo.export import recipe_header_from_file
+
+    older = json.loads(json.dumps(recorded))
+    older["optimizer"].pop("beta_1")
+    with_default = tmp_path / "default.toml"
+    with_default.write_text("# Header.\n" + body.replace("[optimizer]", "[optimizer]\nbeta_1 = 0.9", 1)
+                            if "beta_1" not in body else "# Header.\n" + body)
+    assert recipe_header_from_file({"recipe": older}, with_default)["description"] == "Header."
+    other = tmp_path / "other.toml"
+    other.write_text("# Header.\n" + recipe_toml({**recorded, "optimizer": {**recorded["optimizer"], "beta_1": 0.5}}))
+    with pytest.raises(ExportError, match=r"optimizer\.beta_1: file 0\.5 vs run 0\.9"):
+        recipe_header_from_file({"recipe": older}, other)
+
 
 def test_diagnostics_go_into_metadata_and_the_methods_card(tmp_path, tmp_path_factory):
     """`export --diagnostics` records an `ssl-zoo diagnose` report as the metadata's generic

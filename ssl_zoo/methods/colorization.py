@@ -201,6 +201,13 @@ class Colorization(PretextMethod):
                 sums[k] += float(v)
             commonest_correct += float(tf.reduce_sum(tf.reduce_mean(tf.cast(tf.equal(nearest, commonest),
                                                                              tf.float32), (1, 2))))
+            # The same two accuracies with each position weighted by its colour's rebalancing weight:
+            # what the rebalanced loss asks for (rare colours count more; with lambda = 1, the same).
+            weight = tf.gather(self._weights, nearest)
+            top = tf.argmax(logits, -1, output_type=tf.int32)
+            for k, hit in (("weighted_right", tf.equal(top, nearest)), ("weighted_commonest", tf.equal(nearest, commonest))):
+                extra[k] = extra.get(k, 0.0) + float(tf.reduce_sum(weight * tf.cast(hit, tf.float32)))
+            extra["weight_total"] = extra.get("weight_total", 0.0) + float(tf.reduce_sum(weight))
             for k, v in self.held_out_extra(batch["targets"], outputs).items():
                 extra[k] = extra.get(k, 0) + v
             if shown is None:
@@ -216,6 +223,8 @@ class Colorization(PretextMethod):
             "ab_error": sums["ab_error_sum"] / n, "grey_ab_error": sums["grey_ab_error_sum"] / n,
             "num_bins": gamut.num_bins, "gamut_pixels": gamut.pixels,
             "weights": [float(gamut.weights.min()), float(gamut.weights.max())],
+            "rebalanced_accuracy": extra.pop("weighted_right") / extra["weight_total"],
+            "rebalanced_commonest_bin_accuracy": extra.pop("weighted_commonest") / extra.pop("weight_total"),
             "annealed_mean_temperature": ANNEAL_T,
             "method": {k: v for k, v in self.config().items() if k != "backbone"},
         }
@@ -242,7 +251,11 @@ class Colorization(PretextMethod):
         lines = [f"- Held-out colorization (`ssl-zoo diagnose`, {c['examples']} images of `{c['split']}`, "
                  f"{c['num_bins']} in-gamut bins): the top bin is the true colour's at {pct(c['accuracy'])} of "
                  f"positions, against {pct(c['commonest_bin_accuracy'])} for always answering the commonest bin "
-                 f"and {pct(c['uniform_chance'])} for a uniform guess; the annealed-mean colour "
+                 f"and {pct(c['uniform_chance'])} for a uniform guess"
+                 + (f" (weighting each position by its colour's rebalancing weight, as the loss does: "
+                    f"{pct(c['rebalanced_accuracy'])} against {pct(c['rebalanced_commonest_bin_accuracy'])})"
+                    if "rebalanced_accuracy" in c and c["weights"][0] != c["weights"][1] else "")
+                 + "; the annealed-mean colour "
                  f"(T = {c['annealed_mean_temperature']}) is {c['ab_error']:.2f} ab units from the truth, "
                  f"predicting grey {c['grey_ab_error']:.2f}."]
         return lines
