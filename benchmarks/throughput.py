@@ -45,6 +45,7 @@ RECIPES = {
     "deepcluster": "training/deepcluster_resnet18w025_cifar10.toml",
     "sela": "training/sela_resnet18w025_cifar10.toml",
     "colorization": "training/colorization_resnet18w025_cifar10.toml",
+    "split_brain": "training/split_brain_resnet18w025_cifar10.toml",
     "context_encoder": "training/context_encoder_resnet18w025_cifar10.toml",
 }
 
