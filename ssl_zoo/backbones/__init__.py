@@ -29,6 +29,17 @@ def build_backbone(config: dict, name: str | None = None):
     return ARCHITECTURES[arch](**config, name=name)
 
 
+def last_stage_side(config: dict, image_size: int, who: str) -> int:
+    """Side of the last stage's map of backbone `config` at `image_size`, for methods whose dense
+    head or decoder works on it; a ConfigError naming `who`'s image_size when the stem's stride
+    does not divide it (or the stem is unknown)."""
+    stem = config.get("stem", "cifar")
+    stride = STAGE4_STRIDE.get(stem)
+    if stride is None or image_size % stride:
+        raise ConfigError(f"{who} image_size {image_size} must be a multiple of the {stem} stem's stride {stride}")
+    return image_size // stride
+
+
 # Layers that are part of an architecture's definition, not of what it learns (fixed filters).
 FIXED_LAYERS = frozenset((*SOBEL_LAYERS, GREY_LAYER, CHROMA_LAYER))
 
@@ -41,4 +52,4 @@ def keep_fixed_layers_frozen(model) -> None:
             layer.trainable = False
 
 
-__all__ = ["ARCHITECTURES", "FIXED_LAYERS", "keep_fixed_layers_frozen", "SPLIT_PREFIXES", "STAGE4_STRIDE", "STAGES", "build_backbone", "check_backbone_config", "resnet", "split_resnet", "stage_model"]
+__all__ = ["ARCHITECTURES", "FIXED_LAYERS", "keep_fixed_layers_frozen", "last_stage_side", "SPLIT_PREFIXES", "STAGE4_STRIDE", "STAGES", "build_backbone", "check_backbone_config", "resnet", "split_resnet", "stage_model"]

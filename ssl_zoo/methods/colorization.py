@@ -27,7 +27,7 @@ import tensorflow as tf
 from keras import layers
 
 from ssl_zoo import losses
-from ssl_zoo.backbones import STAGE4_STRIDE, stage_model
+from ssl_zoo.backbones import last_stage_side, stage_model
 from ssl_zoo.data.augment import AUGMENTATIONS, center_crop
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import PRETEXT_HEAD
@@ -91,17 +91,14 @@ class Colorization(PretextMethod):
                               "(leave grey out or set it true)")
         self.backbone = {**self.backbone, "grey": True}
         self.require_positive("image_size", "head_hidden_units", "gamut_images")
-        stem = self.backbone.get("stem", "cifar")
-        if self.image_size % STAGE4_STRIDE.get(stem, 1):
-            raise ConfigError(f"colorization image_size {self.image_size} must be a multiple of the "
-                              f"{stem} stem's stride {STAGE4_STRIDE[stem]}")
+        last_stage_side(self.backbone, self.image_size, self.name)  # refuses a size the stride does not divide
         self.gamut: AbGamut | None = None
 
     # ---- data -----------------------------------------------------------------------------------
     @property
     def target_size(self) -> int:
         """Side of the head's output: the last stage's map, upsampled x2."""
-        return self.image_size // STAGE4_STRIDE[self.backbone.get("stem", "cifar")] * HEAD_UPSAMPLING
+        return last_stage_side(self.backbone, self.image_size, self.name) * HEAD_UPSAMPLING
 
     def view_ab(self, view) -> tf.Tensor:
         """An RGB view [S, S, 3] in [0, 255] -> its ab channels, area-averaged to the head's grid."""
@@ -189,7 +186,8 @@ class Colorization(PretextMethod):
         batches = held_out_batches(self, run_dir, recipe, data_dir, split, max_examples, batch_size)
         gamut = self.require_gamut()
         commonest = int(np.argmax(gamut.prior))
-        sums = dict.fromkeys(("loss_sum", "correct", "ab_error_sum", "grey_ab_error_sum", "count"), 0.0)
+        sums = dict.fromkeys(("loss_sum", "correct", "ab_error_sum", "grey_ab_error_sum", "count", "weighted_right",
+                              "weighted_commonest", "weight_total"), 0.0)
         commonest_correct, shown = 0.0, None
         extra: dict[str, Any] = {}
         for batch, outputs in batches:
@@ -205,9 +203,10 @@ class Colorization(PretextMethod):
             # what the rebalanced loss asks for (rare colours count more; with lambda = 1, the same).
             weight = tf.gather(self._weights, nearest)
             top = tf.argmax(logits, -1, output_type=tf.int32)
-            for k, hit in (("weighted_right", tf.equal(top, nearest)), ("weighted_commonest", tf.equal(nearest, commonest))):
-                extra[k] = extra.get(k, 0.0) + float(tf.reduce_sum(weight * tf.cast(hit, tf.float32)))
-            extra["weight_total"] = extra.get("weight_total", 0.0) + float(tf.reduce_sum(weight))
+            sums["weighted_right"] += float(tf.reduce_sum(weight * tf.cast(tf.equal(top, nearest), tf.float32)))
+            sums["weighted_commonest"] += float(tf.reduce_sum(weight * tf.cast(tf.equal(nearest, commonest),
+                                                                                tf.float32)))
+            sums["weight_total"] += float(tf.reduce_sum(weight))
             for k, v in self.held_out_extra(batch["targets"], outputs).items():
                 extra[k] = extra.get(k, 0) + v
             if shown is None:
@@ -223,8 +222,8 @@ class Colorization(PretextMethod):
             "ab_error": sums["ab_error_sum"] / n, "grey_ab_error": sums["grey_ab_error_sum"] / n,
             "num_bins": gamut.num_bins, "gamut_pixels": gamut.pixels,
             "weights": [float(gamut.weights.min()), float(gamut.weights.max())],
-            "rebalanced_accuracy": extra.pop("weighted_right") / extra["weight_total"],
-            "rebalanced_commonest_bin_accuracy": extra.pop("weighted_commonest") / extra.pop("weight_total"),
+            "rebalanced_accuracy": sums["weighted_right"] / sums["weight_total"],
+            "rebalanced_commonest_bin_accuracy": sums["weighted_commonest"] / sums["weight_total"],
             "annealed_mean_temperature": ANNEAL_T,
             "method": {k: v for k, v in self.config().items() if k != "backbone"},
         }

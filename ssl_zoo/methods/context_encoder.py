@@ -35,7 +35,7 @@ import tensorflow as tf
 from keras import layers
 
 from ssl_zoo import losses
-from ssl_zoo.backbones import STAGE4_STRIDE, stage_model
+from ssl_zoo.backbones import last_stage_side, stage_model
 from ssl_zoo.backbones.resnet import IMAGENET_MEAN
 from ssl_zoo.data.augment import AUGMENTATIONS
 from ssl_zoo.errors import ConfigError
@@ -135,11 +135,7 @@ class ContextEncoder(PretextMethod):
         if self.overlap < 0 or self.overlap_weight < 0 or self.reconstruction_weight < 0 or self.adversarial_weight < 0:
             raise ConfigError("[method] context_encoder overlap, overlap_weight and the loss weights must be >= 0")
         self.discriminator_widths = tuple(self.discriminator_widths)
-        stem = self.backbone.get("stem", "cifar")
-        stride = STAGE4_STRIDE.get(stem)
-        if stride is None or self.image_size % stride:
-            raise ConfigError(f"context_encoder image_size {self.image_size} must be a multiple of the "
-                              f"{stem} stem's stride {stride}")
+        last_stage_side(self.backbone, self.image_size, self.name)  # refuses a size the stride does not divide
         if self.mask == "center":
             make_mask("center", self.image_size, None, self.hole_area)  # refuses a hole that hides nothing
 
@@ -161,13 +157,13 @@ class ContextEncoder(PretextMethod):
     # ---- composition ----------------------------------------------------------------------------
     def build_model(self) -> keras.Model:
         backbone = self.build_backbone()
-        stride = STAGE4_STRIDE[self.backbone.get("stem", "cifar")]
+        side = last_stage_side(self.backbone, self.image_size, self.name)
         inputs = keras.Input((self.image_size, self.image_size, 3), name="images")
         # Same layers and name as the backbone, one more output: the last stage's map for the decoder
         # (`extract_backbone` keeps only the pooled output at export).
         with_map = stage_model(backbone, ("pooled", LAST_STAGE), name=backbone.name)
         feature_map = with_map(inputs)[LAST_STAGE]
-        decoder = inpainting_decoder(self.image_size // stride, feature_map.shape[-1], int(math.log2(stride)),
+        decoder = inpainting_decoder(side, feature_map.shape[-1], int(math.log2(self.image_size // side)),
                                      self.decoder_channels)
         return keras.Model(inputs, decoder(feature_map), name="pretext_model")
 

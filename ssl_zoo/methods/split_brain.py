@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from ssl_zoo import losses
-from ssl_zoo.backbones import SPLIT_PREFIXES, STAGE4_STRIDE
+from ssl_zoo.backbones import SPLIT_PREFIXES, last_stage_side
 from ssl_zoo.data.augment import AUGMENTATIONS
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import PRETEXT_HEAD
@@ -80,10 +80,7 @@ class SplitBrain(Colorization):
             raise ConfigError("[backbone] arch must be \"split_resnet\" for split_brain (two half-width networks, "
                               "one on grey and one on colour)")
         self.require_positive("image_size", "head_hidden_units", "gamut_images", "l_bins")
-        stem = self.backbone.get("stem", "cifar")
-        if self.image_size % STAGE4_STRIDE.get(stem, 1):
-            raise ConfigError(f"split_brain image_size {self.image_size} must be a multiple of the "
-                              f"{stem} stem's stride {STAGE4_STRIDE[stem]}")
+        last_stage_side(self.backbone, self.image_size, self.name)  # refuses a size the stride does not divide
         self.gamut = None
 
     # ---- data -----------------------------------------------------------------------------------
