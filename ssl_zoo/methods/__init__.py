@@ -16,12 +16,13 @@ from ssl_zoo.methods.relative_patch import RelativePatch
 from ssl_zoo.methods.rotnet import RotNet
 from ssl_zoo.methods.sela import SeLa
 from ssl_zoo.methods.split_brain import SplitBrain
+from ssl_zoo.methods.super_resolution import SuperResolution
 from ssl_zoo.methods.simclr import SimCLR
 from ssl_zoo.methods.supervised import Supervised
 
 METHODS: dict[str, type[PretextMethod]] = {
     cls.name: cls for cls in (RotNet, Jigsaw, RelativePatch, Exemplar, SimCLR, MoCo, BYOL, DeepCluster, SeLa,
-                                Colorization, SplitBrain, ContextEncoder, Supervised)
+                                Colorization, SplitBrain, ContextEncoder, SuperResolution, Supervised)
 }
 
 

@@ -17,6 +17,15 @@ from ssl_zoo import losses
 DISCRIMINATOR = "discriminator"
 
 
+def to_unit_range(images):
+    """RGB in [0, 255] -> [-1, 1], the pixel scale of generators' outputs and discriminators."""
+    return tf.cast(images, tf.float32) / 127.5 - 1.0
+
+
+def to_rgb_range(images):
+    return (tf.cast(images, tf.float32) + 1.0) * 127.5
+
+
 def conv_discriminator(image_size: int, widths: tuple[int, ...] = (32, 64, 128), channels: int = 3,
                        name: str = DISCRIMINATOR) -> keras.Model:
     """Images in [-1, 1] -> one real/fake logit: a DCGAN discriminator (Radford et al. 2016), a 4x4
@@ -32,6 +41,19 @@ def conv_discriminator(image_size: int, widths: tuple[int, ...] = (32, 64, 128),
         x = layers.LeakyReLU(0.2, name=f"{name}_lrelu{i}")(x)
     x = layers.Flatten(name=f"{name}_flatten")(x)
     return keras.Model(inputs, layers.Dense(1, name=f"{name}_logit")(x), name=name)
+
+
+def discriminator_features(discriminator: keras.Model, images) -> list[tf.Tensor]:
+    """The activations after each convolution of a `conv_discriminator` on `images` (inference
+    mode): the feature space of a content loss that needs no network trained elsewhere."""
+    features, x = [], images
+    for layer in discriminator.layers[1:]:
+        if isinstance(layer, layers.Flatten):
+            break
+        x = layer(x, training=False)
+        if isinstance(layer, layers.LeakyReLU):
+            features.append(x)
+    return features
 
 
 def discriminator_step(discriminator: keras.Model, optimizer, real, fake) -> dict[str, tf.Tensor]:

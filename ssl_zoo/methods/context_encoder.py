@@ -41,7 +41,8 @@ from ssl_zoo.data.augment import AUGMENTATIONS
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import PRETEXT_HEAD
 from ssl_zoo.image_grid import draw_image_rows
-from ssl_zoo.methods.adversarial import DISCRIMINATOR, conv_discriminator, discriminator_step
+from ssl_zoo.methods.adversarial import (DISCRIMINATOR, conv_discriminator, discriminator_step, to_rgb_range,
+                                         to_unit_range)
 from ssl_zoo.methods.base import PretextMethod
 from ssl_zoo.methods import training_curves
 from ssl_zoo.methods.card import MethodCard
@@ -52,15 +53,6 @@ log = logging.getLogger(__name__)
 LAST_STAGE = "stage4"
 GENERATOR = "generator"
 DECODER = PRETEXT_HEAD  # the pretext head: dropped at export like every head
-
-
-def to_unit_range(images):
-    """RGB in [0, 255] -> [-1, 1], the decoder's and the discriminator's pixel scale."""
-    return tf.cast(images, tf.float32) / 127.5 - 1.0
-
-
-def to_rgb_range(images):
-    return (tf.cast(images, tf.float32) + 1.0) * 127.5
 
 
 def inpainting_decoder(map_size: int, channels: int, upsamplings: int, base_channels: int,
