@@ -89,7 +89,7 @@ def test_a_method_without_diagnostics_is_refused(tmp_path, caplog):
                                "backbone": {"arch": "resnet", "depth": 18, "width": 0.125, "stem": "cifar"}})
     (tmp_path / "run.json").write_text(json.dumps({"recipe": recipe.to_dict()}))
     assert main(["diagnose", str(tmp_path)]) == 2
-    assert "'rotnet', which has no diagnostics (methods with some: ['colorization', 'context_encoder', 'relative_patch', 'split_brain', 'super_resolution'])" in caplog.text
+    assert "'rotnet', which has no diagnostics (methods with some: ['bigan', 'colorization', 'context_encoder', 'relative_patch', 'split_brain', 'super_resolution'])" in caplog.text
 
 
 REPORT = {"accuracy": {"as_drawn": 0.3335, "centre_from_other_image": 0.2810, "centre_blanked": 0.2757},

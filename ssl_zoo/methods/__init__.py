@@ -5,6 +5,7 @@ import dataclasses
 from ssl_zoo.backbones import check_backbone_config
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.methods.base import PretextMethod, extract_backbone
+from ssl_zoo.methods.bigan import BiGAN
 from ssl_zoo.methods.byol import BYOL
 from ssl_zoo.methods.colorization import Colorization
 from ssl_zoo.methods.context_encoder import ContextEncoder
@@ -22,7 +23,8 @@ from ssl_zoo.methods.supervised import Supervised
 
 METHODS: dict[str, type[PretextMethod]] = {
     cls.name: cls for cls in (RotNet, Jigsaw, RelativePatch, Exemplar, SimCLR, MoCo, BYOL, DeepCluster, SeLa,
-                                Colorization, SplitBrain, ContextEncoder, SuperResolution, Supervised)
+                                Colorization, SplitBrain, ContextEncoder, SuperResolution, BiGAN,
+                                Supervised)
 }
 
 

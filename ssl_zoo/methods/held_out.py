@@ -11,6 +11,12 @@ import keras
 from ssl_zoo.errors import ConfigError
 
 
+def load_pretext_model(run_dir) -> keras.Model:
+    """The run's `pretext_model.keras`, in Keras safe mode: no Lambda or pickled code in the file
+    is executed."""
+    return keras.saving.load_model(Path(run_dir) / "pretext_model.keras", compile=False, safe_mode=True)
+
+
 def held_out_batches(method, run_dir, recipe, data_dir=None, split: str | None = None,
                      max_examples: int | None = None, batch_size: int = 250):
     """An iterator of `(batch, outputs)` over `split` (default: the recipe's eval split) of the recipe's
@@ -25,8 +31,7 @@ def held_out_batches(method, run_dir, recipe, data_dir=None, split: str | None =
         raise ConfigError("the recipe has no eval split; pass split=")
     source = open_source(recipe.data.source, data_dir)
     method.prepare(source, recipe.data.train_split, recipe.data.image_size)
-    # safe_mode: no Lambda or pickled code in the file is executed.
-    model = keras.saving.load_model(Path(run_dir) / "pretext_model.keras", compile=False, safe_mode=True)
+    model = load_pretext_model(run_dir)
     batch_size = min(batch_size, max_examples or batch_size)
     ds = build_pretext_dataset(source, split, method, batch_size=batch_size, image_size=recipe.data.image_size,
                                training=False)
