@@ -187,6 +187,25 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    _import_tensorflow(args)
+    from ssl_zoo.reproduce import format_comparison, reproduce_entry
+    from ssl_zoo.train.strategy import build_strategy
+
+    overrides = list(args.set or [])
+    overrides += [f"train.{k}={v}" for k, v in {"epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch}.items()
+                  if v is not None]
+    strategy = build_strategy(args.strategy, devices=args.devices.split(",") if args.devices else None,
+                              tpu=args.tpu, logical_cpus=args.logical_cpus)
+    result = reproduce_entry(args.entry, data_dir=args.data_dir, out=args.out, strategy=strategy,
+                             overrides=overrides, cache=args.cache)
+    print(format_comparison(result["entry"], result["comparison"]))
+    if overrides:
+        print(f"note: trained with {overrides}: a check of the pipeline, not of the card's numbers")
+    print(f"report: {Path(args.out) / 'reproduce.json'}")
+    return 0
+
+
 def cmd_diagnose(args) -> int:
     _import_tensorflow(args)
     from ssl_zoo.methods import diagnose_run
@@ -407,6 +426,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None,
                    help="write the report JSON here (default results/evaluate-MODEL-TIME.json, printed at the end)")
     p.set_defaults(func=cmd_evaluate, out_kind="file")
+
+    p = sub.add_parser("reproduce", help="retrain a released entry from its recorded recipe and compare, stage by "
+                                         "stage, the card's protocol's numbers with the card's")
+    p.add_argument("entry", help="zoo name, preset folder or hf://org/name of a released entry")
+    p.add_argument("--out", required=True, help="run folder; the same command resumes a stopped reproduction")
+    _add_data_dir(p)
+    p.add_argument("--strategy", default="default", choices=["default", "mirrored", "multiworker", "tpu"])
+    p.add_argument("--devices", default=None, help="comma-separated devices for --strategy mirrored")
+    p.add_argument("--logical-cpus", type=int, default=0, help="split the CPU into N logical devices (testing)")
+    p.add_argument("--tpu", default="", help="TPU name or address for --strategy tpu")
+    p.add_argument("--epochs", type=int, default=None, help="fewer epochs: a check of the pipeline, not of the card")
+    p.add_argument("--steps-per-epoch", type=int, default=None)
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a recorded recipe value")
+    p.add_argument("--cache", action="store_true", help="image folders: decode each split once for the evaluation")
+    p.set_defaults(func=cmd_reproduce, out_kind="folder")
 
     p = sub.add_parser("diagnose", aliases=["context-check"],
                        help="the method's own checks of a trained run (relative patch: pretext accuracy with the "
