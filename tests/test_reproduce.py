@@ -23,6 +23,14 @@ def test_card_protocol_repeats_the_recorded_evaluation():
         card_protocol(broken)
 
 
+def test_an_entry_without_recipe_or_evaluation_is_refused_before_training(tmp_path):
+    from ssl_zoo.reproduce import reproduce_entry
+
+    with pytest.raises(ConfigError, match="nothing to reproduce against"):
+        reproduce_entry({"name": "x", "evaluation": eval_report()}, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_comparison_reads_differences_against_the_measured_spread():
     card, now = eval_report(), eval_report()
     now["linear_probe"]["stage3"]["trained"] += 0.02  # +2 points
