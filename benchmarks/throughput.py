@@ -11,9 +11,9 @@ pipeline rows say whether either side is input-bound.
 
 Methods with hooks (DeepCluster's clustering, SeLa's label refreshes) also get their hooks timed
 on the whole training split ("hooks"), and a rate with the hooks' time per epoch included.
-Adversarial methods (those with a `generator_step`: the context encoder, super-resolution) also get
-their generator's step alone timed ("generator"), so that the discriminator's share of a step is
-shown separately.
+Adversarial methods (those with a `generator_step`: the context encoder, super-resolution,
+BiGAN) also get their generator's step alone timed ("generator"), so that the discriminator's
+share of a step is shown separately.
 
 Each measurement runs in its own subprocess so that its peak memory (VmHWM) is its own.
 
@@ -49,6 +49,7 @@ RECIPES = {
     "split_brain": "training/split_brain_resnet18w025_cifar10.toml",
     "context_encoder": "training/context_encoder_resnet18w025_cifar10.toml",
     "super_resolution": "training/super_resolution_resnet18w025_cifar10.toml",
+    "bigan": "training/bigan_resnet18w025_cifar10.toml",
 }
 
 
