@@ -88,19 +88,24 @@ def nt_xent(z1, z2, temperature: float, replica_context=None):
     return per_example, correct
 
 
-def info_nce(queries, positive_keys, negative_keys, temperature: float):
+def info_nce(queries, positive_keys, negative_keys, temperature: float, exclude=None):
     """MoCo's InfoNCE (He et al. 2020, Eq. 1): each query against its own positive key and a set of
     negatives shared by the batch (MoCo's queue), a softmax over the K + 1 similarities of
     L2-normalised vectors at a temperature, the positive at index 0.
 
     `queries`, `positive_keys`: [B, D] (the keys are constants for the gradient); `negative_keys`:
-    [K, D]. Returns `(per_example_loss [B], positive_is_top1 [B])`; reduce with `global_mean`.
+    [K, D]. `exclude`: optional bool [B, K], negatives left out of a query's softmax (a memory bank's
+    entry of the query's own image, PIRL). Returns `(per_example_loss [B], positive_is_top1 [B])`;
+    reduce with `global_mean`.
     """
     q = tf.math.l2_normalize(tf.cast(queries, tf.float32), axis=-1)
     k = tf.math.l2_normalize(tf.stop_gradient(tf.cast(positive_keys, tf.float32)), axis=-1)
     negatives = tf.math.l2_normalize(tf.stop_gradient(tf.cast(negative_keys, tf.float32)), axis=-1)
     positive = tf.reduce_sum(q * k, axis=-1, keepdims=True)  # [B, 1]
-    logits = tf.concat([positive, tf.matmul(q, negatives, transpose_b=True)], axis=1) / temperature
+    similarities = tf.matmul(q, negatives, transpose_b=True)
+    if exclude is not None:
+        similarities -= 1e9 * tf.cast(exclude, tf.float32)
+    logits = tf.concat([positive, similarities], axis=1) / temperature
     labels = tf.zeros(tf.shape(q)[:1], tf.int32)
     per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     correct = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels)

@@ -13,6 +13,7 @@ from ssl_zoo.methods.deepcluster import DeepCluster
 from ssl_zoo.methods.exemplar import Exemplar
 from ssl_zoo.methods.jigsaw import Jigsaw
 from ssl_zoo.methods.moco import MoCo
+from ssl_zoo.methods.pirl import PIRL
 from ssl_zoo.methods.relative_patch import RelativePatch
 from ssl_zoo.methods.rotnet import RotNet
 from ssl_zoo.methods.sela import SeLa
@@ -22,7 +23,7 @@ from ssl_zoo.methods.simclr import SimCLR
 from ssl_zoo.methods.supervised import Supervised
 
 METHODS: dict[str, type[PretextMethod]] = {
-    cls.name: cls for cls in (RotNet, Jigsaw, RelativePatch, Exemplar, SimCLR, MoCo, BYOL, DeepCluster, SeLa,
+    cls.name: cls for cls in (RotNet, Jigsaw, RelativePatch, Exemplar, SimCLR, MoCo, BYOL, PIRL, DeepCluster, SeLa,
                                 Colorization, SplitBrain, ContextEncoder, SuperResolution, BiGAN,
                                 Supervised)
 }
