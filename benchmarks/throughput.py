@@ -5,7 +5,8 @@ same backbone on the same number of images of the same size, plus each input pip
 The question it answers: does the pretext input pipeline (rotations, tile/patch cutting, exemplar
 transformations) starve the model? Counts are *backbone images* per second: a RotNet step of B
 source images feeds 4B rotated images, a jigsaw step 9B tiles, a relative-patch step 2B patches,
-a SimCLR step 2B views, so the supervised baseline uses batches of that many images at that size
+a SimCLR step 2B views, a PIRL step B views and 9B tiles (counted as
+the same pixels at the view's side), so the supervised baseline uses batches of that many images at that size
 (random crops of the same source images, held in memory so that the baseline is bound by the model alone). The
 pipeline rows say whether either side is input-bound.
 
@@ -43,6 +44,7 @@ RECIPES = {
     "simclr": "training/simclr_resnet18w025_cifar10.toml",
     "byol": "training/byol_resnet18w025_cifar10.toml",
     "moco": "training/moco_resnet18w025_cifar10.toml",
+    "pirl": "training/pirl_resnet18w025_cifar10.toml",
     "deepcluster": "training/deepcluster_resnet18w025_cifar10.toml",
     "sela": "training/sela_resnet18w025_cifar10.toml",
     "colorization": "training/colorization_resnet18w025_cifar10.toml",
@@ -61,16 +63,17 @@ def _peak_rss_gib() -> float:
 
 def _backbone_images(inputs) -> tuple[int, int]:
     """(images the backbone sees in this batch, their side): every input tensor of rank >= 4 is a
-    stack of [..., H, W, C] images, whatever the method's leading axes (views, tiles) are."""
+    stack of [..., H, W, C] images, whatever the method's leading axes (views, tiles) are. Inputs of
+    several sides (PIRL: 32 px views and 14 px tiles) count as the same number of pixels at the
+    largest side, the images a convolutional backbone does the same work on (rounded up)."""
+    import math
+
     import numpy as np
     import tensorflow as tf
 
-    count, side = 0, None
-    for tensor in tf.nest.flatten(inputs):
-        if tensor.shape.rank >= 4:
-            count += int(np.prod(tensor.shape[:-3]))
-            side = int(tensor.shape[-3])
-    return count, side
+    stacks = [(int(np.prod(t.shape[:-3])), int(t.shape[-3])) for t in tf.nest.flatten(inputs) if t.shape.rank >= 4]
+    side = max(s for _, s in stacks)
+    return math.ceil(sum(n * s * s for n, s in stacks) / side**2), side
 
 
 def run_part(part: str, method_name: str, data_dir: str, steps: int, warmup: int, images: int, side: int) -> dict:
