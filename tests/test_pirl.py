@@ -16,7 +16,7 @@ from ssl_zoo.pretext.jigsaw import jigsaw_example
 IMAGES = np.random.default_rng(0).integers(0, 256, (12, 24, 24, 3), dtype=np.uint8)
 METHOD = {"name": "pirl", "image_size": 16, "tile_size": 6, "projection_dim": 8, "tile_units": 4,
           "num_negatives": 8, "num_permutations": 10, "temperature": 0.2}
-CONTRACT = MethodContract(method=METHOD, image_size=24, images=IMAGES, keras_fit=False)
+CONTRACT = MethodContract(method={**METHOD, "memory_init": "features"}, image_size=24, images=IMAGES, keras_fit=False)
 
 
 def _unit(x):
@@ -65,6 +65,24 @@ def test_memory_update_mixes_each_image_s_entry_by_its_index(tmp_path):
     assert len(index) == 4 and len(set(index)) == 4
     # The optimizer never trains the bank.
     assert not any(v is memory for v in trainer.model.trainable_variables)
+
+
+def test_memory_filled_from_features_before_the_first_epoch_only(tmp_path):
+    contract = MethodContract(method={**METHOD, "memory_init": "features"}, image_size=24, images=IMAGES,
+                              keras_fit=False)
+    trainer = contract.trainer(tmp_path, steps_per_epoch=3)
+    method, model, memory = trainer.method, trainer.model, trainer.state["memory"]
+    random_start = memory.numpy().copy()
+    trainer._epoch_hook(0)
+    filled = memory.numpy()
+    views = np.stack([method.centre_view(tf.constant(im), 24, None)["inputs"].numpy() for im in IMAGES])
+    f = model(dict(image=views, tiles=np.zeros((len(IMAGES), 9, 6, 6, 3), np.float32)), training=False)["image"]
+    np.testing.assert_allclose(filled, _unit(f.numpy()), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(filled, random_start)
+    trainer._epoch_hook(1)  # a later epoch leaves the bank alone
+    np.testing.assert_array_equal(memory.numpy(), filled)
+    with pytest.raises(ConfigError, match="memory_init"):
+        PIRL(**{k: v for k, v in METHOD.items() if k != "name"}, memory_init="zeros")
 
 
 def test_negatives_are_a_pure_function_of_the_step():

@@ -43,12 +43,14 @@ from ssl_zoo import losses
 from ssl_zoo.backbones.resnet import IMAGENET_MEAN, IMAGENET_STD
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import PRETEXT_HEAD
-from ssl_zoo.methods.base import PretextMethod, state_variable
+from ssl_zoo.data.augment import AUGMENTATIONS
+from ssl_zoo.methods.base import BACKBONE, PretextMethod, state_variable
 from ssl_zoo.methods.card import MethodCard
 from ssl_zoo.methods.two_view import per_view_metrics
 from ssl_zoo.pretext.contrastive import simclr_view
 from ssl_zoo.pretext.jigsaw import GRID, NUM_TILES, jigsaw_example
 
+MEMORY_INITS = ("random", "features")
 # Salt of the stateless seed the negatives are drawn from: (salt, step).
 _NEGATIVES_SALT = 0x9121
 
@@ -119,6 +121,12 @@ class PIRL(PretextMethod):
     loss_weight: float = 0.5
     memory_momentum: float = 0.5
     num_negatives: int = 4096
+    # What the memory bank starts from: "random" unit vectors (the paper, VISSL), or "features": f of
+    # every training image's centre view by the untrained network, one inference pass before the
+    # first epoch. With random entries the first epoch's positives carry nothing (an image's entry is
+    # first written when the image is first seen); a schedule of a few epochs loses a large share of
+    # its steps to that, hundreds of epochs do not.
+    memory_init: str = "random"
 
     def __post_init__(self):
         self.crop_scale = tuple(self.crop_scale)
@@ -137,6 +145,8 @@ class PIRL(PretextMethod):
         if self.backbone.get("image_size") is not None:
             raise ConfigError("PIRL feeds views and tiles of two sizes through one backbone: leave [backbone] "
                               f"image_size unset (it is {self.backbone['image_size']})")
+        if self.memory_init not in MEMORY_INITS:
+            raise ConfigError(f"[method] pirl memory_init must be one of {MEMORY_INITS}, got {self.memory_init!r}")
         self._perms = random_permutations(self.num_permutations, self.permutation_seed)
         self.num_examples = None
 
@@ -190,6 +200,30 @@ class PIRL(PretextMethod):
         start = np.random.default_rng(0).normal(size=(self.num_examples, self.projection_dim)).astype(np.float32)
         start /= np.linalg.norm(start, axis=1, keepdims=True)
         return {"memory": state_variable(start, "memory_bank")}
+
+    def on_epoch_begin(self, ctx):
+        """With memory_init "features": before the first epoch, every entry becomes its image's f
+        (centre view, inference mode). Later epochs, and a resume, keep the bank as it is."""
+        if self.memory_init != "features" or ctx.epoch > 0:
+            return {}
+        out = ctx.inference(self.embed_views, transform=self.centre_view)
+        memory = ctx.state["memory"]
+        start = memory.numpy()
+        start[out["index"]] = out["outputs"]
+        memory.assign(start)
+        return {}
+
+    def centre_view(self, image, size: int, seed, index=None) -> dict:
+        """The view f sees when the bank is filled: the centre crop at `image_size`."""
+        del size, seed, index
+        return {"inputs": AUGMENTATIONS["center"](image, self.image_size, None)}
+
+    @staticmethod
+    def embed_views(model, state, views):
+        """L2-normalised f(v_I) of a batch of views (the inference pass's function)."""
+        del state
+        f = model.get_layer(f"{PRETEXT_HEAD}_image")(model.get_layer(BACKBONE)(views, training=False))
+        return tf.math.l2_normalize(tf.cast(f, tf.float32), axis=-1)
 
     def negatives(self, step):
         """The bank rows contrasted at `step`: uniform, a pure function of the step."""
