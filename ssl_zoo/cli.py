@@ -1,4 +1,5 @@
-"""`ssl-zoo` command line: train, evaluate, diagnose, export, list, card, pictures, leaderboard, push, finetune."""
+"""`ssl-zoo` command line: train, evaluate, diagnose, export, list, card, pictures, leaderboard, push, finetune,
+label-efficiency."""
 
 from __future__ import annotations
 
@@ -375,6 +376,35 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def cmd_label_efficiency(args) -> int:
+    from ssl_zoo.train.recipe import FinetuneConfig, RecipeValueError
+
+    settings = dict(epochs_frozen=args.epochs_frozen, epochs_unfrozen=args.epochs_unfrozen, lr_frozen=args.lr_frozen,
+                    lr_unfrozen=args.lr_unfrozen, batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
+                    max_test_examples=args.max_test_examples, seed=args.seed, image_size=args.image_size)
+    try:  # checked here, before TensorFlow is imported
+        FinetuneConfig(**settings)
+        fractions = [float(f) for f in args.fractions.split(",")]
+    except RecipeValueError as e:
+        raise _flag_error(e, {k: "--" + k.replace("_", "-") for k in settings}) from None
+    except ValueError:
+        raise ConfigError(f"--fractions must be numbers separated by commas, not {args.fractions!r}") from None
+    bad = [f for f in fractions if not 0.0 < f <= 1.0]
+    if bad:
+        raise ConfigError(f"--fractions must each be in (0, 1], not {bad[0]:g}")
+    out = args.out or _default_report("label-efficiency", args.model)
+    _import_tensorflow(args)
+    from ssl_zoo.evaluation.label_efficiency import final_accuracy, label_efficiency
+
+    report = label_efficiency(args.model, dataset=args.dataset, data_dir=args.data_dir, fractions=fractions,
+                              train_split=args.train_split, test_split=args.test_split, out=str(out), **settings)
+    for fraction, row in report["fractions"].items():
+        print(f"{fraction} of the labels ({row['num_labels']} images): pretrained {final_accuracy(row['trained']):.2%}"
+              f" | random init {final_accuracy(row['random_init']):.2%}")
+    print(f"report: {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ssl_zoo.train.recipe import EvalConfig
 
@@ -543,6 +573,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None,
                    help="write the report JSON here (default results/finetune-MODEL-TIME.json, printed at the end)")
     p.set_defaults(func=cmd_finetune, out_kind="file")
+
+    p = sub.add_parser("label-efficiency", help="fine-tune with 1 %% / 10 %% / ... of the labels (class-balanced) next "
+                                                "to random init, the same steps for every fraction")
+    p.add_argument("model", help="zoo name, hf://org/name, preset folder or .keras file")
+    _add_data_dir(p)
+    p.add_argument("--dataset", default="tfds:cifar10")
+    p.add_argument("--fractions", default="0.01,0.1", help="label fractions, comma-separated (default 0.01,0.1)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="image side; default the backbone's input size (required for any-size backbones)")
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--test-split", default=None, help="default: test, or val for an image folder with train/ and val/")
+    p.add_argument("--steps-per-epoch", type=int, default=50)
+    p.add_argument("--epochs-frozen", type=int, default=4)
+    p.add_argument("--epochs-unfrozen", type=int, default=4)
+    p.add_argument("--lr-frozen", type=float, default=1e-3)
+    p.add_argument("--lr-unfrozen", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--max-test-examples", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None,
+                   help="write the report JSON here (default results/label-efficiency-MODEL-TIME.json)")
+    p.set_defaults(func=cmd_label_efficiency, out_kind="file")
     return parser
 
 

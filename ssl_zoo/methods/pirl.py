@@ -203,7 +203,7 @@ class PIRL(PretextMethod):
 
     def on_epoch_begin(self, ctx):
         """With memory_init "features": before the first epoch, every entry becomes its image's f
-        (centre view, inference mode). Later epochs, and a resume, keep the bank as it is."""
+        (centre view, batch statistics). Later epochs, and a resume, keep the bank as it is."""
         if self.memory_init != "features" or ctx.epoch > 0:
             return {}
         out = ctx.inference(self.embed_views, transform=self.centre_view)
@@ -220,9 +220,11 @@ class PIRL(PretextMethod):
 
     @staticmethod
     def embed_views(model, state, views):
-        """L2-normalised f(v_I) of a batch of views (the inference pass's function)."""
+        """L2-normalised f(v_I) of a batch of views (the inference pass's function), with batch norm
+        on the batch's statistics as in a training step: an untrained network's moving statistics
+        (mean 0, variance 1) give features unlike the ones its first steps compare with the bank."""
         del state
-        f = model.get_layer(f"{PRETEXT_HEAD}_image")(model.get_layer(BACKBONE)(views, training=False))
+        f = model.get_layer(f"{PRETEXT_HEAD}_image")(model.get_layer(BACKBONE)(views, training=True))
         return tf.math.l2_normalize(tf.cast(f, tf.float32), axis=-1)
 
     def negatives(self, step):
