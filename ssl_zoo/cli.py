@@ -392,15 +392,31 @@ def cmd_label_efficiency(args) -> int:
     bad = [f for f in fractions if not 0.0 < f <= 1.0]
     if bad:
         raise ConfigError(f"--fractions must each be in (0, 1], not {bad[0]:g}")
+    robustness = None
+    if args.robustness_eps:
+        try:
+            epsilons = [float(e) for e in args.robustness_eps.split(",")]
+        except ValueError:
+            raise ConfigError(f"--robustness-eps must be numbers separated by commas, not {args.robustness_eps!r}") from None
+        if any(not e > 0 for e in epsilons) or args.robustness_examples < 1:
+            raise ConfigError("--robustness-eps must be positive and --robustness-examples at least 1")
+        robustness = {"epsilons": epsilons, "max_examples": args.robustness_examples, "pgd_steps": 10}
     out = args.out or _default_report("label-efficiency", args.model)
     _import_tensorflow(args)
     from ssl_zoo.evaluation.label_efficiency import final_accuracy, label_efficiency
 
     report = label_efficiency(args.model, dataset=args.dataset, data_dir=args.data_dir, fractions=fractions,
-                              train_split=args.train_split, test_split=args.test_split, out=str(out), **settings)
+                              train_split=args.train_split, test_split=args.test_split, out=str(out),
+                              robustness=robustness, **settings)
+
+    def attacked(run: dict) -> str:
+        found = run.get("robustness", {}).get("accuracy", {})
+        return "".join(f", {k} {v:.2%}" for k, v in found.items() if k != "clean")
+
     for fraction, row in report["fractions"].items():
         print(f"{fraction} of the labels ({row['num_labels']} images): pretrained {final_accuracy(row['trained']):.2%}"
-              f" | random init {final_accuracy(row['random_init']):.2%}")
+              f"{attacked(row['trained'])} | random init {final_accuracy(row['random_init']):.2%}"
+              f"{attacked(row['random_init'])}")
     print(f"report: {out}")
     return 0
 
@@ -592,6 +608,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--max-test-examples", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--robustness-eps", default="",
+                   help="also attack every final classifier with FGSM and PGD-10 at these L-inf radii in [0, 255] "
+                        "pixels, comma-separated (e.g. 2,8); default off")
+    p.add_argument("--robustness-examples", type=int, default=1000, help="test images attacked (default 1000)")
     p.add_argument("--out", default=None,
                    help="write the report JSON here (default results/label-efficiency-MODEL-TIME.json)")
     p.set_defaults(func=cmd_label_efficiency, out_kind="file")

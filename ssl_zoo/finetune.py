@@ -61,7 +61,8 @@ def _datasets(source, image_size, batch_size, max_train, max_test, seed, steps_p
 
 
 def _run(backbone, train, test, num_classes, image_size, *, epochs_frozen, epochs_unfrozen, lr_frozen,
-         lr_unfrozen, steps_per_epoch, test_steps, seed, can_unfreeze=True, run_eagerly=False, label="") -> dict:
+         lr_unfrozen, steps_per_epoch, test_steps, seed, can_unfreeze=True, run_eagerly=False, label="",
+         robustness=None) -> dict:
     import keras
 
     from ssl_zoo.backbones import keep_fixed_layers_frozen
@@ -101,6 +102,11 @@ def _run(backbone, train, test, num_classes, image_size, *, epochs_frozen, epoch
         }
     elif epochs_unfrozen:
         out["unfrozen"] = {"skipped": "a SavedModel backbone is an inference graph and cannot be unfrozen"}
+    if robustness:
+        from ssl_zoo.evaluation.robustness import robust_accuracy
+
+        log.info("%s: accuracy under FGSM and PGD (epsilon %s in [0, 255])", label, robustness.get("epsilons"))
+        out["robustness"] = robust_accuracy(model, test, **robustness)
     out["seconds"] = round(time.time() - t0, 1)
     log.info("%s: test accuracy %s (%s s)", label, ", ".join(
         f"{phase} {out[phase]['test_accuracy']:.2%}" for phase in ("frozen", "unfrozen")
@@ -113,7 +119,7 @@ def finetune(source, *, dataset: str = "tfds:cifar10", data_dir=None, epochs_fro
              batch_size: int = 128, max_train_examples: int | None = None, max_test_examples: int | None = None,
              steps_per_epoch: int | None = None, random_init: bool = True, seed: int = 0,
              out: str | None = None, run_eagerly: bool = False, image_size: int | None = None,
-             train_split: str = "train", test_split: str | None = None) -> dict:
+             train_split: str = "train", test_split: str | None = None, robustness: dict | None = None) -> dict:
     """Fine-tunes `source` (anything `load_backbone` accepts, or a keras.Model) on `dataset`
     (a source spec such as "tfds:cifar10", or an `ssl_zoo.data.sources.Source`).
 
@@ -124,6 +130,9 @@ def finetune(source, *, dataset: str = "tfds:cifar10", data_dir=None, epochs_fro
     `test_split` is the split the accuracy is measured on; by default the dataset's held-out split
     (`Source.held_out_split`: "test" where there is one, "val" for an image folder with `train/`
     and `val/` such as Imagenette). Labels come from the dataset, the same in every split.
+
+    `robustness` (keyword arguments of `ssl_zoo.evaluation.robustness.robust_accuracy`: epsilons,
+    pgd_steps, max_examples) adds each final classifier's accuracy under FGSM and PGD attacks.
 
     `run_eagerly` skips tracing the training graph (tens of seconds for a ResNet on CPU): faster
     for a handful of steps (tests, smoke runs), slower for real fine-tuning.
@@ -168,7 +177,7 @@ def finetune(source, *, dataset: str = "tfds:cifar10", data_dir=None, epochs_fro
                                                      max_test_examples, seed, steps_per_epoch, train_split, test_split)
     common = dict(epochs_frozen=epochs_frozen, epochs_unfrozen=epochs_unfrozen, lr_frozen=lr_frozen,
                   lr_unfrozen=lr_unfrozen, steps_per_epoch=epoch_steps, test_steps=test_steps, seed=seed,
-                  run_eagerly=run_eagerly)
+                  run_eagerly=run_eagerly, robustness=robustness)
     import keras
 
     report = {

@@ -66,6 +66,7 @@ def _cases(tmp_path: Path):
         (["label-efficiency", ZOO_NAME, "--fractions", "0.01,2"], "--fractions", "not 2"),
         (["label-efficiency", ZOO_NAME, "--fractions", "ten"], "--fractions", "'ten'"),
         (["label-efficiency", ZOO_NAME, "--steps-per-epoch", "0"], "--steps-per-epoch", "not 0"),
+        (["label-efficiency", ZOO_NAME, "--robustness-eps", "0"], "--robustness-eps", "positive"),
         (["finetune", ZOO_NAME, "--out", str(tmp_path / "a_dir")], "--out", "is a directory"),
         (["finetune", ZOO_NAME, "--data-dir", str(tmp_path / "no_such_dir")], "no_such_dir", "does not exist"),
         (["evaluate", ZOO_NAME, "--knn-k", "0"], "--knn-k", "not 0"),

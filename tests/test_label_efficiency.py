@@ -1,5 +1,6 @@
 """Label efficiency: the class-balanced subset, the subset source, and one end-to-end run on a tiny
-backbone (both models, every fraction, the same steps, a report with its protocol id)."""
+backbone (both models, every fraction, the same steps, FGSM / PGD accuracy of each final classifier,
+a report with its protocol id)."""
 
 import json
 
@@ -57,15 +58,17 @@ def test_label_efficiency_end_to_end(tmp_path):
     path = tmp_path / "tiny.keras"
     backbone.save(path)
     data = ArraySource(images, np.arange(40) % 4)
-    data.held_out_split = lambda: "train"
     report = label_efficiency(str(path), dataset=data, fractions=(0.5, 0.1), steps_per_epoch=2, epochs_frozen=1,
-                              epochs_unfrozen=1, batch_size=4, out=tmp_path / "report.json", run_eagerly=True)
+                              epochs_unfrozen=1, batch_size=4, out=tmp_path / "report.json", run_eagerly=True,
+                              robustness={"epsilons": [8.0], "pgd_steps": 2, "max_examples": 6})
     assert list(report["fractions"]) == ["0.1", "0.5"]
     assert [report["fractions"][f]["num_labels"] for f in ("0.1", "0.5")] == [4, 20]
     for row in report["fractions"].values():
         for run in ("trained", "random_init"):
             assert 0.0 <= final_accuracy(row[run]) <= 1.0
             assert row[run]["unfrozen"]["epochs"] == 1
+            attacked = row[run]["robustness"]
+            assert attacked["num_examples"] == 6 and set(attacked["accuracy"]) == {"clean", "fgsm_eps8", "pgd2_eps8"}
     assert report["protocol"]["kind"] == "label_efficiency" and report["protocol"]["image_size"] == 16
     assert len(report["protocol_id"]) == 12
     assert json.loads((tmp_path / "report.json").read_text())["protocol_id"] == report["protocol_id"]

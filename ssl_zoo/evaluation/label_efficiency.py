@@ -87,11 +87,12 @@ def label_efficiency(model: str, *, dataset="tfds:cifar10", data_dir=None,
                      epochs_unfrozen: int = 4, lr_frozen: float = 1e-3, lr_unfrozen: float = 1e-4,
                      batch_size: int = 128, image_size: int | None = None, train_split: str = "train",
                      test_split: str | None = None, max_test_examples: int | None = None, seed: int = 0,
-                     out=None, run_eagerly: bool = False) -> dict:
+                     out=None, run_eagerly: bool = False, robustness: dict | None = None) -> dict:
     """Fine-tunes `model` (anything `load_backbone` takes; loaded afresh for every fraction) and its
     random-init twin on each fraction of `dataset`'s labels (a source spec such as "tfds:cifar10",
     or a `Source`); returns (and with `out` writes) the report: per fraction the number of labels
-    and both runs' test accuracy after each phase. `run_eagerly`: as `finetune`'s (tests)."""
+    and both runs' test accuracy after each phase. `robustness`, `run_eagerly`: as `finetune`'s
+    (FGSM / PGD accuracy of every final classifier; tests)."""
     from ssl_zoo.data.sources import open_source
     from ssl_zoo.evaluation.protocol import protocol_id
     from ssl_zoo.finetune import finetune
@@ -122,6 +123,9 @@ def label_efficiency(model: str, *, dataset="tfds:cifar10", data_dir=None,
                         f"{lr_frozen}), then all layers for {epochs_unfrozen} x {steps_per_epoch} steps (Adam "
                         f"{lr_unfrozen}); random crop + flip; the same steps for every fraction",
             "max_test_examples": max_test_examples, "seed": seed,
+            "robustness": (f"FGSM and PGD-{robustness.get('pgd_steps', 10)} (random start, step 2.5 eps / steps) "
+                           f"at L-inf eps {list(robustness.get('epsilons', (2.0, 8.0)))} in [0, 255], first "
+                           f"{robustness.get('max_examples', 1000)} test images") if robustness else None,
         },
         "fractions": {},
     }
@@ -133,7 +137,7 @@ def label_efficiency(model: str, *, dataset="tfds:cifar10", data_dir=None,
                        epochs_unfrozen=epochs_unfrozen, lr_frozen=lr_frozen, lr_unfrozen=lr_unfrozen,
                        batch_size=batch_size, steps_per_epoch=steps_per_epoch, max_test_examples=max_test_examples,
                        seed=seed, image_size=image_size, train_split=train_split, test_split=test_split,
-                       run_eagerly=run_eagerly)
+                       run_eagerly=run_eagerly, robustness=robustness)
         report["fractions"][f"{fraction:g}"] = {"num_labels": int(len(keep)), "trained": run["trained"],
                                                 "random_init": run["random_init"]}
         report["protocol"]["image_size"] = run["protocol"]["image_size"]
