@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ssl_zoo.finetune import final_accuracy
 from ssl_zoo.methods.card import pct as _pct
 from ssl_zoo.preset import (CARD_FILE, PLOT_FILE, TRAINING_PLOT_FILE, atomic_file, diagnostics, read_metadata,
                             refresh_manifest, round_accuracy)
@@ -196,13 +197,59 @@ def plot_method_training(meta: dict[str, Any], path) -> Path | None:
     return draw(meta, path) if draw else None
 
 
+LABEL_EFFICIENCY_SUFFIX = ".label_efficiency.json"
+
+
+def label_efficiency_beside(cards_dir: str | os.PathLike, name: str) -> dict[str, Any] | None:
+    """The entry's `ssl-zoo label-efficiency` report beside its card (`NAME.label_efficiency.json`,
+    measured after release like the pictures), None when there is none. A report of another model
+    is refused, so a card never shows a neighbour's numbers."""
+    path = Path(cards_dir) / f"{name}{LABEL_EFFICIENCY_SUFFIX}"
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    if report.get("model") != name:
+        raise ValueError(f"{path} measured {report.get('model')!r}, not {name!r}")
+    return report
+
+
+def label_efficiency_lines(report: dict[str, Any], file_name: str) -> list[str]:
+    """The card's "Label efficiency" section: fine-tuning accuracy per label fraction next to random
+    init, and the accuracy left under attack when the report measured it."""
+    proto = report["protocol"]
+    L = ["## Label efficiency\n",
+         f"Fine-tuned on a class-balanced fraction of {_dataset(report['dataset'])[1]}'s training labels and tested "
+         f"on its {proto['test_split']} split (`ssl-zoo label-efficiency`, protocol `{report['protocol_id']}`, "
+         f"[report]({file_name})), next to the same architecture from random initialisation under the same "
+         f"schedule: {proto['schedule']}.\n",
+         "| labels | images | pretrained | random init | gain |", "|---|---:|---:|---:|---:|"]
+    rows = sorted(report["fractions"].items(), key=lambda kv: float(kv[0]))
+    for fraction, row in rows:
+        ours, floor = final_accuracy(row["trained"]), final_accuracy(row["random_init"])
+        L.append(f"| {100 * float(fraction):g} % | {row['num_labels']:,} | {_pct(ours)} | {_pct(floor)} | "
+                 f"{100 * (ours - floor):+.2f} pt |")
+    L.append("")
+    attacked = [(f, row) for f, row in rows if "robustness" in row["trained"] and "robustness" in row["random_init"]]
+    if attacked:
+        L.append(f"Accuracy left under attack ({proto['robustness']}):\n")
+        L += ["| labels | attack | pretrained | random init |", "|---|---|---:|---:|"]
+        for fraction, row in attacked:
+            ours, floor = row["trained"]["robustness"]["accuracy"], row["random_init"]["robustness"]["accuracy"]
+            for attack in ours:
+                L.append(f"| {100 * float(fraction):g} % | {attack} | {_pct(ours[attack])} | {_pct(floor.get(attack))} |")
+        L.append("")
+    return L
+
+
 def render_card(meta: dict[str, Any], plot_name: str | None = None, training_plot_name: str | None = None,
-                pictures: dict[str, str] | None = None, reference: dict[str, Any] | None = None) -> str:
+                pictures: dict[str, str] | None = None, reference: dict[str, Any] | None = None,
+                label_efficiency: dict[str, Any] | None = None) -> str:
     """The card's markdown. `pictures`: {kind: file} beside the card (`ssl_zoo.pictures`), linked
     in a section of their own; `reference`: the supervised reference's leaderboard row
-    (`ssl_zoo.leaderboard.reference_for`), whose probe each stage is shown as a fraction of. Both
-    for the cards folder's card, which `ssl-zoo card` regenerates; the preset's card is fixed at
-    release and has neither."""
+    (`ssl_zoo.leaderboard.reference_for`), whose probe each stage is shown as a fraction of;
+    `label_efficiency`: the entry's `ssl-zoo label-efficiency` report (`label_efficiency_beside`).
+    All three for the cards folder's card, which `ssl-zoo card` regenerates; the preset's card is
+    fixed at release and has none of them."""
     name = meta["name"]
     report = meta.get("evaluation") or {}
     training = meta.get("training") or {}
@@ -270,6 +317,8 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None, training_plo
     add("")
     if plot_name and report:
         add(f"![Linear probe accuracy per stage, trained vs random init]({plot_name})\n")
+    if label_efficiency:
+        L.extend(label_efficiency_lines(label_efficiency, f"{name}{LABEL_EFFICIENCY_SUFFIX}"))
     if pictures:
         from ssl_zoo.pictures import PICTURES
 
@@ -462,7 +511,8 @@ def write_model_card(preset: str | os.PathLike, cards_dir: str | os.PathLike = "
     from ssl_zoo.pictures import pictures_beside
 
     with atomic_file(cards_dir / f"{name}.md") as tmp:
-        tmp.write_text(render_card(meta, plot, training_plot, pictures_beside(cards_dir, name), supervised_reference(name)))
+        tmp.write_text(render_card(meta, plot, training_plot, pictures_beside(cards_dir, name), supervised_reference(name),
+                                   label_efficiency_beside(cards_dir, name)))
     return cards_dir / f"{name}.md"
 
 

@@ -19,6 +19,14 @@ from ssl_zoo.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+def final_accuracy(run: dict) -> float | None:
+    """A fine-tuning run's last measured test accuracy (after unfreezing, else frozen)."""
+    for phase in ("unfrozen", "frozen"):
+        if isinstance(run.get(phase), dict) and "test_accuracy" in run[phase]:
+            return run[phase]["test_accuracy"]
+    return None
+
+
 def build_classifier(backbone, num_classes: int, image_size: int, seed: int = 0):
     import keras
 

@@ -112,7 +112,7 @@ FIRST_RELEASED_WITH_SYNCHRONIZED_BN = {"rotnet_resnet18w025_cifar10", "jigsaw_re
 def test_released_cards_are_what_the_current_template_renders(name):
     # A card template change must reach every released entry: its packaged preset card and its copy in
     # model_cards/ are regenerated from the preset's metadata (`ssl-zoo card PRESET`), never hand-edited.
-    from ssl_zoo.cards import render_card, supervised_reference
+    from ssl_zoo.cards import label_efficiency_beside, render_card, supervised_reference
     from ssl_zoo.pictures import pictures_beside
 
     preset = REPO / "ssl_zoo" / "zoo" / "presets" / name
@@ -123,7 +123,8 @@ def test_released_cards_are_what_the_current_template_renders(name):
     assert (preset / "README.md").read_text() == render_card(meta, "probe_per_stage.png", in_preset)
     pictures = pictures_beside(REPO / "model_cards", name)
     assert (REPO / "model_cards" / f"{name}.md").read_text() == render_card(
-        meta, f"{name}_probe.png", in_cards, pictures, supervised_reference(name)), \
+        meta, f"{name}_probe.png", in_cards, pictures, supervised_reference(name),
+        label_efficiency_beside(REPO / "model_cards", name)), \
         f"model_cards/{name}.md is stale: run `ssl-zoo card --all`"
     assert '"synchronized": true' not in (preset / "config.json").read_text()
     assert "is plain (`synchronized: false`)" in (preset / "README.md").read_text()
@@ -170,6 +171,31 @@ def test_released_cards_read_right_on_the_hub(name):
     assert model_name == name and eval_results_to_model_index(name, parsed) == data.to_dict()["model-index"]
     # The floor is still stated, in the text.
     assert f"best random-init stage ({s['random_init_best_stage']})" in card.text
+
+
+def test_card_shows_label_efficiency_and_robustness_beside_it(preset, tmp_path):
+    from ssl_zoo.cards import label_efficiency_beside, render_card
+
+    meta = json.loads((preset / "metadata.json").read_text())
+    name = meta["name"]
+
+    def run(accuracy, attacked):
+        return {"frozen": {"test_accuracy": accuracy - 0.05}, "unfrozen": {"test_accuracy": accuracy},
+                "robustness": {"accuracy": {"clean": accuracy, "pgd10_eps8": attacked}}}
+
+    report = {"model": name, "dataset": "tfds:cifar10", "protocol_id": "abcdef012345",
+              "protocol": {"test_split": "test", "schedule": "SCHEDULE", "robustness": "ATTACKS"},
+              "fractions": {"0.1": {"num_labels": 5000, "trained": run(0.6, 0.1), "random_init": run(0.4, 0.02)},
+                            "0.01": {"num_labels": 500, "trained": run(0.45, 0.05), "random_init": run(0.2, 0.0)}}}
+    assert label_efficiency_beside(tmp_path, name) is None
+    (tmp_path / f"{name}.label_efficiency.json").write_text(json.dumps(report))
+    text = render_card(meta, label_efficiency=label_efficiency_beside(tmp_path, name))
+    section = text.split("## Label efficiency")[1].split("## Method")[0]
+    assert section.index("| 1 % | 500 | 45.00 % | 20.00 % | +25.00 pt |") < section.index("| 10 % | 5,000 | 60.00 %")
+    assert "| 10 % | pgd10_eps8 | 10.00 % | 2.00 % |" in section and "ATTACKS" in section and "SCHEDULE" in section
+    (tmp_path / f"{name}.label_efficiency.json").write_text(json.dumps({**report, "model": "another"}))
+    with pytest.raises(ValueError, match="another"):
+        label_efficiency_beside(tmp_path, name)
 
 
 def test_card_without_evaluation_states_it(preset):

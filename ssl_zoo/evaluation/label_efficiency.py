@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from ssl_zoo.data.sources import Source
 from ssl_zoo.errors import ConfigError
+from ssl_zoo.finetune import final_accuracy  # noqa: F401  (re-exported: the report's reader)
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +150,3 @@ def label_efficiency(model: str, *, dataset="tfds:cifar10", data_dir=None,
         write_json(report, out, sort_keys=True)
     return report
 
-
-def final_accuracy(run: dict) -> float | None:
-    """A fine-tuning run's last measured test accuracy (after unfreezing, else frozen)."""
-    for phase in ("unfrozen", "frozen"):
-        if isinstance(run.get(phase), dict) and "test_accuracy" in run[phase]:
-            return run[phase]["test_accuracy"]
-    return None
