@@ -47,6 +47,21 @@ def test_subset_source_cuts_only_its_split():
     shuffled = [int(ex["index"]) for ex in subset.examples("train", shuffle_seed=7)]
     assert sorted(shuffled) == keep.tolist()
     assert subset.name.endswith("[test subset]")
+    # The subset is found once: later passes read it from memory, not by decoding the split again.
+    import tensorflow as tf
+
+    reads = tf.Variable(0, dtype=tf.int64)
+
+    class Counting(ArraySource):
+        def examples(self, split, shuffle_seed=None):
+            return super().examples(split, shuffle_seed).map(lambda ex: (reads.assign_add(1), ex)[1])
+
+    counted = SubsetSource(Counting(images, np.arange(20) % 4), "train", keep, "counted")
+    ds = counted.examples("train").repeat(3)
+    assert len(list(ds)) == 12 and int(reads.numpy()) == 20
+    # The whole split is the split itself, unfiltered.
+    whole = SubsetSource(base, "train", np.arange(20), "all")
+    assert len(list(whole.examples("train"))) == 20
 
 
 def test_label_efficiency_end_to_end(tmp_path):
