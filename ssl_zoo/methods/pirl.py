@@ -44,7 +44,7 @@ from ssl_zoo.backbones.resnet import IMAGENET_MEAN, IMAGENET_STD
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import PRETEXT_HEAD
 from ssl_zoo.data.augment import AUGMENTATIONS
-from ssl_zoo.methods.base import BACKBONE, PretextMethod, state_variable
+from ssl_zoo.methods.base import BACKBONE, PretextMethod, scatter_rows, state_variable
 from ssl_zoo.methods.card import MethodCard
 from ssl_zoo.methods.two_view import per_view_metrics
 from ssl_zoo.pretext.contrastive import simclr_view
@@ -242,7 +242,7 @@ class PIRL(PretextMethod):
         if ctx.num_replicas_in_sync > 1:
             f, index = ctx.all_gather(f, axis=0), ctx.all_gather(index, axis=0)
         mixed = self.memory_momentum * tf.gather(memory, index) + (1.0 - self.memory_momentum) * f
-        memory.assign(tf.tensor_scatter_nd_update(memory, index[:, None], tf.math.l2_normalize(mixed, axis=-1)))
+        scatter_rows(memory, index, tf.math.l2_normalize(mixed, axis=-1))
 
     # ---- steps ---------------------------------------------------------------------------------
     def _loss(self, outputs, memory, index, negative_index):
