@@ -202,7 +202,7 @@ def finetune(source, *, dataset: str = "tfds:cifar10", data_dir=None, epochs_fro
                         "at the lower learning rate",
         },
     }
-    log.info("fine-tuning %s on %s", name, dataset)
+    log.info("fine-tuning %s on %s", name, report["dataset"])
     report["trained"] = _run(backbone, train, test, num_classes, image_size, can_unfreeze=kind != "saved_model",
                              label="pretrained", **common)
     if random_init:
