@@ -403,7 +403,8 @@ def cmd_label_efficiency(args) -> int:
         robustness = {"epsilons": epsilons, "max_examples": args.robustness_examples, "pgd_steps": 10}
     out = args.out or _default_report("label-efficiency", args.model)
     _import_tensorflow(args)
-    from ssl_zoo.evaluation.label_efficiency import final_accuracy, label_efficiency
+    from ssl_zoo.evaluation.label_efficiency import label_efficiency
+    from ssl_zoo.finetune import final_accuracy
 
     report = label_efficiency(args.model, dataset=args.dataset, data_dir=args.data_dir, fractions=fractions,
                               train_split=args.train_split, test_split=args.test_split, out=str(out),

@@ -12,10 +12,10 @@ from ssl_zoo.errors import ConfigError
 from ssl_zoo.evaluation.label_efficiency import (
     SubsetSource,
     balanced_subset,
-    final_accuracy,
     label_efficiency,
     read_labels,
 )
+from ssl_zoo.finetune import final_accuracy
 
 
 def test_balanced_subset_takes_the_same_share_of_every_class():

@@ -47,7 +47,7 @@ def test_memory_bank_contrast_matches_the_numpy_reference():
 
 def test_memory_update_mixes_each_image_s_entry_by_its_index(tmp_path):
     trainer = CONTRACT.trainer(tmp_path, steps_per_epoch=3)
-    method, memory = trainer.method, trainer.state["memory"]
+    memory = trainer.state["memory"]
     start = memory.numpy().copy()
     np.testing.assert_allclose(np.linalg.norm(start, axis=1), 1.0, rtol=1e-5)
     batch = next(iter(trainer._train_dataset(epoch=0, skip=0)))

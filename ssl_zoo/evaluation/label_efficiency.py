@@ -22,7 +22,6 @@ import tensorflow as tf
 
 from ssl_zoo.data.sources import Source
 from ssl_zoo.errors import ConfigError
-from ssl_zoo.finetune import final_accuracy  # noqa: F401  (re-exported: the report's reader)
 
 log = logging.getLogger(__name__)
 
