@@ -221,7 +221,9 @@ def label_efficiency_lines(report: dict[str, Any], file_name: str) -> list[str]:
          f"Fine-tuned on a class-balanced fraction of {_dataset(report['dataset'])[1]}'s training labels and tested "
          f"on its {proto['test_split']} split (`ssl-zoo label-efficiency`, protocol `{report['protocol_id']}`, "
          f"[report]({file_name})), next to the same architecture from random initialisation under the same "
-         f"schedule: {proto['schedule']}.\n",
+         f"schedule: {proto['schedule']}. The random-init twin gets the same steps, half of them with its "
+         f"backbone frozen: it is the floor of what those steps buy without pretraining, not a network trained "
+         f"from scratch to convergence.\n",
          "| labels | images | pretrained | random init | gain |", "|---|---:|---:|---:|---:|"]
     rows = sorted(report["fractions"].items(), key=lambda kv: float(kv[0]))
     for fraction, row in rows:
