@@ -55,7 +55,8 @@ def test_in_the_pretext_pipeline(photo):
 @pytest.mark.parametrize("spec, match", [
     ("single:missing.png", "no such file"),
     ("single:photo.png?height=500", "outside the photo"),
-    ("single:photo.png?width=3", "options are height, size and n"),
+    ("single:photo.png?width=3", "options are height, size, n and fresh"),
+    ("single:photo.png?fresh=2", "fresh must be 1"),
     ("single:photo.png?size=big", "must be integers"),
     ("single:photo.png?size=4", "size must be >= 8"),
 ])
@@ -67,3 +68,23 @@ def test_bad_specs_are_one_sentence(photo, spec, match):
 def test_unknown_split_is_named(photo):
     with pytest.raises(DataError, match="not 'unlabelled'"):
         open_source("single:photo.png?n=4", photo).num_examples("unlabelled")
+
+
+def test_fresh_0_serves_the_same_crops_every_epoch(photo):
+    source = open_source("single:photo.png?size=16&n=6&fresh=0", photo)
+    assert source.stable_examples and not open_source("single:photo.png?n=6", photo).stable_examples
+    np.testing.assert_array_equal(_crops(source, seed=1), _crops(source, seed=2))
+    np.testing.assert_array_equal(_crops(source, seed=1), _crops(source))  # the crops inference passes see
+
+
+@pytest.mark.parametrize("name, options", [("deepcluster", {"num_clusters": 2}), ("sela", {"num_clusters": 2}),
+                                           ("pirl", {"tile_size": 4})])
+def test_methods_that_label_each_image_refuse_fresh_crops(photo, name, options):
+    from helpers import TINY_BACKBONE
+    from ssl_zoo.methods import build_method
+
+    backbone = {k: v for k, v in TINY_BACKBONE.items() if name != "pirl" or k != "image_size"}
+    method = build_method(name, backbone=backbone, image_size=16, **options)
+    with pytest.raises(DataError, match="serves new images every epoch.*fresh=0"):
+        method.prepare(open_source("single:photo.png?size=16&n=8", photo), "train", 16)
+    method.prepare(open_source("single:photo.png?size=16&n=8&fresh=0", photo), "train", 16)

@@ -70,6 +70,18 @@ class Source:
         """The split accuracy is reported on when none is named (`finetune`, `evaluate_model`)."""
         return "test"
 
+    # Whether an example's index names the same image in every epoch. Methods that keep something
+    # per training image (cluster labels, a memory bank) need it; a stream of fresh crops has not.
+    stable_examples: bool = True
+
+
+def require_stable_examples(source, split: str, who: str, why: str) -> None:
+    """Refuses a source whose index names a new image every epoch (a stream of fresh crops) for a
+    method that keeps something per training image: its labels would belong to images never seen again."""
+    if not getattr(source, "stable_examples", True):
+        raise DataError(f"{who} {why}, but {source.name}/{split} serves new images every epoch; "
+                          "give the source a fixed set (for one photo: fresh=0)")
+
 
 class TFDSSource(Source):
     """A prepared TFDS dataset. Never downloads: a missing dataset is an error that says where
@@ -500,8 +512,10 @@ def open_source(spec: str, data_dir: str | os.PathLike | None = None, *, cache: 
 # Spec: `single:PATH` (relative to the data dir), with options after `?`:
 # `height=H` keeps the photo's first H rows (the camera-trap photos' information strip),
 # `size=S` the side of the crops served (default 64), `n=N` examples per epoch (default 50,000,
-# CIFAR-10's epoch, so schedules compare). Every split serves the same kind of crops; the held-out
-# split (`test`) draws from its own seeds.
+# CIFAR-10's epoch, so schedules compare), `fresh=0` the same n crops in every epoch (a fixed
+# training set of crops, as Asano et al. built theirs; what methods that label each training image,
+# DeepCluster or PIRL, need) instead of new ones (default). Every split serves the same kind of
+# crops; the held-out split (`test`) draws from its own seeds.
 
 MIN_AREA = 1e-4
 MAX_AREA = 1.0
@@ -532,7 +546,8 @@ def single_image_crop(photo, size: int, seed) -> tf.Tensor:
     cx = box_w / 2 + tf.random.stateless_uniform([], s[4], 0.0, 1.0) * (w - box_w)
     big = int(math.ceil(size * math.sqrt(2.0)))
     box = tf.stack([(cy - box_h / 2) / h, (cx - box_w / 2) / w, (cy + box_h / 2) / h, (cx + box_w / 2) / w])
-    patch = tf.image.crop_and_resize(tf.cast(photo, tf.float32)[None], box[None], [0], [big, big])  # [1, big, big, 3]
+    # crop_and_resize reads uint8 itself: casting the whole photo to float per crop halved the crops/s.
+    patch = tf.image.crop_and_resize(photo[None], box[None], [0], [big, big])  # float32 [1, big, big, 3]
     # Rotate about the patch centre (the projective transform maps output to input coordinates).
     cos, sin = tf.cos(angle), tf.sin(angle)
     c = (big - 1) / 2.0
@@ -558,12 +573,15 @@ def single_image_crop(photo, size: int, seed) -> tf.Tensor:
 class SingleImageSource(Source):
     """`n` augmented crops of one photo per epoch (module docstring). Labels are -1."""
 
-    def __init__(self, path: str | Path, *, size: int = 64, n: int = 50_000, height: int | None = None):
+    def __init__(self, path: str | Path, *, size: int = 64, n: int = 50_000, height: int | None = None,
+                 fresh: int = 1):
         self.path = Path(path).expanduser()
         self.name = f"single:{self.path.name}"
         self.stats = SkipStats()
         if size < 8 or n < 1:
             raise DataError(f"{self.name}: size must be >= 8 and n >= 1, got size={size}, n={n}")
+        if fresh not in (0, 1):
+            raise DataError(f"{self.name}: fresh must be 1 (new crops every epoch) or 0 (the same crops), got {fresh}")
         photo = decode_file(str(self.path), min_side=size, stats=self.stats) if self.path.is_file() else None
         if photo is None:
             why = self.stats.summary() if self.path.is_file() else "no such file"
@@ -574,13 +592,15 @@ class SingleImageSource(Source):
             photo = photo[:height]
         self.photo = np.ascontiguousarray(photo)
         self.size, self.n = size, n
+        self.stable_examples = not fresh
 
     def examples(self, split, shuffle_seed=None):
         salt = self._salt(split)
         photo = tf.constant(self.photo)
         # An epoch's seed (the pipeline passes its epoch seed as shuffle_seed when training) makes
         # every epoch's crops new; without one (evaluation) the crops are fixed.
-        epoch = tf.constant(shuffle_seed if shuffle_seed is not None else -1, tf.int64)
+        # With fresh=0 every epoch serves the evaluation crops.
+        epoch = tf.constant(shuffle_seed if shuffle_seed is not None and not self.stable_examples else -1, tf.int64)
 
         def example(i):
             seed = tf.stack([epoch * 4 + salt, i])
@@ -599,12 +619,12 @@ class SingleImageSource(Source):
 
 
 def open_single_image(value: str, root) -> SingleImageSource:
-    """`single:PATH?height=H&size=S&n=N` -> the source (PATH relative to the data dir `root`)."""
+    """`single:PATH?height=H&size=S&n=N&fresh=F` -> the source (PATH relative to the data dir `root`)."""
     path_text, _, query = value.partition("?")
     options = urllib.parse.parse_qs(query, strict_parsing=bool(query))
-    unknown = sorted(set(options) - {"height", "size", "n"})
+    unknown = sorted(set(options) - {"height", "size", "n", "fresh"})
     if unknown:
-        raise DataError(f"single-image source options are height, size and n; got {unknown}")
+        raise DataError(f"single-image source options are height, size, n and fresh; got {unknown}")
     try:
         kwargs = {k: int(v[-1]) for k, v in options.items()}
     except ValueError as e:

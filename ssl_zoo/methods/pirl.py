@@ -44,6 +44,7 @@ from ssl_zoo.backbones.resnet import IMAGENET_MEAN, IMAGENET_STD
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import PRETEXT_HEAD
 from ssl_zoo.data.augment import AUGMENTATIONS
+from ssl_zoo.data.sources import require_stable_examples
 from ssl_zoo.methods.base import BACKBONE, PretextMethod, scatter_rows, state_variable
 from ssl_zoo.methods.card import MethodCard
 from ssl_zoo.methods.two_view import per_view_metrics
@@ -152,6 +153,7 @@ class PIRL(PretextMethod):
 
     # ---- composition ---------------------------------------------------------------------------
     def prepare(self, source, split: str, image_size: int) -> None:
+        require_stable_examples(source, split, "PIRL", "keeps a memory-bank entry per training image")
         self.num_examples = source.num_examples(split)
         if not self.num_examples:
             raise ConfigError(f"PIRL keeps one memory-bank entry per training image: {source.name}/{split} has no "

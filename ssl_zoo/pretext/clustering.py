@@ -25,6 +25,7 @@ import dataclasses
 
 import numpy as np
 
+from ssl_zoo.data.sources import require_stable_examples
 from ssl_zoo.errors import ConfigError
 
 
@@ -159,6 +160,7 @@ def sinkhorn_knopp(log_probs: np.ndarray, lam: float = 25.0, iterations: int = 1
 def training_set_size(source, split: str, num_clusters: int, who: str) -> int:
     """The number of images a clustering method labels (its `prepare`), refusing more clusters than
     images before anything is built."""
+    require_stable_examples(source, split, who, "labels each training image by its index")
     n = source.num_examples(split)
     if num_clusters > n:
         raise ConfigError(f"[method] {who} num_clusters={num_clusters} exceeds the {n} images of {source.name}/{split}")
