@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ssl_zoo.finetune import final_accuracy
+from ssl_zoo import leaderboard
+from ssl_zoo.leaderboard import LABEL_EFFICIENCY_SUFFIX, label_efficiency_beside
 from ssl_zoo.methods.card import pct as _pct
 from ssl_zoo.preset import (CARD_FILE, PLOT_FILE, TRAINING_PLOT_FILE, atomic_file, diagnostics, read_metadata,
                             refresh_manifest, round_accuracy)
@@ -195,22 +197,6 @@ def plot_method_training(meta: dict[str, Any], path) -> Path | None:
     """The method's own plot of its training (`card_plot`), None when it draws none."""
     draw = getattr(method_class(meta["method"].get("name")), "card_plot", None)
     return draw(meta, path) if draw else None
-
-
-LABEL_EFFICIENCY_SUFFIX = ".label_efficiency.json"
-
-
-def label_efficiency_beside(cards_dir: str | os.PathLike, name: str) -> dict[str, Any] | None:
-    """The entry's `ssl-zoo label-efficiency` report beside its card (`NAME.label_efficiency.json`,
-    measured after release like the pictures), None when there is none. A report of another model
-    is refused, so a card never shows a neighbour's numbers."""
-    path = Path(cards_dir) / f"{name}{LABEL_EFFICIENCY_SUFFIX}"
-    if not path.is_file():
-        return None
-    report = json.loads(path.read_text())
-    if report.get("model") != name:
-        raise ValueError(f"{path} measured {report.get('model')!r}, not {name!r}")
-    return report
 
 
 def label_efficiency_lines(report: dict[str, Any], file_name: str) -> list[str]:
@@ -521,8 +507,6 @@ def write_model_card(preset: str | os.PathLike, cards_dir: str | os.PathLike = "
 def supervised_reference(name: str, registry=None) -> dict[str, Any] | None:
     """The leaderboard row of the supervised reference that registered entry `name` is measured
     against (same backbone, same protocol); None for an unregistered entry, a reference, or none."""
-    from ssl_zoo import leaderboard
-
     rows = leaderboard.collect(registry)
     row = next((r for r in rows if r["name"] == name), None)
     if row is None or leaderboard.is_reference(row):

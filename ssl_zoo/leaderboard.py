@@ -24,6 +24,7 @@ from typing import Any
 
 from ssl_zoo.errors import SslZooError
 from ssl_zoo.evaluation.protocol import protocol_id
+from ssl_zoo.finetune import final_accuracy
 from ssl_zoo.preset import METADATA_FILE, sha256_file
 
 LEADERBOARD_FILE = "LEADERBOARD.md"
@@ -34,8 +35,24 @@ STAGE_ORDER = ("stem", "stage1", "stage2", "stage3", "stage4", "pooled")
 REFERENCE_METHODS = frozenset({"supervised"})
 
 
-class LeaderboardError(SslZooError):
+class LeaderboardError(SslZooError, ValueError):
     pass
+
+
+LABEL_EFFICIENCY_SUFFIX = ".label_efficiency.json"
+
+
+def label_efficiency_beside(cards_dir: str | os.PathLike, name: str) -> dict[str, Any] | None:
+    """The entry's `ssl-zoo label-efficiency` report beside its card (`NAME.label_efficiency.json`,
+    measured after release like the pictures), None when there is none. A report of another model
+    is refused, so a card never shows a neighbour's numbers."""
+    path = Path(cards_dir) / f"{name}{LABEL_EFFICIENCY_SUFFIX}"
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    if report.get("model") != name:
+        raise LeaderboardError(f"{path} measured {report.get('model')!r}, not {name!r}")
+    return report
 
 
 def entry_row(entry: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
@@ -223,8 +240,174 @@ def plot_group(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     return path
 
 
-def render(rows: list[dict[str, Any]]) -> str:
-    """LEADERBOARD.md: per protocol, the summary table, the per-stage table and the plot."""
+# ---- single-image training (Asano, Rupprecht & Vedaldi 2020) -----------------------------------
+SINGLE_IMAGE_PREFIX = "single:"
+
+
+def is_single_image(row: dict[str, Any]) -> bool:
+    return str(row.get("trained_on") or "").startswith(SINGLE_IMAGE_PREFIX)
+
+
+def single_image_comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each entry trained on one photo: the same method's full-data entry, the supervised
+    reference and the random-init floor of the same backbone under the same protocol."""
+    out = []
+    for r in rows:
+        if not is_single_image(r):
+            continue
+        full = next((f for f in rows if f["method"] == r["method"] and f["backbone"] == r["backbone"]
+                     and f["protocol_id"] == r["protocol_id"] and not is_single_image(f)), None)
+        out.append({"single": r, "full": full, "reference": reference_for(r, rows)})
+    return out
+
+
+def single_image_table(comparisons: list[dict[str, Any]]) -> list[str]:
+    """Per stage: one photo, the full training set, random init and supervised, and the photo's
+    probe as a fraction of the full-data one's."""
+    if not comparisons:
+        return []
+    lines = ["Trained on one photo against the same method on the whole training set, per stage (linear probe %; "
+             "*of full data*: the one-photo probe as a fraction of the full-data entry's at that stage; the paper "
+             "finds the early stages match full-data training and the deep ones do not):", ""]
+    for c in comparisons:
+        r, full, ref = c["single"], c["full"], c["reference"]
+        stages = [s for s in STAGE_ORDER if s in r["stages"]]
+        lines += [f"**{r['name']}** ({r['trained_on']}, {r['epochs']} epochs) vs "
+                  + (f"**{full['name']}** ({full['trained_on']}, {full['epochs']} epochs)" if full else
+                     "no full-data entry of the method released") + ":", "",
+                  "| | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
+
+        def row(label, values):
+            return f"| {label} | " + " | ".join(values) + " |"
+
+        lines.append(row("one photo", [_pct(r["stages"][s]["trained"]) for s in stages]))
+        if full:
+            lines.append(row("full data", [_pct(full["stages"].get(s, {}).get("trained")) for s in stages]))
+            lines.append(row("one photo, of full data", [
+                f"{100 * r['stages'][s]['trained'] / full['stages'][s]['trained']:.0f} %" if s in full["stages"] else "–"
+                for s in stages]))
+        lines.append(row("random init", [_pct(r["stages"][s]["random_init"]) for s in stages]))
+        if ref:
+            lines.append(row("supervised", [_pct(ref["stages"].get(s, {}).get("trained")) for s in stages]))
+        lines.append("")
+    return lines
+
+
+def single_image_plot_name(pid: str) -> str:
+    return f"SINGLE_IMAGE_{pid}.png"
+
+
+def plot_single_image(comparisons: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """One plot: each one-photo entry's per-stage probe (solid) next to its method's full-data entry
+    (dotted), the random-init floor (dashed) and the supervised reference (thick black)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = [s for s in STAGE_ORDER if any(s in c["single"]["stages"] for c in comparisons)]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+
+    def curve(row, style, which="trained", **kwargs):
+        xs = [i for i, s in enumerate(stages) if s in row["stages"]]
+        ax.plot(xs, [100 * row["stages"][stages[i]][which] for i in xs], style, **kwargs)
+
+    drawn = set()
+    for i, c in enumerate(comparisons):
+        color = f"C{i}"
+        curve(c["single"], "o-", color=color, label=f"{c['single']['name']} (one photo)")
+        if c["full"]:
+            curve(c["full"], "s:", color=color, label=f"{c['full']['name']} (full data)")
+        if c["reference"] and c["reference"]["name"] not in drawn:
+            drawn.add(c["reference"]["name"])
+            curve(c["reference"], "o-", color="black", lw=2.5, label=f"{c['reference']['name']} (supervised)")
+        if "floor" not in drawn:
+            drawn.add("floor")
+            curve(c["single"], "k--", "random_init", alpha=0.5, lw=1, label="random init (same architecture)")
+    ax.set_xticks(range(len(stages)), stages)
+    ax.set_ylabel(f"linear probe top-1 on {comparisons[0]['single']['dataset']} (%)")
+    ax.set_xlabel("stage")
+    ax.set_title("one photo vs the whole training set")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ---- label efficiency (`ssl-zoo label-efficiency`, reports beside the cards) -------------------
+def label_efficiency_reports(rows: list[dict[str, Any]], cards_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """{entry name: its label-efficiency report} for the entries that have one beside their card."""
+    found = {r["name"]: label_efficiency_beside(cards_dir, r["name"]) for r in rows}
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def label_efficiency_groups(reports: dict[str, dict[str, Any]]) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """The reports by their protocol id: a changed schedule never shares a table or a plot."""
+    out: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for name, report in sorted(reports.items()):
+        out.setdefault(report["protocol_id"], []).append((name, report))
+    return out
+
+
+def label_efficiency_table(reports: dict[str, dict[str, Any]]) -> list[str]:
+    """Fine-tuned accuracy per label fraction next to random init, per report protocol."""
+    lines = []
+    for pid, group in label_efficiency_groups(reports).items():
+        first = group[0][1]
+        lines += [f"Label efficiency on {first['dataset']} (`ssl-zoo label-efficiency`, protocol `{pid}`: "
+                  f"{first['protocol']['schedule']}; the random-init twin "
+                  "under the same schedule is a floor, not a network trained to convergence):", "",
+                  "| entry | labels | images | pretrained % | random init % | gain |", "|---|---|---:|---:|---:|---:|"]
+        for name, report in group:
+            for fraction, row in sorted(report["fractions"].items(), key=lambda kv: float(kv[0])):
+                ours, floor = final_accuracy(row["trained"]), final_accuracy(row["random_init"])
+                lines.append(f"| [{name}]({name}.md) | {100 * float(fraction):g} % | {row['num_labels']:,} | "
+                             f"{_pct(ours)} | {_pct(floor)} | {_gain(ours, floor)} |")
+        lines += ["", f"![label-efficiency curves]({label_efficiency_plot_name(pid)})", ""]
+    return lines
+
+
+def label_efficiency_plot_name(pid: str) -> str:
+    return f"LABEL_EFFICIENCY_{pid}.png"
+
+
+def plot_label_efficiency(reports: list[tuple[str, dict[str, Any]]], path: str | os.PathLike) -> Path:
+    """Accuracy against the fraction of labels (log scale): each entry solid, its random-init twin dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for i, (name, report) in enumerate(reports):
+        fractions = sorted(report["fractions"], key=float)
+        xs = [100 * float(f) for f in fractions]
+        for run, style, label in (("trained", "o-", name), ("random_init", "o--", f"{name}, random init")):
+            ax.plot(xs, [100 * final_accuracy(report["fractions"][f][run]) for f in fractions], style, color=f"C{i}",
+                    label=label, alpha=1.0 if run == "trained" else 0.6)
+    ax.set_xscale("log")
+    ticks = sorted({100 * float(f) for _, report in reports for f in report["fractions"]})
+    ax.set_xticks(ticks, [f"{t:g} %" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("labels used (share of the training split)")
+    ax.set_ylabel(f"fine-tuned top-1 on {reports[0][1]['dataset']} (%)")
+    ax.set_title(f"label efficiency, protocol {reports[0][1]['protocol_id']}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def render(rows: list[dict[str, Any]], label_efficiency: dict[str, dict[str, Any]] | None = None) -> str:
+    """LEADERBOARD.md: per protocol, the summary table, the per-stage table and the plot, the
+    one-photo entries against full data, then the label-efficiency reports (`label_efficiency`:
+    {entry name: report}, `label_efficiency_reports`)."""
     lines = ["# ssl_zoo leaderboard", "",
              "Generated by `ssl-zoo leaderboard` from every released entry's evaluation report (the numbers "
              "its card shows, measured by the command in the card). Entries are compared only under the same "
@@ -238,8 +421,20 @@ def render(rows: list[dict[str, Any]]) -> str:
         lines += ["Linear probe per stage, % (gain over random init, points):", ""] + stage_table(group) + [""]
         lines += reference_table(group)
         lines += [f"![per-stage probe of every entry]({plot_name(pid)})", ""]
+        lines += single_image_section(group)
         lines += cost_lines(group)
+    if label_efficiency:
+        lines += ["## Label efficiency", ""] + label_efficiency_table(label_efficiency)
     return "\n".join(lines)
+
+
+def single_image_section(group: list[dict[str, Any]]) -> list[str]:
+    comparisons = single_image_comparisons(group)
+    if not comparisons:
+        return []
+    pid = group[0]["protocol_id"]
+    return (["### Trained on one photo", ""] + single_image_table(comparisons)
+            + [f"![one photo vs full data, per stage]({single_image_plot_name(pid)})", ""])
 
 
 def cost_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -256,15 +451,19 @@ def cost_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines + [""]
 
 
-def readme_block(rows: list[dict[str, Any]], link: str) -> str:
+def readme_block(rows: list[dict[str, Any]], link: str,
+                 label_efficiency: dict[str, dict[str, Any]] | None = None) -> str:
     body = []
     for pid, group in groups(rows).items():
         body += [f"Linear probe on {group[0]['dataset']} (protocol `{pid}`, best stage per entry); the "
                  f"per-stage tables, the plot and the protocol are in [{LEADERBOARD_FILE}]({link}).", ""]
         body += summary_table(group) + [""]
-    # Links in the summary table point at the cards beside LEADERBOARD.md.
+        body += single_image_section(group)
+    if label_efficiency:
+        body += label_efficiency_table(label_efficiency)
+    # Links and pictures point at the cards and plots beside LEADERBOARD.md.
     folder = link.rsplit("/", 1)[0] + "/" if "/" in link else ""
-    body = [line.replace("](", f"]({folder}") if line.startswith("| [") else line for line in body]
+    body = [line.replace("](", f"]({folder}") if line.startswith(("| [", "![")) else line for line in body]
     return "\n".join([README_BEGIN, ""] + body + [README_END])
 
 
@@ -278,21 +477,30 @@ def replace_readme_block(text: str, block: str) -> str:
 
 
 def write(out_dir: str | os.PathLike = "model_cards", *, readme: str | os.PathLike | None = None,
-          registry=None, plots: bool = True) -> dict[str, Any]:
-    """Writes LEADERBOARD.md (+ a plot per protocol) into `out_dir` and, given `readme`, its block
-    there. Returns {"leaderboard": path, "plots": [...], "readme": path or None, "rows": rows}."""
+          registry=None, plots: bool = True, cards_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Writes LEADERBOARD.md (+ its plots) into `out_dir` and, given `readme`, its block there.
+    Label-efficiency reports are read beside the cards in `cards_dir` (default `out_dir`).
+    Returns {"leaderboard": path, "plots": [...], "readme": path or None, "rows": rows}."""
     rows = collect(registry)
     if not rows:
         raise LeaderboardError("the registry holds no entry with a local preset: nothing to compare")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    efficiency = label_efficiency_reports(rows, cards_dir if cards_dir is not None else out)
     board = out / LEADERBOARD_FILE
-    board.write_text(render(rows))
-    written = [str(plot_group(g, out / plot_name(pid))) for pid, g in groups(rows).items()] if plots else []
+    board.write_text(render(rows, efficiency))
+    written = []
+    if plots:
+        for pid, group in groups(rows).items():
+            written.append(str(plot_group(group, out / plot_name(pid))))
+            if comparisons := single_image_comparisons(group):
+                written.append(str(plot_single_image(comparisons, out / single_image_plot_name(pid))))
+        for pid, reports in label_efficiency_groups(efficiency).items():
+            written.append(str(plot_label_efficiency(reports, out / label_efficiency_plot_name(pid))))
     readme_path = None
     if readme is not None:
         readme_path = Path(readme)
         link = os.path.relpath(board, readme_path.parent).replace(os.sep, "/")
-        readme_path.write_text(replace_readme_block(readme_path.read_text(), readme_block(rows, link)))
+        readme_path.write_text(replace_readme_block(readme_path.read_text(), readme_block(rows, link, efficiency)))
     return {"leaderboard": str(board), "plots": written, "readme": str(readme_path) if readme_path else None,
             "rows": rows}

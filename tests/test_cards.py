@@ -112,7 +112,8 @@ FIRST_RELEASED_WITH_SYNCHRONIZED_BN = {"rotnet_resnet18w025_cifar10", "jigsaw_re
 def test_released_cards_are_what_the_current_template_renders(name):
     # A card template change must reach every released entry: its packaged preset card and its copy in
     # model_cards/ are regenerated from the preset's metadata (`ssl-zoo card PRESET`), never hand-edited.
-    from ssl_zoo.cards import label_efficiency_beside, render_card, supervised_reference
+    from ssl_zoo.cards import render_card, supervised_reference
+    from ssl_zoo.leaderboard import label_efficiency_beside
     from ssl_zoo.pictures import pictures_beside
 
     preset = REPO / "ssl_zoo" / "zoo" / "presets" / name
@@ -174,7 +175,8 @@ def test_released_cards_read_right_on_the_hub(name):
 
 
 def test_card_shows_label_efficiency_and_robustness_beside_it(preset, tmp_path):
-    from ssl_zoo.cards import label_efficiency_beside, render_card
+    from ssl_zoo.cards import render_card
+    from ssl_zoo.leaderboard import label_efficiency_beside
 
     meta = json.loads((preset / "metadata.json").read_text())
     name = meta["name"]

@@ -41,7 +41,7 @@ def test_committed_leaderboard_and_readme_block_are_what_the_command_writes(tmp_
     shutil.copy(REPO / "README.md", tmp_path / "README.md")
     (tmp_path / "model_cards").mkdir()
     result = leaderboard.write(tmp_path / "model_cards", readme=tmp_path / "README.md",
-                               registry=zoo.ZOO_DIR / zoo.REGISTRY_FILE, plots=False)
+                               registry=zoo.ZOO_DIR / zoo.REGISTRY_FILE, plots=False, cards_dir=REPO / "model_cards")
     assert (REPO / "model_cards" / "LEADERBOARD.md").read_text() == Path(result["leaderboard"]).read_text(), \
         "model_cards/LEADERBOARD.md is stale: run `ssl-zoo leaderboard`"
     assert (REPO / "README.md").read_text() == (tmp_path / "README.md").read_text(), \
@@ -133,3 +133,61 @@ def test_supervised_reference_is_listed_last_and_each_stage_shown_as_its_fractio
     # Without a reference: no fraction table, a dash in the column.
     assert "(Asano et al. 2020, Table 1" not in leaderboard.render(rows)
     leaderboard.plot_group(rows + [reference], tmp_path / "board.png")
+
+
+def _rows_with(entry_name: str, **changes):
+    rows = leaderboard.collect(zoo.ZOO_DIR / zoo.REGISTRY_FILE)
+    row = copy.deepcopy(next(r for r in rows if r["name"] == entry_name))
+    row.update(changes)
+    return rows, row
+
+
+def test_one_photo_entries_are_set_against_their_methods_full_data_entry(tmp_path):
+    rows, single = _rows_with("rotnet_resnet18w025_cifar10", name="rotnet_one_photo",
+                              trained_on="single:african_elephants.jpg", epochs=3)
+    full = next(r for r in rows if r["name"] == "rotnet_resnet18w025_cifar10")
+    for stage in single["stages"].values():
+        stage["trained"] = stage["trained"] / 2  # half the full-data probe at every stage
+    [comparison] = leaderboard.single_image_comparisons(rows + [single])
+    assert comparison["full"]["name"] == full["name"]
+    assert comparison["reference"] is None or comparison["reference"]["method"] == "supervised"
+    text = leaderboard.render(rows + [single])
+    section = text.split("### Trained on one photo", 1)[1]
+    assert "**rotnet_one_photo** (single:african_elephants.jpg, 3 epochs) vs **rotnet_resnet18w025_cifar10**" in section
+    assert "| one photo, of full data | 50 % | 50 % |" in section
+    assert leaderboard.single_image_plot_name(full["protocol_id"]) in section
+    # Another method's full-data entry is never the comparison.
+    assert leaderboard.single_image_comparisons(rows + [{**single, "method": "jigsaw_x"}])[0]["full"] is None
+    assert leaderboard.plot_single_image([comparison], tmp_path / "single.png").stat().st_size > 0
+    assert "### Trained on one photo" not in leaderboard.render(rows)
+
+
+def test_label_efficiency_reports_get_a_table_and_a_curve_per_protocol(tmp_path):
+    rows = leaderboard.collect(zoo.ZOO_DIR / zoo.REGISTRY_FILE)
+    names = [rows[0]["name"], rows[1]["name"]]
+
+    def report(name, pid, gain):
+        def run(acc):
+            return {"frozen": {"test_accuracy": acc - 0.1}, "unfrozen": {"test_accuracy": acc}}
+        return {"model": name, "dataset": "tfds:cifar10", "protocol_id": pid,
+                "protocol": {"schedule": f"SCHEDULE {pid}"},
+                "fractions": {"0.1": {"num_labels": 5000, "trained": run(0.3 + gain), "random_init": run(0.3)},
+                              "0.01": {"num_labels": 500, "trained": run(0.2 + gain), "random_init": run(0.2)}}}
+
+    (tmp_path / f"{names[0]}.label_efficiency.json").write_text(json.dumps(report(names[0], "p1", 0.25)))
+    (tmp_path / f"{names[1]}.label_efficiency.json").write_text(json.dumps(report(names[1], "p2", 0.125)))
+    reports = leaderboard.label_efficiency_reports(rows, tmp_path)
+    assert sorted(reports) == sorted(names)
+    text = leaderboard.render(rows, reports)
+    section = text.split("## Label efficiency", 1)[1]
+    assert section.count("SCHEDULE p") == 2  # two protocols, two tables
+    assert f"| [{names[0]}]({names[0]}.md) | 1 % | 500 | 20.00 | 45.00 |" not in section  # columns: ours, floor
+    assert f"| [{names[0]}]({names[0]}.md) | 1 % | 500 | 45.00 | 20.00 | +25.00 |" in section
+    assert f"| [{names[1]}]({names[1]}.md) | 10 % | 5,000 | 42.50 | 30.00 | +12.50 |" in section
+    result = leaderboard.write(tmp_path / "out", registry=zoo.ZOO_DIR / zoo.REGISTRY_FILE, cards_dir=tmp_path)
+    assert sorted(Path(p).name for p in result["plots"] if "LABEL" in p) == \
+        ["LABEL_EFFICIENCY_p1.png", "LABEL_EFFICIENCY_p2.png"]
+    # A report of another model beside an entry's card is refused, not shown under its name.
+    (tmp_path / f"{names[0]}.label_efficiency.json").write_text(json.dumps(report(names[1], "p1", 0.25)))
+    with pytest.raises(leaderboard.LeaderboardError, match=f"measured '{names[1]}'"):
+        leaderboard.label_efficiency_reports(rows, tmp_path)
