@@ -222,6 +222,9 @@ def cmd_diagnose(args) -> int:
 def cmd_evaluate(args) -> int:
     from ssl_zoo.train.recipe import EvalConfig, ProbeConfig, RecipeValueError, evaluation_protocol
 
+    if args.protocol == "zoo":
+        return evaluate_zoo_protocol(args)
+
     # Flags given override the recipe's [evaluation] section (of --recipe, or of a run folder's run.json).
     flags = dict(source=args.dataset, train_split=args.train_split, test_split=args.test_split,
                  image_size=args.image_size, knn_k=args.knn_k,
@@ -246,6 +249,30 @@ def cmd_evaluate(args) -> int:
         probe_epochs=args.probe_epochs, cache=args.cache, **protocol,
     )
     print(json.dumps(report["summary"], indent=2))
+    print(f"report: {out}")
+    return 0
+
+
+def evaluate_zoo_protocol(args) -> int:
+    """`ssl-zoo evaluate MODEL --protocol zoo`: every part of the zoo's protocol in one report."""
+    from ssl_zoo.evaluation.zoo_protocol import PARTS, plan, run_zoo_protocol, summary_lines
+
+    single = {"--recipe": args.recipe, "--dataset": args.dataset, "--train-split": args.train_split,
+              "--test-split": args.test_split, "--stages": args.stages, "--image-size": args.image_size,
+              "--knn-k": args.knn_k, "--max-train-examples": args.max_train_examples}
+    clash = [flag for flag, value in single.items() if value is not None]
+    if clash:
+        raise ConfigError(f"--protocol zoo fixes the datasets, sizes and stages; leave out {', '.join(clash)}")
+    parts = args.parts.split(",") if args.parts else list(PARTS)
+    plan(args.natural_size or 32, parts=parts)  # an unknown part is named before TensorFlow is imported
+    if args.natural_size is not None and args.natural_size < 8:
+        raise ConfigError(f"--natural-size must be at least 8 px, not {args.natural_size}")
+    out = args.out or _default_report("protocol", args.model)
+    _import_tensorflow(args)
+    report = run_zoo_protocol(args.model, data_dir=args.data_dir, out=out, natural_size=args.natural_size,
+                              parts=parts, probe_epochs=args.probe_epochs)
+    for line in summary_lines(report):
+        print(line)
     print(f"report: {out}")
     return 0
 
@@ -470,6 +497,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", action="store_true",
                    help="image folders: decode each split once and keep it in memory for both models")
+    p.add_argument("--protocol", choices=("single", "zoo"), default="single",
+                   help="zoo: the zoo's whole protocol in one resumable report (CIFAR-10 probe and kNN, Imagenette "
+                        "at the entry's training size and at 32 px, fine-tuning with 1 / 10 / 100 %% of the labels); "
+                        "single (default): one dataset, as the flags say")
+    p.add_argument("--parts", default=None, help="with --protocol zoo: only these parts (comma-separated: "
+                                                   "cifar10, imagenette_natural, imagenette_32, label_efficiency)")
+    p.add_argument("--natural-size", type=int, default=None,
+                   help="with --protocol zoo: the size the model was trained at (read from a zoo entry's metadata)")
     p.add_argument("--out", default=None,
                    help="write the report JSON here (default results/evaluate-MODEL-TIME.json, printed at the end)")
     p.set_defaults(func=cmd_evaluate, out_kind="file")

@@ -1,0 +1,98 @@
+"""`ssl-zoo evaluate MODEL --protocol zoo`: every part in one report, written after each part,
+resumed without redoing or losing finished parts (the parts' own measurements are tested in
+test_evaluation.py and test_label_efficiency.py; here a stand-in measures them)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ssl_zoo.errors import ConfigError
+from ssl_zoo.evaluation import zoo_protocol
+
+
+class StandIn:
+    """Records the parts it was asked to measure; raises on the part named `fail_on`."""
+
+    def __init__(self, fail_on: str | None = None):
+        self.calls, self.fail_on = [], fail_on
+
+    def __call__(self, model, settings, data_dir):
+        name = f"{settings['source']}@{settings.get('image_size', '-')}:{settings['kind']}"
+        if self.fail_on and self.fail_on in name:
+            raise RuntimeError(f"interrupted at {name}")
+        self.calls.append(name)
+        if settings["kind"] == "evaluate":
+            return {"summary": {"best_stage": "stage2", "best_stage_probe": 0.6, "random_init_best_probe": 0.5},
+                    "knn": {"trained": 0.4, "random_init": 0.3}}
+        return {"fractions": {f"{f:g}": {"trained": {"unfrozen": {"test_accuracy": 0.5 + f / 4}},
+                                         "random_init": {"unfrozen": {"test_accuracy": 0.3}}}
+                              for f in settings["fractions"]}}
+
+
+def test_plan_measures_imagenette_at_the_training_size_only_when_it_is_not_32():
+    assert list(zoo_protocol.plan(32)) == ["cifar10", "imagenette_32", "label_efficiency"]
+    at_96 = zoo_protocol.plan(96)
+    assert list(at_96) == list(zoo_protocol.PARTS) and at_96["imagenette_natural"]["image_size"] == 96
+    assert at_96["label_efficiency"]["fractions"] == [0.01, 0.1, 1.0]
+    assert all(s["version"] == zoo_protocol.PROTOCOL_VERSION for s in at_96.values())
+    with pytest.raises(ConfigError, match="unknown \\['knn'\\]"):
+        zoo_protocol.plan(32, parts=["cifar10", "knn"])
+
+
+def test_every_part_lands_in_one_report_and_a_rerun_keeps_them(tmp_path):
+    out = tmp_path / "protocol.json"
+    first = StandIn()
+    report = zoo_protocol.run_zoo_protocol("m", out=out, natural_size=96, part_runner=first)
+    assert len(first.calls) == 4 and sorted(report["parts"]) == sorted(zoo_protocol.PARTS)
+    assert json.loads(out.read_text())["parts"].keys() == report["parts"].keys()
+    assert "label_efficiency: 1%: 50.25% vs 30.00%, 10%: 52.50% vs 30.00%, 100%: 75.00% vs 30.00%" in \
+        "\n".join(zoo_protocol.summary_lines(report))
+    again = StandIn()
+    zoo_protocol.run_zoo_protocol("m", out=out, natural_size=96, part_runner=again)
+    assert again.calls == []  # nothing redone
+    # A part asked for with other settings is measured again; the others are kept.
+    changed = StandIn()
+    zoo_protocol.run_zoo_protocol("m", out=out, natural_size=96, fractions=(0.01, 0.1), part_runner=changed)
+    assert changed.calls == ["tfds:cifar10@-:label_efficiency"]
+
+
+def test_an_interrupted_protocol_keeps_its_finished_parts_and_resumes(tmp_path):
+    out = tmp_path / "protocol.json"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        zoo_protocol.run_zoo_protocol("m", out=out, natural_size=32, part_runner=StandIn(fail_on="imagenette"))
+    assert list(json.loads(out.read_text())["parts"]) == ["cifar10"]
+    resumed = StandIn()
+    report = zoo_protocol.run_zoo_protocol("m", out=out, natural_size=32, part_runner=resumed)
+    assert resumed.calls == ["folder:imagenette-96px@32:evaluate", "tfds:cifar10@-:label_efficiency"]
+    assert sorted(report["parts"]) == ["cifar10", "imagenette_32", "label_efficiency"]
+
+
+def test_another_models_report_is_never_extended(tmp_path):
+    out = tmp_path / "protocol.json"
+    zoo_protocol.run_zoo_protocol("m", out=out, natural_size=32, parts=["cifar10"], part_runner=StandIn())
+    with pytest.raises(ConfigError, match="holds the protocol of 'm', not 'other'"):
+        zoo_protocol.run_zoo_protocol("other", out=out, natural_size=32, part_runner=StandIn())
+
+
+def test_natural_size_comes_from_a_released_entrys_recipe():
+    assert zoo_protocol.natural_image_size("rotnet_resnet18w025_cifar10") == 32
+    assert zoo_protocol.natural_image_size("jigsaw_resnet18w025_imagenette96") == 96
+    assert zoo_protocol.natural_image_size("no/such/model.keras") is None
+    with pytest.raises(ConfigError, match="give --natural-size"):
+        zoo_protocol.run_zoo_protocol("no/such/model.keras", out="unused.json", part_runner=StandIn())
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--protocol", "zoo", "--dataset", "tfds:mnist"], "leave out --dataset"),
+    (["--protocol", "zoo", "--parts", "cifar10,knn"], "unknown \\['knn'\\]"),
+    (["--protocol", "zoo", "--natural-size", "4"], "at least 8 px"),
+])
+def test_cli_mistakes_are_one_sentence(argv, match, tmp_path):
+    from ssl_zoo.cli import build_parser, cmd_evaluate
+
+    args = build_parser().parse_args(["evaluate", "rotnet_resnet18w025_cifar10", "--out", str(tmp_path / "r.json"), *argv])
+    with pytest.raises(ConfigError, match=match):
+        cmd_evaluate(args)
+    assert not (tmp_path / "r.json").exists()
