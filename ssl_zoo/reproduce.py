@@ -57,6 +57,30 @@ def read_spread(path: Path | None = None) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def spread_from_reports(reports: list[dict], *, entry: str, seeds: list[int], command: str) -> dict:
+    """The run-to-run spread `compare` reads, from evaluation reports of one recipe trained with
+    different seeds and evaluated under one protocol: per stage (and for kNN) the range of the
+    probe accuracy over the seeds, in points. With two seeds that is |a - b|, a rough measure: a
+    reproduction within it differs from the card no more than the zoo's own seeds do."""
+    if len(reports) < 2 or len(reports) != len(seeds):
+        raise ConfigError(f"the spread needs one evaluation report per seed, at least two; got {len(reports)} "
+                          f"reports for seeds {seeds}")
+    ids = {r.get("protocol_id") for r in reports}
+    if len(ids) != 1:
+        raise ConfigError(f"the reports were measured under different protocols {sorted(map(str, ids))}: "
+                          "their differences are not the seeds'")
+    stages = [s for s in sorted(reports[0]["linear_probe"], key=_stage_order) if all(s in r["linear_probe"] for r in reports)]
+
+    def points(values):
+        return round(100.0 * (max(values) - min(values)), 2)
+
+    return {"entry": entry, "seeds": list(seeds), "command": command, "protocol_id": ids.pop(),
+            "probe": {s: points([r["linear_probe"][s]["trained"] for r in reports]) for s in stages},
+            "knn": points([r["knn"]["trained"] for r in reports]),
+            "per_seed": {str(seed): {"probe": {s: r["linear_probe"][s]["trained"] for s in stages},
+                                     "knn": r["knn"]["trained"]} for seed, r in zip(seeds, reports)}}
+
+
 def compare(card: dict, now: dict, spread: dict | None) -> dict:
     """Stage by stage, the card's probe accuracy, the new one, their difference in points and
     whether it lies within the measured spread (None: spread not measured); the same for kNN."""

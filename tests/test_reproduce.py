@@ -86,3 +86,25 @@ def test_reproduce_retrains_evaluates_under_the_card_protocol_and_resumes(tmp_pa
     # The same command again: the finished run is resumed (no new steps), evaluated again.
     assert main(args) == 0
     assert json.loads((out / "run.json").read_text())["steps"] == steps
+
+
+def test_spread_is_the_range_over_seeds_under_one_protocol():
+    from ssl_zoo.errors import ConfigError
+    from ssl_zoo.reproduce import spread_from_reports
+
+    def report(stem, stage2, knn, pid="p"):
+        return {"protocol_id": pid, "knn": {"trained": knn},
+                "linear_probe": {"stage2": {"trained": stage2}, "stem": {"trained": stem}}}
+
+    spread = spread_from_reports([report(0.50, 0.60, 0.40), report(0.52, 0.59, 0.43)], entry="e", seeds=[0, 1],
+                                 command="CMD")
+    assert spread["probe"] == {"stem": 2.0, "stage2": 1.0} and list(spread["probe"]) == ["stem", "stage2"]
+    assert spread["knn"] == 3.0 and spread["protocol_id"] == "p" and spread["per_seed"]["1"]["knn"] == 0.43
+    # compare() reads it as measured.
+    rows = compare({"linear_probe": {"stem": {"trained": 0.5}}, "knn": {"stage": "pooled", "trained": 0.4}},
+                   {"linear_probe": {"stem": {"trained": 0.515}}, "knn": {"trained": 0.45}}, spread)["rows"]
+    assert rows[0]["within_spread"] is True and rows[1]["within_spread"] is False
+    with pytest.raises(ConfigError, match="different protocols"):
+        spread_from_reports([report(0.5, 0.6, 0.4), report(0.5, 0.6, 0.4, pid="q")], entry="e", seeds=[0, 1], command="")
+    with pytest.raises(ConfigError, match="at least two"):
+        spread_from_reports([report(0.5, 0.6, 0.4)], entry="e", seeds=[0], command="")
