@@ -124,8 +124,10 @@ def label_efficiency(model: str, *, dataset="tfds:cifar10", data_dir=None,
         "model": str(model),
         "dataset": dataset if isinstance(dataset, str) else data.name,
         "protocol": {
+            # The fractions measured are the keys of "fractions" below, not part of the protocol: a
+            # report with 100 % added is measured the same way as one without, and shares its tables.
             "kind": "label_efficiency",
-            "fractions": fractions, "subset": f"class-balanced, seed {seed}", "train_split": train_split,
+            "subset": f"class-balanced, seed {seed}", "train_split": train_split,
             "test_split": test_split, "image_size": image_size, "batch_size": batch_size,
             "schedule": f"Dense head on the frozen backbone for {epochs_frozen} x {steps_per_epoch} steps (Adam "
                         f"{lr_frozen}), then all layers for {epochs_unfrozen} x {steps_per_epoch} steps (Adam "

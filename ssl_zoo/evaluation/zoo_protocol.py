@@ -7,7 +7,8 @@ Parts (each its own sub-report, with its own protocol id):
   that is 32 px: it would be `imagenette_32` again);
 - `imagenette_32`: the same on Imagenette downsized to 32 px, where every entry can be compared;
 - `label_efficiency`: fine-tuning on CIFAR-10 with 1 %, 10 % and 100 % of the labels against the
-  same architecture from random init (`label_efficiency`).
+  same architecture from random init (`label_efficiency`), every classifier also attacked with FGSM
+  and PGD-10 at 2/255 and 8/255 on 500 test images.
 
 Every part is written to the report as soon as it finishes, and a run given an existing report
 keeps the parts it already holds when they were asked for with the same settings: an interrupted
@@ -32,6 +33,8 @@ PROTOCOL_VERSION = 1
 CIFAR10 = "tfds:cifar10"
 IMAGENETTE = "folder:imagenette-96px"
 FRACTIONS = (0.01, 0.1, 1.0)
+# Every fine-tuned classifier attacked (seed 003's question): FGSM and PGD-10 at 2/255 and 8/255.
+ROBUSTNESS = {"epsilons": [2.0, 8.0], "max_examples": 500, "pgd_steps": 10}
 PARTS = ("cifar10", "imagenette_natural", "imagenette_32", "label_efficiency")
 
 
@@ -65,7 +68,7 @@ def plan(natural_size: int, *, fractions=FRACTIONS, probe_epochs: int = 30, part
         "imagenette_32": {"kind": "evaluate", "source": IMAGENETTE, "image_size": 32, "test_split": "val",
                           "probe_epochs": probe_epochs, "cache": True},
         "label_efficiency": {"kind": "label_efficiency", "source": CIFAR10,
-                             "fractions": sorted(float(f) for f in fractions)},
+                             "fractions": sorted(float(f) for f in fractions), "robustness": dict(ROBUSTNESS)},
     }
     chosen = {p: {**every[p], "version": PROTOCOL_VERSION} for p in PARTS if p in parts}
     if int(natural_size) == 32:
@@ -83,7 +86,8 @@ def run_part(model, settings: dict[str, Any], data_dir) -> dict[str, Any]:
                               cache=settings.get("cache", False))
     from ssl_zoo.evaluation.label_efficiency import label_efficiency
 
-    return label_efficiency(model, dataset=settings["source"], data_dir=data_dir, fractions=settings["fractions"])
+    return label_efficiency(model, dataset=settings["source"], data_dir=data_dir, fractions=settings["fractions"],
+                            robustness=settings.get("robustness"))
 
 
 def run_zoo_protocol(model, *, data_dir=None, out, natural_size: int | None = None, parts=PARTS,
