@@ -76,6 +76,10 @@ DATASETS = {
 
 
 def _dataset(spec: str | None) -> tuple[str, str]:
+    """(Hub dataset id or "unknown", the name a card writes) of a data source spec."""
+    if (spec or "").startswith("single:"):  # one photo: no Hub dataset
+        photo = spec.split(":", 1)[1].split("?", 1)[0].split("/")[-1]
+        return "unknown", f"one photo ({photo}, served as augmented crops)"
     name = (spec or "unknown").split(":", 1)[-1].split("/")[-1]
     for key, value in DATASETS.items():
         if name.startswith(key):

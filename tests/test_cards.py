@@ -236,6 +236,19 @@ def test_card_of_any_size_backbone_trained_on_tiles(preset):
     assert "on 28 px views cut from 96 px images" in text
 
 
+def test_card_of_an_entry_trained_on_one_photo_names_the_photo(preset):
+    from ssl_zoo.cards import render_card
+
+    meta = json.loads((preset / "metadata.json").read_text())
+    spec = "single:photos/african_elephants.jpg?height=1436&size=64&n=20000"
+    meta["data"] = {"source": spec}
+    meta["recipe"]["data"] = {"source": spec, "image_size": 32, "eval_split": "test"}
+    text = render_card(meta)
+    assert "on one photo (african_elephants.jpg, served as augmented crops) without labels" in text
+    assert ModelCard(text).data.datasets == ["uoft-cs/cifar10"]  # the photo is no Hub dataset
+    assert "?height" not in text.split("## Method")[0]
+
+
 def test_exemplar_card_says_its_pretext_accuracy_is_on_new_transformations(preset):
     from ssl_zoo.cards import render_card
 
