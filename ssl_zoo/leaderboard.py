@@ -207,15 +207,41 @@ def plot_name(pid: str) -> str:
     return f"LEADERBOARD_{pid}.png"
 
 
-def plot_group(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:
-    """Per-stage probe of every entry of one protocol, with the random-init floors dashed."""
+def _figure(size=(8, 4.5)):
+    """A matplotlib figure on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt.subplots(figsize=size, dpi=100)
+
+
+def _finish_stage_plot(fig, ax, stages: list[str], dataset: str, title: str, path) -> Path:
+    """Stage on x, probe accuracy on y, legend; saved to `path` and closed."""
+    ax.set_xticks(range(len(stages)), stages)
+    ax.set_ylabel(f"linear probe top-1 on {dataset} (%)")
+    ax.set_xlabel("stage")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_group(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Per-stage probe of every entry of one protocol, with the random-init floors dashed."""
     stages = [s for s in STAGE_ORDER if any(s in r["stages"] for r in rows)]
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    fig, ax = _figure()
     floors: dict[tuple, str] = {}
     for r in rows:
         xs = [i for i, s in enumerate(stages) if s in r["stages"]]
@@ -227,17 +253,8 @@ def plot_group(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     for floor, label in floors.items():  # one dashed line per distinct architecture's floor
         ax.plot(range(len(floor)), [100 * v for v in floor], "k--", alpha=0.5, lw=1)
     ax.plot([], [], "k--", alpha=0.5, lw=1, label="random init (same architecture)")
-    ax.set_xticks(range(len(stages)), stages)
-    ax.set_ylabel(f"linear probe top-1 on {rows[0]['dataset']} (%)")
-    ax.set_xlabel("stage")
-    ax.set_title(f"ssl_zoo leaderboard, protocol {rows[0]['protocol_id']}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish_stage_plot(fig, ax, stages, rows[0]["dataset"], f"ssl_zoo leaderboard, protocol {rows[0]['protocol_id']}",
+                              path)
 
 
 # ---- single-image training (Asano, Rupprecht & Vedaldi 2020) -----------------------------------
@@ -300,13 +317,8 @@ def single_image_plot_name(pid: str) -> str:
 def plot_single_image(comparisons: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     """One plot: each one-photo entry's per-stage probe (solid) next to its method's full-data entry
     (dotted), the random-init floor (dashed) and the supervised reference (thick black)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     stages = [s for s in STAGE_ORDER if any(s in c["single"]["stages"] for c in comparisons)]
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    fig, ax = _figure()
 
     def curve(row, style, which="trained", **kwargs):
         xs = [i for i, s in enumerate(stages) if s in row["stages"]]
@@ -324,17 +336,8 @@ def plot_single_image(comparisons: list[dict[str, Any]], path: str | os.PathLike
         if "floor" not in drawn:
             drawn.add("floor")
             curve(c["single"], "k--", "random_init", alpha=0.5, lw=1, label="random init (same architecture)")
-    ax.set_xticks(range(len(stages)), stages)
-    ax.set_ylabel(f"linear probe top-1 on {comparisons[0]['single']['dataset']} (%)")
-    ax.set_xlabel("stage")
-    ax.set_title("one photo vs the whole training set")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish_stage_plot(fig, ax, stages, comparisons[0]["single"]["dataset"], "one photo vs the whole training set",
+                              path)
 
 
 # ---- label efficiency (`ssl-zoo label-efficiency`, reports beside the cards) -------------------
@@ -376,12 +379,7 @@ def label_efficiency_plot_name(pid: str) -> str:
 
 def plot_label_efficiency(reports: list[tuple[str, dict[str, Any]]], path: str | os.PathLike) -> Path:
     """Accuracy against the fraction of labels (log scale): each entry solid, its random-init twin dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig, ax = _figure((6, 4))
     for i, (name, report) in enumerate(reports):
         fractions = sorted(report["fractions"], key=float)
         xs = [100 * float(f) for f in fractions]
@@ -397,11 +395,7 @@ def plot_label_efficiency(reports: list[tuple[str, dict[str, Any]]], path: str |
     ax.set_title(f"label efficiency, protocol {reports[0][1]['protocol_id']}")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def render(rows: list[dict[str, Any]], label_efficiency: dict[str, dict[str, Any]] | None = None) -> str:
