@@ -113,6 +113,10 @@ def format_comparison(name: str, comparison: dict) -> str:
     if not comparison["same_protocol"]:
         lines.append("note: the protocol ids differ (the card's evaluation was made under another protocol); "
                      "the differences above are not only the training's")
+    spread = comparison["spread"]
+    if spread is not None and spread.get("entry"):
+        lines.append(f"note: the spread is the range over seeds {spread.get('seeds')} of {spread['entry']} "
+                     f"({SPREAD_FILE.name}); another entry's own spread may be wider or narrower")
     if comparison["spread"] is None:
         lines.append(f"note: no run-to-run spread is measured yet ({SPREAD_FILE.name}): read the differences "
                      "without a threshold")

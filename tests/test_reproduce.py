@@ -108,3 +108,14 @@ def test_spread_is_the_range_over_seeds_under_one_protocol():
         spread_from_reports([report(0.5, 0.6, 0.4), report(0.5, 0.6, 0.4, pid="q")], entry="e", seeds=[0, 1], command="")
     with pytest.raises(ConfigError, match="at least two"):
         spread_from_reports([report(0.5, 0.6, 0.4)], entry="e", seeds=[0], command="")
+
+
+def test_the_released_spread_is_measured_and_named():
+    from ssl_zoo.reproduce import format_comparison, read_spread
+
+    spread = read_spread()
+    assert spread is not None and len(spread["seeds"]) >= 2 and spread["protocol_id"]
+    assert set(spread["probe"]) == {"stem", "stage1", "stage2", "stage3", "stage4", "pooled"}
+    card = {"linear_probe": {"stem": {"trained": 0.5}}, "knn": {"stage": "pooled", "trained": 0.4}}
+    text = format_comparison("x", compare(card, card, spread))
+    assert f"seeds {spread['seeds']} of {spread['entry']}" in text and "not measured" not in text
