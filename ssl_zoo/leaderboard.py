@@ -356,19 +356,28 @@ def label_efficiency_groups(reports: dict[str, dict[str, Any]]) -> dict[str, lis
 
 
 def label_efficiency_table(reports: dict[str, dict[str, Any]]) -> list[str]:
-    """Fine-tuned accuracy per label fraction next to random init, per report protocol."""
+    """Fine-tuned accuracy per label fraction next to random init, per report protocol; with the
+    accuracy left under every attack the protocol ran (the protocol id fixes which)."""
     lines = []
     for pid, group in label_efficiency_groups(reports).items():
         first = group[0][1]
+        attacks = sorted({a for _, r in group for row in r["fractions"].values()
+                          for a in row["trained"].get("robustness", {}).get("accuracy", {}) if a != "clean"})
         lines += [f"Label efficiency on {first['dataset']} (`ssl-zoo label-efficiency`, protocol `{pid}`: "
                   f"{first['protocol']['schedule']}; the random-init twin "
-                  "under the same schedule is a floor, not a network trained to convergence):", "",
-                  "| entry | labels | images | pretrained % | random init % | gain |", "|---|---|---:|---:|---:|---:|"]
+                  "under the same schedule is a floor, not a network trained to convergence"
+                  + (f"; under attack: {first['protocol']['robustness']}, pretrained / random init" if attacks else "")
+                  + "):", "",
+                  "| entry | labels | images | pretrained % | random init % | gain |" + "".join(f" {a} % |" for a in attacks),
+                  "|---|---|---:|---:|---:|---:|" + "---:|" * len(attacks)]
         for name, report in group:
             for fraction, row in sorted(report["fractions"].items(), key=lambda kv: float(kv[0])):
                 ours, floor = final_accuracy(row["trained"]), final_accuracy(row["random_init"])
+                attacked = [[row[run].get("robustness", {}).get("accuracy", {}).get(a) for run in ("trained", "random_init")]
+                            for a in attacks]
                 lines.append(f"| [{name}]({name}.md) | {100 * float(fraction):g} % | {row['num_labels']:,} | "
-                             f"{_pct(ours)} | {_pct(floor)} | {_gain(ours, floor)} |")
+                             f"{_pct(ours)} | {_pct(floor)} | {_gain(ours, floor)} |"
+                             + "".join(f" {_pct(a)} / {_pct(b)} |" for a, b in attacked))
         lines += ["", f"![label-efficiency curves]({label_efficiency_plot_name(pid)})", ""]
     return lines
 

@@ -177,9 +177,10 @@ def test_label_efficiency_reports_get_a_table_and_a_curve_per_protocol(tmp_path)
 
     def report(name, pid, gain):
         def run(acc):
-            return {"frozen": {"test_accuracy": acc - 0.1}, "unfrozen": {"test_accuracy": acc}}
+            return {"frozen": {"test_accuracy": acc - 0.1}, "unfrozen": {"test_accuracy": acc},
+                    "robustness": {"accuracy": {"clean": acc, "pgd10_eps2": acc / 5}}}
         return {"model": name, "dataset": "tfds:cifar10", "protocol_id": pid,
-                "protocol": {"schedule": f"SCHEDULE {pid}"},
+                "protocol": {"schedule": f"SCHEDULE {pid}", "robustness": "ATTACKS"},
                 "fractions": {"0.1": {"num_labels": 5000, "trained": run(0.3 + gain), "random_init": run(0.3)},
                               "0.01": {"num_labels": 500, "trained": run(0.2 + gain), "random_init": run(0.2)}}}
 
@@ -191,7 +192,8 @@ def test_label_efficiency_reports_get_a_table_and_a_curve_per_protocol(tmp_path)
     section = text.split("## Label efficiency", 1)[1]
     assert section.count("SCHEDULE p") == 2  # two protocols, two tables
     assert f"| [{names[0]}]({names[0]}.md) | 1 % | 500 | 20.00 | 45.00 |" not in section  # columns: ours, floor
-    assert f"| [{names[0]}]({names[0]}.md) | 1 % | 500 | 45.00 | 20.00 | +25.00 |" in section
+    assert f"| [{names[0]}]({names[0]}.md) | 1 % | 500 | 45.00 | 20.00 | +25.00 | 9.00 / 4.00 |" in section
+    assert "| gain | pgd10_eps2 % |" in section and "under attack: ATTACKS" in section
     assert f"| [{names[1]}]({names[1]}.md) | 10 % | 5,000 | 42.50 | 30.00 | +12.50 |" in section
     result = leaderboard.write(tmp_path / "out", registry=zoo.ZOO_DIR / zoo.REGISTRY_FILE, cards_dir=tmp_path)
     assert sorted(Path(p).name for p in result["plots"] if "LABEL" in p) == \
