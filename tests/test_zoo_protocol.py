@@ -55,7 +55,7 @@ def test_every_part_lands_in_one_report_and_a_rerun_keeps_them(tmp_path):
     # A part asked for with other settings is measured again; the others are kept.
     changed = StandIn()
     zoo_protocol.run_zoo_protocol("m", out=out, natural_size=96, fractions=(0.01, 0.1), part_runner=changed)
-    assert changed.calls == ["tfds:cifar10@-:label_efficiency"]
+    assert changed.calls == ["tfds:cifar10@32:label_efficiency"]
 
 
 def test_an_interrupted_protocol_keeps_its_finished_parts_and_resumes(tmp_path):
@@ -65,7 +65,7 @@ def test_an_interrupted_protocol_keeps_its_finished_parts_and_resumes(tmp_path):
     assert list(json.loads(out.read_text())["parts"]) == ["cifar10"]
     resumed = StandIn()
     report = zoo_protocol.run_zoo_protocol("m", out=out, natural_size=32, part_runner=resumed)
-    assert resumed.calls == ["folder:imagenette-96px@32:evaluate", "tfds:cifar10@-:label_efficiency"]
+    assert resumed.calls == ["folder:imagenette-96px@32:evaluate", "tfds:cifar10@32:label_efficiency"]
     assert sorted(report["parts"]) == ["cifar10", "imagenette_32", "label_efficiency"]
 
 

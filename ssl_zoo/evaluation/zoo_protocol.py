@@ -67,7 +67,8 @@ def plan(natural_size: int, *, fractions=FRACTIONS, probe_epochs: int = 30, part
                                "test_split": "val", "probe_epochs": probe_epochs, "cache": True},
         "imagenette_32": {"kind": "evaluate", "source": IMAGENETTE, "image_size": 32, "test_split": "val",
                           "probe_epochs": probe_epochs, "cache": True},
-        "label_efficiency": {"kind": "label_efficiency", "source": CIFAR10,
+        # 32 px, CIFAR-10's own size: a backbone of any size (the context methods') needs it said.
+        "label_efficiency": {"kind": "label_efficiency", "source": CIFAR10, "image_size": 32,
                              "fractions": sorted(float(f) for f in fractions), "robustness": dict(ROBUSTNESS)},
     }
     chosen = {p: {**every[p], "version": PROTOCOL_VERSION} for p in PARTS if p in parts}
@@ -87,7 +88,7 @@ def run_part(model, settings: dict[str, Any], data_dir) -> dict[str, Any]:
     from ssl_zoo.evaluation.label_efficiency import label_efficiency
 
     return label_efficiency(model, dataset=settings["source"], data_dir=data_dir, fractions=settings["fractions"],
-                            robustness=settings.get("robustness"))
+                            image_size=settings["image_size"], robustness=settings.get("robustness"))
 
 
 def run_zoo_protocol(model, *, data_dir=None, out, natural_size: int | None = None, parts=PARTS,
