@@ -15,8 +15,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ssl_zoo.finetune import final_accuracy
 from ssl_zoo import leaderboard
+from ssl_zoo.finetune import final_accuracy
 from ssl_zoo.leaderboard import LABEL_EFFICIENCY_SUFFIX, label_efficiency_beside
 from ssl_zoo.methods.card import pct as _pct
 from ssl_zoo.preset import (CARD_FILE, PLOT_FILE, TRAINING_PLOT_FILE, atomic_file, diagnostics, read_metadata,

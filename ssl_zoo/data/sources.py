@@ -80,7 +80,7 @@ def require_stable_examples(source, split: str, who: str, why: str) -> None:
     method that keeps something per training image: its labels would belong to images never seen again."""
     if not getattr(source, "stable_examples", True):
         raise DataError(f"{who} {why}, but {source.name}/{split} serves new images every epoch; "
-                          "give the source a fixed set (for one photo: fresh=0)")
+                        "give the source a fixed set (for one photo: fresh=0)")
 
 
 class TFDSSource(Source):

@@ -109,7 +109,7 @@ def run_zoo_protocol(model, *, data_dir=None, out, natural_size: int | None = No
         if previous.get("model") != str(model):
             raise ConfigError(f"{out} holds the protocol of {previous.get('model')!r}, not {model!r}: "
                               "give another --out")
-        report["parts"] = {k: v for k, v in previous.get("parts", {}).items()}
+        report["parts"] = dict(previous.get("parts", {}))
     t0 = time.time()
     for i, (name, settings) in enumerate(todo.items()):
         done = report["parts"].get(name)
