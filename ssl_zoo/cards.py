@@ -17,7 +17,8 @@ from typing import Any
 
 from ssl_zoo import leaderboard
 from ssl_zoo.finetune import final_accuracy
-from ssl_zoo.leaderboard import LABEL_EFFICIENCY_SUFFIX, label_efficiency_beside
+from ssl_zoo.leaderboard import (LABEL_EFFICIENCY_SUFFIX, ZOO_PROTOCOL_SUFFIX, label_efficiency_beside, protocol_parts,
+                                 zoo_protocol_beside)
 from ssl_zoo.methods.card import pct as _pct
 from ssl_zoo.preset import (CARD_FILE, PLOT_FILE, TRAINING_PLOT_FILE, atomic_file, diagnostics, read_metadata,
                             refresh_manifest, round_accuracy)
@@ -233,14 +234,40 @@ def label_efficiency_lines(report: dict[str, Any], file_name: str) -> list[str]:
     return L
 
 
+def zoo_protocol_lines(report: dict[str, Any], released: dict[str, Any] | None, file_name: str) -> list[str]:
+    """The card's "Other datasets" section: the zoo protocol's evaluation parts that measured
+    something the released report does not (another dataset or size), best stage and kNN of each
+    next to random init."""
+    from ssl_zoo.evaluation.protocol import protocol_id
+
+    skip = protocol_id(released) if released else None
+    parts = {name: r for name, r in protocol_parts(report, "evaluate").items() if protocol_id(r) != skip}
+    if not parts:
+        return []
+    L = ["## Other datasets\n",
+         f"The zoo's protocol (`ssl-zoo evaluate {report['model']} --protocol zoo`, [report]({file_name})) on "
+         "other data, the same probe and kNN as above, next to the same architecture at random initialisation:\n",
+         "| part | dataset | px | train / test images | best stage | probe | random init, best stage | gain | kNN | "
+         "kNN random init | protocol |", "|---|---|---:|---|---|---:|---:|---:|---:|---:|---|"]
+    for name, r in parts.items():
+        s, k, proto = r["summary"], r["knn"], r["protocol"]
+        L.append(f"| {name} | {_dataset(r['dataset'])[1]} | {proto['image_size']} | {proto['num_train']:,} / "
+                 f"{proto['num_test']:,} | {s['best_stage']} | {_pct(s['best_stage_probe'])} | "
+                 f"{_pct(s['random_init_best_probe'])} ({s['random_init_best_stage']}) | "
+                 f"{100 * s['gain_over_best_random_init']:+.2f} pt | {_pct(k['trained'])} | {_pct(k['random_init'])} | "
+                 f"`{protocol_id(r)}` |")
+    return L + [""]
+
+
 def render_card(meta: dict[str, Any], plot_name: str | None = None, training_plot_name: str | None = None,
                 pictures: dict[str, str] | None = None, reference: dict[str, Any] | None = None,
-                label_efficiency: dict[str, Any] | None = None) -> str:
+                label_efficiency: dict[str, Any] | None = None, zoo_protocol: dict[str, Any] | None = None) -> str:
     """The card's markdown. `pictures`: {kind: file} beside the card (`ssl_zoo.pictures`), linked
     in a section of their own; `reference`: the supervised reference's leaderboard row
     (`ssl_zoo.leaderboard.reference_for`), whose probe each stage is shown as a fraction of;
-    `label_efficiency`: the entry's `ssl-zoo label-efficiency` report (`label_efficiency_beside`).
-    All three for the cards folder's card, which `ssl-zoo card` regenerates; the preset's card is
+    `label_efficiency`: the entry's `ssl-zoo label-efficiency` report (`label_efficiency_beside`);
+    `zoo_protocol`: its zoo-protocol report (`zoo_protocol_beside`), whose other datasets it lists.
+    All four for the cards folder's card, which `ssl-zoo card` regenerates; the preset's card is
     fixed at release and has none of them."""
     name = meta["name"]
     report = meta.get("evaluation") or {}
@@ -309,8 +336,12 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None, training_plo
     add("")
     if plot_name and report:
         add(f"![Linear probe accuracy per stage, trained vs random init]({plot_name})\n")
+    if zoo_protocol:
+        L.extend(zoo_protocol_lines(zoo_protocol, report or None, f"{name}{ZOO_PROTOCOL_SUFFIX}"))
     if label_efficiency:
-        L.extend(label_efficiency_lines(label_efficiency, f"{name}{LABEL_EFFICIENCY_SUFFIX}"))
+        from_protocol = any(label_efficiency == r for r in protocol_parts(zoo_protocol, "label_efficiency").values())
+        L.extend(label_efficiency_lines(label_efficiency,
+                                        f"{name}{ZOO_PROTOCOL_SUFFIX if from_protocol else LABEL_EFFICIENCY_SUFFIX}"))
     if pictures:
         from ssl_zoo.pictures import PICTURES
 
@@ -504,7 +535,7 @@ def write_model_card(preset: str | os.PathLike, cards_dir: str | os.PathLike = "
 
     with atomic_file(cards_dir / f"{name}.md") as tmp:
         tmp.write_text(render_card(meta, plot, training_plot, pictures_beside(cards_dir, name), supervised_reference(name),
-                                   label_efficiency_beside(cards_dir, name)))
+                                   label_efficiency_beside(cards_dir, name), zoo_protocol_beside(cards_dir, name)))
     return cards_dir / f"{name}.md"
 
 

@@ -246,7 +246,7 @@ def cmd_evaluate(args) -> int:
 
     report = run.evaluate_model(
         args.model, data_dir=args.data_dir, out=str(out), seed=args.seed, max_train_examples=args.max_train_examples,
-        probe_epochs=args.probe_epochs, cache=args.cache, **protocol,
+        probe_epochs=args.probe_epochs, cache=args.cache, features_dir=args.features_dir, **protocol,
     )
     print(json.dumps(report["summary"], indent=2))
     print(f"report: {out}")
@@ -270,7 +270,7 @@ def evaluate_zoo_protocol(args) -> int:
     out = args.out or _default_report("protocol", args.model)
     _import_tensorflow(args)
     report = run_zoo_protocol(args.model, data_dir=args.data_dir, out=out, natural_size=args.natural_size,
-                              parts=parts, probe_epochs=args.probe_epochs)
+                              parts=parts, probe_epochs=args.probe_epochs, features_dir=args.features_dir)
     for line in summary_lines(report):
         print(line)
     print(f"report: {out}")
@@ -497,6 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", action="store_true",
                    help="image folders: decode each split once and keep it in memory for both models")
+    p.add_argument("--features-dir", default=None,
+                   help="stream the frozen features to files in this folder instead of memory, for a split whose "
+                        "features do not fit (removed after each model's probes; same protocol, same numbers up "
+                        "to the order of the probe's batches)")
     p.add_argument("--protocol", choices=("single", "zoo"), default="single",
                    help="zoo: the zoo's whole protocol in one resumable report (CIFAR-10 probe and kNN, Imagenette "
                         "at the entry's training size and at 32 px, fine-tuning with 1 / 10 / 100 %% of the labels); "

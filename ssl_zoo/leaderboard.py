@@ -11,6 +11,11 @@ any entry) is not ranked: it is the ceiling, and each self-supervised entry's pr
 a fraction of the reference's at the same stage (Asano, Rupprecht & Vedaldi 2020, Table 1), from a
 reference of the same backbone under the same protocol.
 
+The zoo protocol's report beside a card (`NAME.zoo_protocol.json`, `ssl-zoo evaluate NAME --protocol
+zoo`) adds the entry to the tables of its other parts: each evaluation part (Imagenette at 32 px and
+at the entry's own size) is a report of the same form with its own protocol id, so it lands in its
+own table; its label-efficiency part is read like a `NAME.label_efficiency.json`.
+
 Reads JSON and draws with matplotlib; it imports neither TensorFlow nor Keras, so
 `ssl-zoo leaderboard` runs in a second.
 """
@@ -40,13 +45,13 @@ class LeaderboardError(SslZooError, ValueError):
 
 
 LABEL_EFFICIENCY_SUFFIX = ".label_efficiency.json"
+ZOO_PROTOCOL_SUFFIX = ".zoo_protocol.json"
 
 
-def label_efficiency_beside(cards_dir: str | os.PathLike, name: str) -> dict[str, Any] | None:
-    """The entry's `ssl-zoo label-efficiency` report beside its card (`NAME.label_efficiency.json`,
-    measured after release like the pictures), None when there is none. A report of another model
-    is refused, so a card never shows a neighbour's numbers."""
-    path = Path(cards_dir) / f"{name}{LABEL_EFFICIENCY_SUFFIX}"
+def _report_beside(cards_dir: str | os.PathLike, name: str, suffix: str) -> dict[str, Any] | None:
+    """A report measured after release and kept beside the card (`NAME<suffix>`), None when there
+    is none. A report of another model is refused, so a card never shows a neighbour's numbers."""
+    path = Path(cards_dir) / f"{name}{suffix}"
     if not path.is_file():
         return None
     report = json.loads(path.read_text())
@@ -55,11 +60,37 @@ def label_efficiency_beside(cards_dir: str | os.PathLike, name: str) -> dict[str
     return report
 
 
-def entry_row(entry: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
-    """One entry's numbers under its protocol, from its released metadata."""
-    report = metadata.get("evaluation")
+def zoo_protocol_beside(cards_dir: str | os.PathLike, name: str) -> dict[str, Any] | None:
+    """The entry's zoo-protocol report (`NAME.zoo_protocol.json`), None when there is none."""
+    return _report_beside(cards_dir, name, ZOO_PROTOCOL_SUFFIX)
+
+
+def protocol_parts(report: dict[str, Any] | None, kind: str) -> dict[str, dict[str, Any]]:
+    """{part name: sub-report} of a zoo-protocol report's parts of `kind` ("evaluate" or
+    "label_efficiency"), in the protocol's order."""
+    parts = (report or {}).get("parts") or {}
+    return {name: part["report"] for name, part in parts.items() if part["settings"]["kind"] == kind}
+
+
+def label_efficiency_beside(cards_dir: str | os.PathLike, name: str) -> dict[str, Any] | None:
+    """The entry's label-efficiency report beside its card: `NAME.label_efficiency.json`
+    (`ssl-zoo label-efficiency`), else the label-efficiency part of its zoo-protocol report;
+    None when neither holds one."""
+    report = _report_beside(cards_dir, name, LABEL_EFFICIENCY_SUFFIX)
+    if report is None:
+        report = next(iter(protocol_parts(zoo_protocol_beside(cards_dir, name), "label_efficiency").values()), None)
+    return report
+
+
+def entry_row(entry: dict[str, Any], metadata: dict[str, Any], report: dict[str, Any] | None = None,
+              source: str = "card") -> dict[str, Any]:
+    """One entry's numbers under one protocol: its released metadata's evaluation report, or
+    `report` (a part of its zoo-protocol report, `source` naming which)."""
+    report = report or metadata.get("evaluation")
     if not report:
         raise LeaderboardError(f"{entry['name']}: its metadata holds no evaluation report")
+    if report.get("model") not in (None, entry["name"]):
+        raise LeaderboardError(f"{entry['name']}: its {source} report measured {report.get('model')!r}")
     probe = report["linear_probe"]
     stages = [s for s in STAGE_ORDER if s in probe] + sorted(set(probe) - set(STAGE_ORDER))
     summary = report["summary"]
@@ -86,11 +117,28 @@ def entry_row(entry: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]
         "knn_stage": report["knn"]["stage"],
         # Wall-clock of `ssl-zoo evaluate` on the machine that measured it (trained + random init).
         "eval_minutes": round(report["seconds"] / 60, 1) if report.get("seconds") else None,
+        "source": source,
     }
 
 
-def collect(registry=None) -> list[dict[str, Any]]:
-    """A row per released entry, best probe first, its metadata checked against the registry."""
+def protocol_rows(entry: dict[str, Any], metadata: dict[str, Any], protocol_report: dict[str, Any] | None,
+                  released: dict[str, Any]) -> list[dict[str, Any]]:
+    """The entry's rows under the zoo protocol's evaluation parts, one per protocol not already
+    given by its released report (`released`, its row): the card's own numbers, which the registry
+    checks, are never replaced by a re-measurement."""
+    rows, seen = [], {released["protocol_id"]}
+    for part, report in protocol_parts(protocol_report, "evaluate").items():
+        row = entry_row(entry, metadata, report, source=f"zoo protocol, {part}")
+        if row["protocol_id"] not in seen:
+            seen.add(row["protocol_id"])
+            rows.append(row)
+    return rows
+
+
+def collect(registry=None, cards_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """A row per released entry and protocol, best probe first, its metadata checked against the
+    registry; given `cards_dir`, also a row per further protocol its zoo-protocol report beside
+    the card measured."""
     from ssl_zoo import zoo
 
     rows = []
@@ -102,15 +150,21 @@ def collect(registry=None) -> list[dict[str, Any]]:
         want = (entry.get("sha256") or {}).get(METADATA_FILE)
         if want and sha256_file(meta_file) != want:
             raise LeaderboardError(f"{meta_file} does not match the sha256 its registry entry records")
-        rows.append(entry_row(entry, json.loads(meta_file.read_text())))
+        metadata = json.loads(meta_file.read_text())
+        rows.append(entry_row(entry, metadata))
+        if cards_dir is not None:
+            rows += protocol_rows(entry, metadata, zoo_protocol_beside(cards_dir, entry["name"]), rows[-1])
     return sorted(rows, key=lambda r: (r["protocol_id"], -r["best_probe"], r["name"]))
 
 
 def groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The rows by protocol id, the protocol with the most entries first (then by dataset and
+    image size, so the order is stable)."""
     out: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         out.setdefault(r["protocol_id"], []).append(r)
-    return out
+    return dict(sorted(out.items(), key=lambda kv: (-len(kv[1]), str(kv[1][0]["dataset"]),
+                                                    (kv[1][0]["protocol"] or {}).get("image_size") or 0, kv[0])))
 
 
 def is_reference(row: dict[str, Any]) -> bool:
@@ -118,11 +172,12 @@ def is_reference(row: dict[str, Any]) -> bool:
 
 
 def reference_for(row: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The supervised reference of `row`'s backbone under its protocol (None if not released)."""
-    for r in rows:
-        if is_reference(r) and r["protocol_id"] == row["protocol_id"] and r["backbone"] == row["backbone"]:
-            return r
-    return None
+    """The supervised reference of `row`'s backbone under its protocol (None if not released):
+    the one trained on the protocol's own dataset (its ceiling) before one transferred from other
+    data."""
+    found = [r for r in rows
+             if is_reference(r) and r["protocol_id"] == row["protocol_id"] and r["backbone"] == row["backbone"]]
+    return min(found, key=lambda r: r["trained_on"] != r["dataset"], default=None)
 
 
 def fraction_of_reference(row: dict[str, Any], reference: dict[str, Any] | None, stage: str) -> float | None:
@@ -201,6 +256,15 @@ def protocol_lines(r: dict[str, Any]) -> list[str]:
             f"({p.get('num_train')} images), test split `{p.get('test_split')}` ({p.get('num_test')} images), "
             f"{p.get('image_size')} px, seed {p.get('seed')}. Linear probe: {p.get('linear_probe')}. "
             f"kNN: {p.get('knn')}."]
+
+
+def transfer_reference_lines(group: list[dict[str, Any]]) -> list[str]:
+    """Says so when the group's supervised reference was trained on another dataset than the one
+    the protocol measures: there it is a transferred network, not the ceiling of this dataset."""
+    refs = [r for r in group if is_reference(r) and r["trained_on"] != group[0]["dataset"]]
+    return [f"The supervised reference here, {r['name']}, was trained with the labels of {r['trained_on']}, not "
+            f"of {group[0]['dataset']}: its row and the *of supervised* fractions measure a supervised network "
+            f"transferred like the others, not this dataset's ceiling.\n" for r in refs]
 
 
 def plot_name(pid: str) -> str:
@@ -343,7 +407,7 @@ def plot_single_image(comparisons: list[dict[str, Any]], path: str | os.PathLike
 # ---- label efficiency (`ssl-zoo label-efficiency`, reports beside the cards) -------------------
 def label_efficiency_reports(rows: list[dict[str, Any]], cards_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """{entry name: its label-efficiency report} for the entries that have one beside their card."""
-    found = {r["name"]: label_efficiency_beside(cards_dir, r["name"]) for r in rows}
+    found = {name: label_efficiency_beside(cards_dir, name) for name in {r["name"] for r in rows}}
     return {k: v for k, v in found.items() if v is not None}
 
 
@@ -420,6 +484,7 @@ def render(rows: list[dict[str, Any]], label_efficiency: dict[str, dict[str, Any
              "reference's at that stage (the same backbone trained with labels, listed last, not ranked).", ""]
     for pid, group in groups(rows).items():
         lines += [f"## {group[0]['dataset']}, protocol `{pid}`", ""] + protocol_lines(group[0]) + [""]
+        lines += transfer_reference_lines(group)
         lines += summary_table(group) + [""]
         lines += ["Linear probe per stage, % (gain over random init, points):", ""] + stage_table(group) + [""]
         lines += reference_table(group)
@@ -445,7 +510,8 @@ def cost_lines(rows: list[dict[str, Any]]) -> list[str]:
     timed = [r for r in rows if r.get("eval_minutes") is not None]
     if not timed:
         return []
-    lines = ["The protocol's cost per entry (`ssl-zoo evaluate` on the machine that released it, 2 CPU cores, often "
+    lines = ["The protocol's cost per entry (`ssl-zoo evaluate`, alone or as a part of `--protocol zoo`, on the "
+             "machine that released it, 2 CPU cores, often "
              "shared with a training run: the trained backbone and its random-init twin, every stage's features "
              "of the whole train and test splits extracted once per model in one pass over the data and held in "
              "memory, pooled to at most 4,096 dimensions per stage, then a probe per stage and a kNN on them):", "",
@@ -484,12 +550,13 @@ def write(out_dir: str | os.PathLike = "model_cards", *, readme: str | os.PathLi
     """Writes LEADERBOARD.md (+ its plots) into `out_dir` and, given `readme`, its block there.
     Label-efficiency reports are read beside the cards in `cards_dir` (default `out_dir`).
     Returns {"leaderboard": path, "plots": [...], "readme": path or None, "rows": rows}."""
-    rows = collect(registry)
+    cards = Path(cards_dir if cards_dir is not None else out_dir)
+    rows = collect(registry, cards)
     if not rows:
         raise LeaderboardError("the registry holds no entry with a local preset: nothing to compare")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    efficiency = label_efficiency_reports(rows, cards_dir if cards_dir is not None else out)
+    efficiency = label_efficiency_reports(rows, cards)
     board = out / LEADERBOARD_FILE
     board.write_text(render(rows, efficiency))
     written = []

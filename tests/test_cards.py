@@ -324,3 +324,28 @@ def test_card_shows_each_stage_as_a_fraction_of_the_supervised_reference():
     assert "of supervised" not in render_card(meta)
     # A reference is never measured against itself; an unregistered name has none.
     assert supervised_reference("not_an_entry") is None
+
+
+def test_card_lists_the_zoo_protocols_other_datasets(preset, tmp_path):
+    from ssl_zoo.cards import render_card
+    from ssl_zoo.leaderboard import ZOO_PROTOCOL_SUFFIX, zoo_protocol_beside
+
+    meta = json.loads((preset / "metadata.json").read_text())
+    name, released = meta["name"], meta["evaluation"]
+    imagenette = json.loads(json.dumps(released))
+    imagenette.update(dataset="folder:imagenette-96px")
+    imagenette["protocol"].update(test_split="val", num_train=9469, num_test=3925)
+    imagenette["summary"].update(best_stage_probe=0.4321, random_init_best_probe=0.3, gain_over_best_random_init=0.1321)
+    report = {"model": name, "protocol": "zoo", "parts": {
+        "cifar10": {"settings": {"kind": "evaluate"}, "report": released},
+        "imagenette_32": {"settings": {"kind": "evaluate"}, "report": imagenette}}}
+    assert zoo_protocol_beside(tmp_path, name) is None
+    (tmp_path / f"{name}{ZOO_PROTOCOL_SUFFIX}").write_text(json.dumps(report))
+    text = render_card(meta, zoo_protocol=zoo_protocol_beside(tmp_path, name))
+    section = text.split("## Other datasets", 1)[1].split("\n## ", 1)[0]
+    assert "| imagenette_32 | Imagenette" in section and "43.21 %" in section and "+13.21 pt" in section
+    assert "| cifar10 |" not in section  # the released protocol is the card's own table
+    assert f"{name}{ZOO_PROTOCOL_SUFFIX}" in section
+    # Only the released protocol measured: no section.
+    only = {**report, "parts": {"cifar10": report["parts"]["cifar10"]}}
+    assert "## Other datasets" not in render_card(meta, zoo_protocol=only)

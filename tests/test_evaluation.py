@@ -157,3 +157,70 @@ def test_evaluate_follows_the_recipes_evaluation_section_and_flags_override(tmp_
         "source": "tfds:cifar10", "train_split": "train", "test_split": "test", "image_size": 32,
         "stages": ["stem", "stage1", "stage2", "stage3", "stage4", "pooled"], "knn_k": 200, "probe_epochs": 30,
         "seed": 0}
+
+
+def test_features_streamed_to_disk_equal_the_in_memory_ones(tmp_path):
+    backbone = resnet(18, 0.125, "cifar", 16)
+    rng = np.random.default_rng(0)
+    source = ArraySource(rng.integers(0, 256, (10, 16, 16, 3), dtype=np.uint8), labels=np.arange(10) % 2)
+    stages = ["stem", "stage4", "pooled"]
+    memory, labels = extract(backbone, source, "train", stages, 16, batch_size=4, max_dims=512)
+    disk, disk_labels = extract(backbone, source, "train", stages, 16, batch_size=4, max_dims=512,
+                                to_dir=tmp_path, label="pretrained: features of train")
+    assert disk_labels.tolist() == labels.tolist()
+    for s in stages:
+        assert isinstance(disk[s], np.memmap) and not disk[s].flags.writeable
+        np.testing.assert_array_equal(np.asarray(disk[s]), memory[s])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"pretrained_features_of_train.{s}.f32" for s in stages)
+
+
+def test_probe_on_features_read_from_disk_learns_like_the_in_memory_probe(tmp_path):
+    from ssl_zoo.evaluation.linear_probe import RowBatches, chunked_mean_std
+
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(16, 4))
+    x = (rng.normal(size=(600, 16)) * rng.uniform(0.1, 50, 16) + rng.normal(0, 20, 16)).astype(np.float32)
+    y = (((x - x.mean(0)) / x.std(0)) @ w).argmax(1)
+    path = tmp_path / "x.f32"
+    x.tofile(path)
+    on_disk = np.memmap(path, np.float32, "r", shape=x.shape)
+    mean, std = chunked_mean_std(on_disk, chunk=64)  # several chunks
+    np.testing.assert_allclose(mean[0], x.mean(0), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(std[0], x.std(0), rtol=1e-4)
+    # Every row once per epoch, a new order each epoch.
+    batches = RowBatches(on_disk, y, 64, shuffle_seed=0)
+    first = np.concatenate([batches[i][1] for i in range(len(batches))])
+    assert len(batches) == 10 and sorted(first.tolist()) == sorted(y.tolist())
+    order = batches.order.copy()
+    batches.on_epoch_end()
+    assert not np.array_equal(order, batches.order)
+    kw = dict(num_classes=4, epochs=40, batch_size=64, learning_rate=1e-2)
+    memory = linear_probe(x[:400], y[:400], x[400:], y[400:], **kw)
+    disk = linear_probe(on_disk[:400], y[:400], on_disk[400:], y[400:], **kw)
+    assert memory["test_accuracy"] > 0.85 and disk["test_accuracy"] > 0.85
+    assert abs(memory["test_accuracy"] - disk["test_accuracy"]) <= 0.05
+
+
+def test_evaluate_with_a_features_folder_cleans_it_and_says_so(tmp_path):
+    rng = np.random.default_rng(2)
+    backbone = resnet(18, 0.125, "cifar", 16)
+    data = ArraySource(rng.integers(0, 256, (24, 16, 16, 3), dtype=np.uint8), labels=np.arange(24) % 3)
+    kw = dict(stages=["stage2", "pooled"], knn_k=3, probe_epochs=2, image_size=16)
+    with mock.patch("ssl_zoo.evaluation.run.open_source", return_value=data):
+        plain = evaluate_model(backbone, source="arrays", test_split="train", **kw)
+        streamed = evaluate_model(backbone, source="arrays", test_split="train", features_dir=tmp_path / "f", **kw)
+    assert plain["features_held"] == "memory" and streamed["features_held"] == "disk"
+    assert streamed["knn"] == plain["knn"]  # the same features, the same neighbours
+    assert streamed["protocol_id"] == plain["protocol_id"]
+    assert list((tmp_path / "f").iterdir()) == []  # each model's files removed after its probes
+
+
+def test_features_that_cannot_fit_in_memory_are_refused_before_extraction(monkeypatch):
+    from ssl_zoo.errors import ConfigError
+    from ssl_zoo.evaluation import run
+
+    monkeypatch.setattr(run, "available_memory_bytes", lambda: 10_000)
+    source = ArraySource(np.zeros((50, 16, 16, 3), np.uint8), labels=np.arange(50) % 2)
+    with pytest.raises(ConfigError, match="--features-dir"):
+        run.evaluate_backbone(resnet(18, 0.125, "cifar", 16), source=source, stages=["stem", "pooled"],
+                              image_size=16, test_split="train", probe_epochs=1)

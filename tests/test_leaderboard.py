@@ -202,3 +202,63 @@ def test_label_efficiency_reports_get_a_table_and_a_curve_per_protocol(tmp_path)
     (tmp_path / f"{names[0]}.label_efficiency.json").write_text(json.dumps(report(names[1], "p1", 0.25)))
     with pytest.raises(leaderboard.LeaderboardError, match=f"measured '{names[1]}'"):
         leaderboard.label_efficiency_reports(rows, tmp_path)
+
+
+def _protocol_report(name: str, released: dict, le_report: dict | None = None) -> dict:
+    """A zoo-protocol report of `name`: its CIFAR-10 part re-measured (other numbers, the released
+    protocol), an Imagenette-32 part (another protocol) and, if given, a label-efficiency part."""
+    again = copy.deepcopy(released)
+    again["linear_probe"][again["summary"]["best_stage"]]["trained"] = 0.01  # never replaces the card's number
+    imagenette = copy.deepcopy(released)
+    imagenette.update(dataset="folder:imagenette-96px", model=name)
+    imagenette["protocol"] = {**imagenette["protocol"], "test_split": "val", "num_train": 9469, "num_test": 3925}
+    imagenette["linear_probe"][imagenette["summary"]["best_stage"]]["trained"] = 0.42
+    parts = {"cifar10": {"settings": {"kind": "evaluate"}, "report": again, "seconds": 1.0},
+             "imagenette_32": {"settings": {"kind": "evaluate"}, "report": imagenette, "seconds": 1.0}}
+    if le_report:
+        parts["label_efficiency"] = {"settings": {"kind": "label_efficiency"}, "report": le_report, "seconds": 1.0}
+    return {"model": name, "protocol": "zoo", "version": 1, "natural_size": 32, "parts": parts}
+
+
+def test_zoo_protocol_reports_beside_the_cards_add_their_other_datasets_as_tables(tmp_path):
+    registry = zoo.ZOO_DIR / zoo.REGISTRY_FILE
+    released = {r["name"]: r for r in leaderboard.collect(registry)}
+    entry, meta = next((e, m) for e, m in _released() if e["name"] == "rotnet_resnet18w025_cifar10")
+    le = {"model": entry["name"], "dataset": "tfds:cifar10", "protocol_id": "p1",
+          "protocol": {"schedule": "SCHEDULE", "robustness": "ATTACKS"},
+          "fractions": {"0.01": {"num_labels": 500, "trained": {"unfrozen": {"test_accuracy": 0.5}},
+                                 "random_init": {"unfrozen": {"test_accuracy": 0.25}}}}}
+    (tmp_path / f"{entry['name']}{leaderboard.ZOO_PROTOCOL_SUFFIX}").write_text(
+        json.dumps(_protocol_report(entry["name"], meta["evaluation"], le)))
+    rows = leaderboard.collect(registry, tmp_path)
+    mine = [r for r in rows if r["name"] == entry["name"]]
+    assert len(mine) == 2 and len(rows) == len(released) + 1  # the CIFAR-10 part is the card's protocol: no new row
+    card_row = next(r for r in mine if r["source"] == "card")
+    assert card_row["best_probe"] == released[entry["name"]]["best_probe"]  # not the re-measured 0.01
+    other = next(r for r in mine if r["source"] != "card")
+    assert other["dataset"] == "folder:imagenette-96px" and other["best_probe"] == 0.42
+    text = leaderboard.render(rows)
+    assert text.count("\n## ") == 2  # the released protocol's table (most entries) first, then Imagenette's
+    assert text.index("## tfds:cifar10") < text.index("## folder:imagenette-96px")
+    # The label-efficiency part is read like a report of its own.
+    assert leaderboard.label_efficiency_reports(rows, tmp_path) == {entry["name"]: le}
+    # A report that measured another model is refused by name.
+    (tmp_path / f"{entry['name']}{leaderboard.ZOO_PROTOCOL_SUFFIX}").write_text(
+        json.dumps({**_protocol_report(entry["name"], meta["evaluation"]), "model": "another"}))
+    with pytest.raises(leaderboard.LeaderboardError, match="another"):
+        leaderboard.collect(registry, tmp_path)
+
+
+def test_a_reference_trained_on_another_dataset_is_called_a_transfer_not_a_ceiling():
+    rows, moved = _rows_with("supervised_resnet18w025_cifar10", dataset="folder:imagenette-96px")
+    group = [moved, {**moved, "name": "x", "method": "rotnet"}]
+    assert "not this dataset's ceiling" in "".join(leaderboard.transfer_reference_lines(group))
+    assert not leaderboard.transfer_reference_lines([r for r in rows if r["dataset"] == "tfds:cifar10"])
+
+
+def test_the_reference_trained_on_the_protocols_own_data_is_preferred():
+    rows, transferred = _rows_with("supervised_resnet18w025_cifar10", dataset="folder:imagenette-96px")
+    own = {**transferred, "name": "supervised_own", "trained_on": "folder:imagenette-96px"}
+    entry = {**transferred, "name": "x", "method": "rotnet"}
+    assert leaderboard.reference_for(entry, [transferred, own, entry])["name"] == "supervised_own"
+    assert leaderboard.reference_for(entry, [transferred, entry])["name"] == transferred["name"]

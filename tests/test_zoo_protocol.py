@@ -16,9 +16,10 @@ class StandIn:
     """Records the parts it was asked to measure; raises on the part named `fail_on`."""
 
     def __init__(self, fail_on: str | None = None):
-        self.calls, self.fail_on = [], fail_on
+        self.calls, self.fail_on, self.features_dirs = [], fail_on, set()
 
-    def __call__(self, model, settings, data_dir):
+    def __call__(self, model, settings, data_dir, features_dir=None):
+        self.features_dirs.add(features_dir)
         name = f"{settings['source']}@{settings.get('image_size', '-')}:{settings['kind']}"
         if self.fail_on and self.fail_on in name:
             raise RuntimeError(f"interrupted at {name}")
@@ -96,3 +97,11 @@ def test_cli_mistakes_are_one_sentence(argv, match, tmp_path):
     with pytest.raises(ConfigError, match=match):
         cmd_evaluate(args)
     assert not (tmp_path / "r.json").exists()
+
+
+def test_the_features_folder_reaches_every_part_and_stays_out_of_the_settings(tmp_path):
+    runner = StandIn()
+    report = zoo_protocol.run_zoo_protocol("m", out=tmp_path / "p.json", natural_size=32, part_runner=runner,
+                                           features_dir=tmp_path / "features")
+    assert runner.features_dirs == {tmp_path / "features"}
+    assert all("features" not in json.dumps(part["settings"]) for part in report["parts"].values())

@@ -3,9 +3,17 @@
 Asano, Rupprecht & Vedaldi (2020) probe every stage after average-pooling it "to roughly 9k
 dimensions" so that stages of different shapes are compared at similar capacity. We pool each
 stage map to the largest g x g grid (g dividing its side) whose g*g*C stays within `max_dims`.
+
+Features are held in memory by default: CIFAR-10's training split at every stage is about 3.3 GB
+per model. For a split whose features do not fit, `extract(..., to_dir=DIR)` appends each batch's
+features to one raw float32 file per stage in DIR and returns read-only `np.memmap`s of them; the
+probe (`linear_probe`) and the kNN then read them from disk in batches.
 """
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
@@ -53,15 +61,17 @@ def extract(
     max_examples: int | None = None,
     max_dims: int = 4096,
     label: str | None = None,
+    to_dir=None,
 ):
     """Returns ({stage: float32 [N, D]}, labels [N]) over the split, centre view, no augmentation.
-    Logs its progress (`ssl_zoo.progress`) as `label` (default: the backbone's name and the split)."""
+    Logs its progress (`ssl_zoo.progress`) as `label` (default: the backbone's name and the split).
+    `to_dir`: stream the features to files there instead of memory (read-only memmaps returned)."""
     model = probe_model(backbone, stages, image_size, max_dims)
+    sink = DiskFeatures(to_dir, label or f"{backbone.name}_{split}", stages) if to_dir else MemoryFeatures(stages)
     forward = tf.function(lambda x: model(x, training=False))
     ds = build_dataset(source, split, batch_size=batch_size, image_size=image_size, augment="center")
     if max_examples:
         ds = ds.unbatch().take(max_examples).batch(batch_size)
-    feats = {s: [] for s in stages}
     labels = []
     total = source.num_examples(split)
     progress = Progress(label or f"{backbone.name} features of {split}",
@@ -69,12 +79,54 @@ def extract(
     done = 0
     for images, y in ds:
         out = forward(images)
-        for s in stages:
-            feats[s].append(out[s].numpy().astype(np.float32))
+        sink.add({s: out[s].numpy().astype(np.float32) for s in stages})
         labels.append(y.numpy())
         done += len(labels[-1])
         progress.update(done)
     if not labels:
         raise ConfigError(f"{source.name}/{split} gave no images to extract features from")
     progress.finish(f"{done} images")
-    return {s: np.concatenate(v) for s, v in feats.items()}, np.concatenate(labels)
+    return sink.arrays(), np.concatenate(labels)
+
+
+class MemoryFeatures:
+    """Each stage's batches in memory, concatenated at the end."""
+
+    def __init__(self, stages):
+        self.parts = {s: [] for s in stages}
+
+    def add(self, batch: dict[str, np.ndarray]) -> None:
+        for s, v in batch.items():
+            self.parts[s].append(v)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {s: np.concatenate(v) for s, v in self.parts.items()}
+
+
+class DiskFeatures:
+    """Each stage's batches appended to `DIR/NAME.STAGE.f32` (raw float32, row after row), so the
+    memory used is one batch whatever the split's size; read back as read-only memmaps."""
+
+    def __init__(self, folder, name: str, stages):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+        self.paths = {s: self.folder / f"{safe}.{s}.f32" for s in stages}
+        self.files = {s: open(path, "wb") for s, path in self.paths.items()}
+        self.rows, self.dims = 0, {}
+
+    def add(self, batch: dict[str, np.ndarray]) -> None:
+        for s, v in batch.items():
+            self.dims[s] = v.shape[1]
+            self.files[s].write(np.ascontiguousarray(v, np.float32).tobytes())
+        self.rows += len(next(iter(batch.values())))
+
+    def arrays(self) -> dict[str, np.memmap]:
+        for f in self.files.values():
+            f.close()
+        return {s: np.memmap(path, np.float32, "r", shape=(self.rows, self.dims[s])) for s, path in self.paths.items()}
+
+
+def feature_bytes(num_examples: int, dims: dict[str, int]) -> int:
+    """Bytes the features of `num_examples` images take at the given per-stage widths (float32)."""
+    return 4 * int(num_examples) * sum(int(d) for d in dims.values())

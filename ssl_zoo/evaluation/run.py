@@ -4,6 +4,9 @@ architecture at random initialisation (the floor every number must be read again
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 import time
 
 import keras
@@ -11,7 +14,7 @@ import keras
 from ssl_zoo.backbones import FIXED_LAYERS
 from ssl_zoo.data.sources import open_source
 from ssl_zoo.errors import ConfigError
-from ssl_zoo.evaluation.features import extract
+from ssl_zoo.evaluation.features import extract, feature_bytes, probe_model
 from ssl_zoo.evaluation.knn import knn_accuracy
 from ssl_zoo.evaluation.linear_probe import linear_probe
 from ssl_zoo.evaluation.protocol import protocol_id
@@ -45,17 +48,65 @@ def evaluate_backbone(
     probe_epochs: int = 30,
     seed: int = 0,
     label: str | None = None,
+    features_dir=None,
 ) -> dict:
     """`test_split` None: the source's held-out split (`Source.held_out_split`). `label` names the
-    model in the progress lines (default: the backbone's name)."""
+    model in the progress lines (default: the backbone's name). `features_dir`: stream the features
+    to a temporary folder there (removed when this model's probes are done) instead of memory."""
     test_split = test_split or source.held_out_split()
     num_classes = source.num_classes()
     if not num_classes:
         raise ConfigError(f"{source.name} has no class labels to evaluate with")
     name = label or backbone.name
+    if features_dir is None:
+        check_features_fit_in_memory(backbone, source, stages, image_size, [train_split, test_split],
+                                     max_train_examples)
+        return _evaluate_features(backbone, source, stages, image_size, knn_k, train_split, test_split,
+                                  max_train_examples, probe_epochs, seed, name, num_classes, None)
+    os.makedirs(features_dir, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix="features_", dir=features_dir)
+    try:
+        return _evaluate_features(backbone, source, stages, image_size, knn_k, train_split, test_split,
+                                  max_train_examples, probe_epochs, seed, name, num_classes, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the OS can still give this process (Linux: MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_features_fit_in_memory(backbone, source, stages, image_size: int, splits, max_train_examples=None) -> None:
+    """A one-sentence error before extraction when one model's features of the splits would take
+    more than 80 % of the memory available, instead of the process dying of it halfway."""
+    available = available_memory_bytes()
+    counts = [source.num_examples(split) for split in splits]
+    if available is None or any(c is None for c in counts):
+        return
+    if max_train_examples:
+        counts[0] = min(counts[0], max_train_examples)
+    dims = {k: int(v.shape[-1]) for k, v in probe_model(backbone, stages, image_size).output.items()}
+    need = feature_bytes(sum(counts), dims)
+    if need > 0.8 * available:
+        raise ConfigError(f"the features of {source.name} ({sum(counts):,} images, {len(dims)} stages) take "
+                          f"{need / 2**30:.1f} GiB and this machine has {available / 2**30:.1f} GiB available: give "
+                          f"--features-dir DIR to stream them to disk")
+
+
+def _evaluate_features(backbone, source, stages, image_size, knn_k, train_split, test_split, max_train_examples,
+                       probe_epochs, seed, name, num_classes, folder) -> dict:
     train_f, train_y = extract(backbone, source, train_split, stages, image_size, max_examples=max_train_examples,
-                               label=f"{name}: features of {train_split}")
-    test_f, test_y = extract(backbone, source, test_split, stages, image_size, label=f"{name}: features of {test_split}")
+                               label=f"{name}: features of {train_split}", to_dir=folder)
+    test_f, test_y = extract(backbone, source, test_split, stages, image_size, label=f"{name}: features of {test_split}",
+                             to_dir=folder)
     result = {"stages": {}, "knn": None}
     for i, s in enumerate(stages):
         result["stages"][s] = linear_probe(
@@ -91,12 +142,15 @@ def evaluate_model(
     train_split: str = "train",
     test_split: str | None = None,
     cache: bool = False,
+    features_dir=None,
 ) -> dict:
     """Probes and kNN of `model` and of its random-init twin on `source`. `cache` keeps an image
     folder's splits decoded in memory, so each split is decoded once instead of once per model;
     it is off by default because a user's folder may not fit in memory. `test_split` None means
     the source's held-out split ("test", or "val" for an Imagenette-style folder); `ssl-zoo
-    evaluate` always names one (the recipe's [evaluation] test_split or --test-split)."""
+    evaluate` always names one (the recipe's [evaluation] test_split or --test-split).
+    `features_dir`: features streamed to disk there (`evaluate_backbone`); the numbers' protocol
+    is the same, and the report says where the features were held."""
     from ssl_zoo.loader import load_raw_backbone
 
     # Values that cannot work are a ConfigError naming them, before anything is loaded.
@@ -110,7 +164,7 @@ def evaluate_model(
     test_split = test_split or data.held_out_split()
     common = dict(source=data, stages=stages, image_size=image_size, knn_k=knn_k, train_split=train_split,
                   test_split=test_split, max_train_examples=max_train_examples,
-                  probe_epochs=probe_epochs, seed=seed)
+                  probe_epochs=probe_epochs, seed=seed, features_dir=features_dir)
     trained = evaluate_backbone(backbone, label="pretrained", **common)
     floor = evaluate_backbone(random_init_like(backbone, seed), label="random init", **common)
     per_stage = {
@@ -145,6 +199,7 @@ def evaluate_model(
             "knn_random_init": floor["knn"]["accuracy"],
         },
         "seconds": round(time.time() - t0, 1),
+        "features_held": "disk" if features_dir is not None else "memory",
         # Inputs the source could not read (each counted once, whichever model met it): the numbers
         # above are over the images that remained (num_train, num_test).
         "skipped": data.stats.counts(),

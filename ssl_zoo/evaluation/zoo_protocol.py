@@ -77,14 +77,16 @@ def plan(natural_size: int, *, fractions=FRACTIONS, probe_epochs: int = 30, part
     return chosen
 
 
-def run_part(model, settings: dict[str, Any], data_dir) -> dict[str, Any]:
-    """One part's sub-report (TensorFlow imported here, not at module import)."""
+def run_part(model, settings: dict[str, Any], data_dir, features_dir=None) -> dict[str, Any]:
+    """One part's sub-report (TensorFlow imported here, not at module import). `features_dir`:
+    where the evaluation parts stream their features (`evaluate_model`); not a setting of the
+    protocol, since it changes where numbers are held, not what they are."""
     if settings["kind"] == "evaluate":
         from ssl_zoo.evaluation.run import evaluate_model
 
         return evaluate_model(model, data_dir=data_dir, source=settings["source"], image_size=settings["image_size"],
                               test_split=settings["test_split"], probe_epochs=settings["probe_epochs"],
-                              cache=settings.get("cache", False))
+                              cache=settings.get("cache", False), features_dir=features_dir)
     from ssl_zoo.evaluation.label_efficiency import label_efficiency
 
     return label_efficiency(model, dataset=settings["source"], data_dir=data_dir, fractions=settings["fractions"],
@@ -92,9 +94,11 @@ def run_part(model, settings: dict[str, Any], data_dir) -> dict[str, Any]:
 
 
 def run_zoo_protocol(model, *, data_dir=None, out, natural_size: int | None = None, parts=PARTS,
-                     fractions=FRACTIONS, probe_epochs: int = 30, part_runner=run_part) -> dict[str, Any]:
+                     fractions=FRACTIONS, probe_epochs: int = 30, part_runner=run_part,
+                     features_dir=None) -> dict[str, Any]:
     """Runs the protocol's parts on `model`, writing `out` after each; resumes from `out`.
-    `part_runner(model, settings, data_dir)`: the function that measures a part (tests swap it)."""
+    `part_runner(model, settings, data_dir, features_dir)`: the function that measures a part
+    (tests swap it)."""
     from ssl_zoo.preset import write_json
 
     size = natural_size or natural_image_size(model)
@@ -119,7 +123,7 @@ def run_zoo_protocol(model, *, data_dir=None, out, natural_size: int | None = No
         log.info("zoo protocol %d/%d: %s (%s)", i + 1, len(todo), name,
                  ", ".join(f"{k}={v}" for k, v in settings.items() if k != "kind"))
         started = time.time()
-        result = part_runner(model, settings, data_dir)
+        result = part_runner(model, settings, data_dir, features_dir)
         report["parts"][name] = {"settings": settings, "report": result, "seconds": round(time.time() - started, 1)}
         write_json(report, out, sort_keys=True)  # atomically, after every part
     report["seconds_this_run"] = round(time.time() - t0, 1)
