@@ -261,10 +261,19 @@ def protocol_lines(r: dict[str, Any]) -> list[str]:
 def transfer_reference_lines(group: list[dict[str, Any]]) -> list[str]:
     """Says so when the group's supervised reference was trained on another dataset than the one
     the protocol measures: there it is a transferred network, not the ceiling of this dataset."""
-    refs = [r for r in group if is_reference(r) and r["trained_on"] != group[0]["dataset"]]
-    return [f"The supervised reference here, {r['name']}, was trained with the labels of {r['trained_on']}, not "
-            f"of {group[0]['dataset']}: its row and the *of supervised* fractions measure a supervised network "
-            f"transferred like the others, not this dataset's ceiling.\n" for r in refs]
+    dataset = group[0]["dataset"]
+    own = [r for r in group if is_reference(r) and r["trained_on"] == dataset]
+    lines = []
+    for r in (r for r in group if is_reference(r) and r["trained_on"] != dataset):
+        if own:
+            lines.append(f"{r['name']} was trained with the labels of {r['trained_on']}, not of {dataset}: here it "
+                         f"is a supervised network transferred like the others; the *of supervised* fractions are "
+                         f"of {own[0]['name']}, trained with this dataset's labels (its ceiling).\n")
+        else:
+            lines.append(f"The supervised reference here, {r['name']}, was trained with the labels of "
+                         f"{r['trained_on']}, not of {dataset}: its row and the *of supervised* fractions measure a "
+                         f"supervised network transferred like the others, not this dataset's ceiling.\n")
+    return lines
 
 
 def plot_name(pid: str) -> str:

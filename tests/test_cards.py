@@ -113,7 +113,7 @@ def test_released_cards_are_what_the_current_template_renders(name):
     # A card template change must reach every released entry: its packaged preset card and its copy in
     # model_cards/ are regenerated from the preset's metadata (`ssl-zoo card PRESET`), never hand-edited.
     from ssl_zoo.cards import render_card, supervised_reference
-    from ssl_zoo.leaderboard import label_efficiency_beside
+    from ssl_zoo.leaderboard import label_efficiency_beside, zoo_protocol_beside
     from ssl_zoo.pictures import pictures_beside
 
     preset = REPO / "ssl_zoo" / "zoo" / "presets" / name
@@ -125,7 +125,7 @@ def test_released_cards_are_what_the_current_template_renders(name):
     pictures = pictures_beside(REPO / "model_cards", name)
     assert (REPO / "model_cards" / f"{name}.md").read_text() == render_card(
         meta, f"{name}_probe.png", in_cards, pictures, supervised_reference(name),
-        label_efficiency_beside(REPO / "model_cards", name)), \
+        label_efficiency_beside(REPO / "model_cards", name), zoo_protocol_beside(REPO / "model_cards", name)), \
         f"model_cards/{name}.md is stale: run `ssl-zoo card --all`"
     assert '"synchronized": true' not in (preset / "config.json").read_text()
     assert "is plain (`synchronized: false`)" in (preset / "README.md").read_text()
@@ -156,7 +156,10 @@ def test_released_cards_read_right_on_the_hub(name):
     card = ModelCard.load(preset / "README.md")
     data = card.data
     assert isinstance(data, ModelCardData) and data.library_name == "keras" and data.model_name == name
-    assert set(data.datasets) <= KNOWN_HUB_DATASETS and data.datasets[-1] == "uoft-cs/cifar10"
+    from ssl_zoo.cards import _dataset
+
+    evaluated_on = _dataset(report["dataset"])[0]  # the Hub id of the evaluation's dataset, listed last
+    assert set(data.datasets) <= KNOWN_HUB_DATASETS and data.datasets[-1] == evaluated_on
     results = {r.metric_name: r for r in data.eval_results}
     s, knn = report["summary"], report["knn"]
     assert {k: r.metric_value for k, r in results.items()} == {
@@ -164,7 +167,8 @@ def test_released_cards_read_right_on_the_hub(name):
         f"kNN top-1 (k={knn['k']}, {knn['stage']})": round(knn["trained"], 4)}
     assert not any("random" in k or "floor" in k for k in results)
     for r in data.eval_results:
-        assert r.dataset_type in KNOWN_HUB_DATASETS and r.metric_type == "accuracy" and r.dataset_split == "test"
+        assert r.dataset_type == evaluated_on and r.metric_type == "accuracy"
+        assert r.dataset_split == report["protocol"]["test_split"]
         assert len(repr(r.metric_value).split(".")[-1]) <= 4, r.metric_value
     header = card.content.split("---")[1]
     assert "random-init" not in header and "0000" not in header

@@ -70,7 +70,7 @@ def test_entries_under_another_protocol_get_their_own_table(tmp_path):
     moved["protocol"] = {**moved["protocol"], "image_size": 96}
     moved["protocol_id"] = protocol_id({"dataset": moved["dataset"], "protocol": moved["protocol"]})
     text = leaderboard.render(rows[1:] + [moved])
-    assert text.count("\n## ") == 2 and f"protocol `{moved['protocol_id']}`" in text
+    assert text.count("\n## ") == len(leaderboard.groups(rows[1:])) + 1 and f"protocol `{moved['protocol_id']}`" in text
     section = text.split(f"protocol `{moved['protocol_id']}`", 1)[1]
     assert moved["name"] in section and rows[1]["name"] not in section.split("\n## ")[0]
 
@@ -254,6 +254,9 @@ def test_a_reference_trained_on_another_dataset_is_called_a_transfer_not_a_ceili
     group = [moved, {**moved, "name": "x", "method": "rotnet"}]
     assert "not this dataset's ceiling" in "".join(leaderboard.transfer_reference_lines(group))
     assert not leaderboard.transfer_reference_lines([r for r in rows if r["dataset"] == "tfds:cifar10"])
+    own = {**moved, "name": "supervised_own", "trained_on": "folder:imagenette-96px"}
+    [line] = leaderboard.transfer_reference_lines(group + [own])
+    assert "transferred like the others" in line and "fractions are of supervised_own" in line
 
 
 def test_the_reference_trained_on_the_protocols_own_data_is_preferred():
