@@ -250,6 +250,12 @@ def stage_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def measured_on(r: dict[str, Any]) -> str:
+    """The dataset and image size a row's protocol measures on, as a heading says it."""
+    size = (r["protocol"] or {}).get("image_size")
+    return f"{r['dataset']} at {size} px" if size else str(r["dataset"])
+
+
 def protocol_lines(r: dict[str, Any]) -> list[str]:
     p = r["protocol"] or {}
     return [f"Protocol `{r['protocol_id']}`: {r['dataset']}, train split `{p.get('train_split')}` "
@@ -492,7 +498,7 @@ def render(rows: list[dict[str, Any]], label_efficiency: dict[str, dict[str, Any
              "clearly positive. *Of supervised*: the best stage's probe as a fraction of the supervised "
              "reference's at that stage (the same backbone trained with labels, listed last, not ranked).", ""]
     for pid, group in groups(rows).items():
-        lines += [f"## {group[0]['dataset']}, protocol `{pid}`", ""] + protocol_lines(group[0]) + [""]
+        lines += [f"## {measured_on(group[0])}, protocol `{pid}`", ""] + protocol_lines(group[0]) + [""]
         lines += transfer_reference_lines(group)
         lines += summary_table(group) + [""]
         lines += ["Linear probe per stage, % (gain over random init, points):", ""] + stage_table(group) + [""]
@@ -533,7 +539,7 @@ def readme_block(rows: list[dict[str, Any]], link: str,
                  label_efficiency: dict[str, dict[str, Any]] | None = None) -> str:
     body = []
     for pid, group in groups(rows).items():
-        body += [f"Linear probe on {group[0]['dataset']} (protocol `{pid}`, best stage per entry); the "
+        body += [f"Linear probe on {measured_on(group[0])} (protocol `{pid}`, best stage per entry); the "
                  f"per-stage tables, the plot and the protocol are in [{LEADERBOARD_FILE}]({link}).", ""]
         body += summary_table(group) + [""]
         body += single_image_section(group)
