@@ -158,13 +158,18 @@ def collect(registry=None, cards_dir: str | os.PathLike | None = None) -> list[d
 
 
 def groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """The rows by protocol id, the protocol with the most entries first (then by dataset and
-    image size, so the order is stable)."""
+    """The rows by protocol id: first the protocol most entries were released under (their cards'
+    own), then the one with most entries, then by dataset and image size, so the order is stable."""
     out: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         out.setdefault(r["protocol_id"], []).append(r)
-    return dict(sorted(out.items(), key=lambda kv: (-len(kv[1]), str(kv[1][0]["dataset"]),
-                                                    (kv[1][0]["protocol"] or {}).get("image_size") or 0, kv[0])))
+
+    def order(item):
+        pid, group = item
+        released = sum(r.get("source", "card") == "card" for r in group)
+        return (-released, -len(group), str(group[0]["dataset"]), (group[0]["protocol"] or {}).get("image_size") or 0, pid)
+
+    return dict(sorted(out.items(), key=order))
 
 
 def is_reference(row: dict[str, Any]) -> bool:
