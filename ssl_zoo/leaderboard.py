@@ -568,7 +568,8 @@ def replace_readme_block(text: str, block: str) -> str:
 def write(out_dir: str | os.PathLike = "model_cards", *, readme: str | os.PathLike | None = None,
           registry=None, plots: bool = True, cards_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Writes LEADERBOARD.md (+ its plots) into `out_dir` and, given `readme`, its block there.
-    Label-efficiency reports are read beside the cards in `cards_dir` (default `out_dir`).
+    Label-efficiency and zoo-protocol reports are read beside the cards in `cards_dir` (default
+    `out_dir`).
     Returns {"leaderboard": path, "plots": [...], "readme": path or None, "rows": rows}."""
     cards = Path(cards_dir if cards_dir is not None else out_dir)
     rows = collect(registry, cards)

@@ -7,7 +7,8 @@ stage map to the largest g x g grid (g dividing its side) whose g*g*C stays with
 Features are held in memory by default: CIFAR-10's training split at every stage is about 3.3 GB
 per model. For a split whose features do not fit, `extract(..., to_dir=DIR)` appends each batch's
 features to one raw float32 file per stage in DIR and returns read-only `np.memmap`s of them; the
-probe (`linear_probe`) and the kNN then read them from disk in batches.
+probe (`linear_probe`) reads them from disk in batches, and the kNN loads only its own stage (the
+pooled features, 128 dimensions at quarter width).
 """
 
 from __future__ import annotations
