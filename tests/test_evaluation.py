@@ -174,6 +174,29 @@ def test_features_streamed_to_disk_equal_the_in_memory_ones(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"pretrained_features_of_train.{s}.f32" for s in stages)
 
 
+def test_an_extraction_that_fails_midway_closes_its_feature_files(tmp_path, monkeypatch):
+    import ssl_zoo.evaluation.features as features
+
+    backbone = resnet(18, 0.125, "cifar", 16)
+    source = ArraySource(np.zeros((10, 16, 16, 3), np.uint8), labels=np.zeros(10, np.int64))
+    sinks = []
+
+    class Failing(features.DiskFeatures):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            sinks.append(self)
+
+        def add(self, batch):
+            if self.rows:  # the second batch: the disk filled up, say
+                raise OSError("No space left on device")
+            super().add(batch)
+
+    monkeypatch.setattr(features, "DiskFeatures", Failing)
+    with pytest.raises(OSError, match="No space"):
+        features.extract(backbone, source, "train", ["stem", "pooled"], 16, batch_size=4, to_dir=tmp_path)
+    assert sinks and all(f.closed for f in sinks[0].files.values())
+
+
 def test_probe_on_features_read_from_disk_learns_like_the_in_memory_probe(tmp_path):
     from ssl_zoo.evaluation.linear_probe import RowBatches, chunked_mean_std
 

@@ -78,12 +78,16 @@ def extract(
     progress = Progress(label or f"{backbone.name} features of {split}",
                         min(total, max_examples) if total and max_examples else total or max_examples, unit="images")
     done = 0
-    for images, y in ds:
-        out = forward(images)
-        sink.add({s: out[s].numpy().astype(np.float32) for s in stages})
-        labels.append(y.numpy())
-        done += len(labels[-1])
-        progress.update(done)
+    try:
+        for images, y in ds:
+            out = forward(images)
+            sink.add({s: out[s].numpy().astype(np.float32) for s in stages})
+            labels.append(y.numpy())
+            done += len(labels[-1])
+            progress.update(done)
+    except BaseException:
+        sink.close()  # a failed or interrupted extraction leaves no open file behind
+        raise
     if not labels:
         raise ConfigError(f"{source.name}/{split} gave no images to extract features from")
     progress.finish(f"{done} images")
@@ -102,6 +106,9 @@ class MemoryFeatures:
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {s: np.concatenate(v) for s, v in self.parts.items()}
+
+    def close(self) -> None:
+        self.parts.clear()
 
 
 class DiskFeatures:
@@ -122,9 +129,12 @@ class DiskFeatures:
             self.files[s].write(np.ascontiguousarray(v, np.float32).tobytes())
         self.rows += len(next(iter(batch.values())))
 
-    def arrays(self) -> dict[str, np.memmap]:
+    def close(self) -> None:
         for f in self.files.values():
             f.close()
+
+    def arrays(self) -> dict[str, np.memmap]:
+        self.close()
         return {s: np.memmap(path, np.float32, "r", shape=(self.rows, self.dims[s])) for s, path in self.paths.items()}
 
 
