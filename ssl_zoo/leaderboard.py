@@ -117,6 +117,8 @@ def entry_row(entry: dict[str, Any], metadata: dict[str, Any], report: dict[str,
         "knn_stage": report["knn"]["stage"],
         # Wall-clock of `ssl-zoo evaluate` on the machine that measured it (trained + random init).
         "eval_minutes": round(report["seconds"] / 60, 1) if report.get("seconds") else None,
+        # Reports older than `--features-dir` held their features in memory and do not say so.
+        "features_held": report.get("features_held", "memory"),
         "source": source,
     }
 
@@ -533,10 +535,12 @@ def cost_lines(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["The protocol's cost per entry (`ssl-zoo evaluate`, alone or as a part of `--protocol zoo`, on the "
              "machine that released it, 2 CPU cores, often "
              "shared with a training run: the trained backbone and its random-init twin, every stage's features "
-             "of the whole train and test splits extracted once per model in one pass over the data and held in "
-             "memory, pooled to at most 4,096 dimensions per stage, then a probe per stage and a kNN on them):", "",
+             "of the whole train and test splits extracted once per model in one pass over the data, "
+             "pooled to at most 4,096 dimensions per stage and held in memory (or streamed to disk by "
+             "`--features-dir`, marked), then a probe per stage and a kNN on them):", "",
              "| entry | minutes |", "|---|---|"]
-    lines += [f"| {r['name']} | {r['eval_minutes']:g} |" for r in timed]
+    lines += [f"| {r['name']} | {r['eval_minutes']:g}{' (features on disk)' if r['features_held'] == 'disk' else ''} |"
+              for r in timed]
     return lines + [""]
 
 

@@ -265,3 +265,10 @@ def test_the_reference_trained_on_the_protocols_own_data_is_preferred():
     entry = {**transferred, "name": "x", "method": "rotnet"}
     assert leaderboard.reference_for(entry, [transferred, own, entry])["name"] == "supervised_own"
     assert leaderboard.reference_for(entry, [transferred, entry])["name"] == transferred["name"]
+
+
+def test_the_cost_table_marks_a_report_whose_features_were_streamed_to_disk():
+    rows, row = _rows_with("rotnet_resnet18w025_cifar10", features_held="disk")
+    lines = leaderboard.cost_lines([row] + [r for r in rows if r["name"] != row["name"]])
+    assert f"| {row['name']} | {row['eval_minutes']:g} (features on disk) |" in lines
+    assert all("on disk" not in line for line in lines if line.startswith("| ") and row["name"] not in line)
