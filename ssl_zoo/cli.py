@@ -653,7 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "pixels, comma-separated (e.g. 2,8); default off")
     p.add_argument("--robustness-examples", type=int, default=1000, help="test images attacked (default 1000)")
     p.add_argument("--out", default=None,
-                   help="write the report JSON here (default results/label-efficiency-MODEL-TIME.json)")
+                   help="write the report JSON here after every fraction (default "
+                        "results/label-efficiency-MODEL-TIME.json); a report there of the same model, data and "
+                        "settings is extended: the fractions it holds are kept, not measured again")
     p.set_defaults(func=cmd_label_efficiency, out_kind="file")
     return parser
 

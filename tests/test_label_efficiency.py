@@ -87,3 +87,25 @@ def test_label_efficiency_end_to_end(tmp_path):
     assert report["protocol"]["kind"] == "label_efficiency" and report["protocol"]["image_size"] == 16
     assert len(report["protocol_id"]) == 12
     assert json.loads((tmp_path / "report.json").read_text())["protocol_id"] == report["protocol_id"]
+
+
+def test_a_report_is_extended_with_new_fractions_only_under_the_same_settings(tmp_path, monkeypatch):
+    import ssl_zoo.finetune
+
+    fine_tuned = []
+
+    def fake_finetune(model, *, dataset, **kw):
+        fine_tuned.append(dataset.name)
+        acc = {"unfrozen": {"test_accuracy": 0.5}}
+        return {"trained": acc, "random_init": acc, "protocol": {"image_size": 8}}
+
+    monkeypatch.setattr(ssl_zoo.finetune, "finetune", fake_finetune)
+    data = ArraySource(np.zeros((100, 8, 8, 3), np.uint8), np.arange(100) % 4)
+    out = tmp_path / "le.json"
+    first = label_efficiency("m", dataset=data, fractions=(0.1,), out=out)
+    again = label_efficiency("m", dataset=data, fractions=(0.1, 1.0), out=out)
+    assert fine_tuned == ["arrays[0.1 of labels]", "arrays[1 of labels]"]  # 10 % kept, not redone
+    assert again["fractions"]["0.1"] == first["fractions"]["0.1"] and list(again["fractions"]) == ["0.1", "1"]
+    assert again["protocol_id"] == first["protocol_id"] and again["seconds"] >= first["seconds"]
+    with pytest.raises(ConfigError, match="another model, dataset or settings: give another --out"):
+        label_efficiency("m", dataset=data, fractions=(0.5,), lr_frozen=0.1, out=out)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
+from ssl_zoo.data.sources import ArraySource
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.evaluation import zoo_protocol
 
@@ -16,10 +18,11 @@ class StandIn:
     """Records the parts it was asked to measure; raises on the part named `fail_on`."""
 
     def __init__(self, fail_on: str | None = None):
-        self.calls, self.fail_on, self.features_dirs = [], fail_on, set()
+        self.calls, self.fail_on, self.features_dirs, self.partials = [], fail_on, set(), []
 
-    def __call__(self, model, settings, data_dir, features_dir=None):
+    def __call__(self, model, settings, data_dir, features_dir=None, partial=None):
         self.features_dirs.add(features_dir)
+        self.partials.append(partial)
         name = f"{settings['source']}@{settings.get('image_size', '-')}:{settings['kind']}"
         if self.fail_on and self.fail_on in name:
             raise RuntimeError(f"interrupted at {name}")
@@ -68,6 +71,39 @@ def test_an_interrupted_protocol_keeps_its_finished_parts_and_resumes(tmp_path):
     report = zoo_protocol.run_zoo_protocol("m", out=out, natural_size=32, part_runner=resumed)
     assert resumed.calls == ["folder:imagenette-96px@32:evaluate", "tfds:cifar10@32:label_efficiency"]
     assert sorted(report["parts"]) == ["cifar10", "imagenette_32", "label_efficiency"]
+    # Each part was offered its own file for progress within it, gone once the part landed.
+    assert resumed.partials == [tmp_path / "protocol.json.imagenette_32.partial.json",
+                                tmp_path / "protocol.json.label_efficiency.partial.json"]
+
+
+def test_a_label_efficiency_part_interrupted_between_fractions_resumes_within_the_part(tmp_path, monkeypatch):
+    import ssl_zoo.finetune
+
+    fine_tuned, killed = [], []
+
+    def fake_finetune(model, *, dataset, **kw):
+        fraction = dataset.name.split("[")[-1].split(" ")[0]
+        if fraction == "1" and not killed:
+            killed.append(fraction)
+            raise KeyboardInterrupt  # the first run is stopped during 100 %
+        fine_tuned.append(fraction)
+        acc = {"unfrozen": {"test_accuracy": 0.5}}
+        return {"trained": acc, "random_init": acc, "protocol": {"image_size": 32}}
+
+    monkeypatch.setattr(ssl_zoo.finetune, "finetune", fake_finetune)
+    monkeypatch.setattr("ssl_zoo.evaluation.label_efficiency.read_labels",
+                        lambda data, split: (np.arange(1000), np.arange(1000) % 10))
+    monkeypatch.setattr("ssl_zoo.data.sources.open_source", lambda spec, data_dir=None: ArraySource(
+        np.zeros((10, 8, 8, 3), np.uint8), np.arange(10) % 10))
+    out = tmp_path / "protocol.json"
+    with pytest.raises(KeyboardInterrupt):
+        zoo_protocol.run_zoo_protocol("m", out=out, natural_size=32, parts=["label_efficiency"])
+    partial = tmp_path / "protocol.json.label_efficiency.partial.json"
+    assert sorted(json.loads(partial.read_text())["fractions"]) == ["0.01", "0.1"]
+    report = zoo_protocol.run_zoo_protocol("m", out=out, natural_size=32, parts=["label_efficiency"])
+    assert fine_tuned == ["0.01", "0.1", "1"]  # 1 % and 10 % were not redone
+    assert sorted(report["parts"]["label_efficiency"]["report"]["fractions"]) == ["0.01", "0.1", "1"]
+    assert not partial.exists()
 
 
 def test_another_models_report_is_never_extended(tmp_path):

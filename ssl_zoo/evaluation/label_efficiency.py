@@ -10,12 +10,18 @@ so the curve measures what the labels are worth, not how long each point trained
 
 The subset is a pure function of (labels, fraction, seed): `balanced_subset` takes the same share of
 every class, at least one image each, so 1 % of a dataset never misses a class.
+
+With `out`, the report is written after every fraction, and a run given the `out` of an earlier one
+(same model, data and settings) keeps the fractions it finished: an interrupted run loses at most
+the fraction it was in, and 100 % can be added to a report of 1 % and 10 % without redoing them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
@@ -102,7 +108,6 @@ def label_efficiency(model: str, *, dataset="tfds:cifar10", data_dir=None,
     and both runs' test accuracy after each phase. `robustness`, `run_eagerly`: as `finetune`'s
     (FGSM / PGD accuracy of every final classifier; tests)."""
     from ssl_zoo.data.sources import open_source
-    from ssl_zoo.evaluation.protocol import protocol_id
     from ssl_zoo.finetune import finetune
     from ssl_zoo.train.recipe import FinetuneConfig
 
@@ -139,9 +144,13 @@ def label_efficiency(model: str, *, dataset="tfds:cifar10", data_dir=None,
         },
         "fractions": {},
     }
+    report["fractions"], seconds_before = finished_fractions(out, report)
     for i, fraction in enumerate(fractions):
         keep = index[balanced_subset(labels, fraction, seed)]
         name = f"{fraction:g} of labels"
+        if f"{fraction:g}" in report["fractions"]:
+            log.info("label efficiency %d/%d: %s already measured in %s, kept", i + 1, len(fractions), name, out)
+            continue
         log.info("label efficiency %d/%d: %s = %d images", i + 1, len(fractions), name, len(keep))
         run = finetune(str(model), dataset=SubsetSource(data, train_split, keep, name), epochs_frozen=epochs_frozen,
                        epochs_unfrozen=epochs_unfrozen, lr_frozen=lr_frozen, lr_unfrozen=lr_unfrozen,
@@ -151,11 +160,37 @@ def label_efficiency(model: str, *, dataset="tfds:cifar10", data_dir=None,
         report["fractions"][f"{fraction:g}"] = {"num_labels": int(len(keep)), "trained": run["trained"],
                                                 "random_init": run["random_init"]}
         report["protocol"]["image_size"] = run["protocol"]["image_size"]
-    report["protocol_id"] = protocol_id(report)
-    report["seconds"] = round(time.time() - t0, 1)
-    if out:
-        from ssl_zoo.preset import write_json
-
-        write_json(report, out, sort_keys=True)
+        _write(report, out, seconds_before + time.time() - t0)
+    report["fractions"] = dict(sorted(report["fractions"].items(), key=lambda kv: float(kv[0])))
+    _write(report, out, seconds_before + time.time() - t0)
     return report
+
+
+def finished_fractions(out, report: dict) -> tuple[dict, float]:
+    """({fraction: row} already measured in `out`, the seconds they took) when `out` holds a report
+    of the same model, data and settings (the image size compared once it is known); ({}, 0) when
+    there is none. Refuses to extend a report measured otherwise."""
+    if not out or not Path(out).is_file():
+        return {}, 0.0
+    previous = json.loads(Path(out).read_text())
+    ours, theirs = dict(report["protocol"]), dict(previous.get("protocol") or {})
+    if ours.get("image_size") is None:
+        theirs.pop("image_size", None), ours.pop("image_size", None)
+    if (previous.get("model"), previous.get("dataset"), theirs) != (report["model"], report["dataset"], ours):
+        raise ConfigError(f"{out} holds label efficiency measured on another model, dataset or settings: "
+                          "give another --out")
+    if report["protocol"].get("image_size") is None:
+        report["protocol"]["image_size"] = previous["protocol"].get("image_size")
+    return dict(previous.get("fractions") or {}), float(previous.get("seconds") or 0.0)
+
+
+def _write(report: dict, out, seconds: float) -> None:
+    """Sets the report's protocol id and seconds so far, and writes it to `out` (if any) atomically."""
+    from ssl_zoo.evaluation.protocol import protocol_id
+    from ssl_zoo.preset import write_json
+
+    report["protocol_id"] = protocol_id(report)
+    report["seconds"] = round(seconds, 1)
+    if out:
+        write_json(report, out, sort_keys=True)
 

@@ -77,10 +77,12 @@ def plan(natural_size: int, *, fractions=FRACTIONS, probe_epochs: int = 30, part
     return chosen
 
 
-def run_part(model, settings: dict[str, Any], data_dir, features_dir=None) -> dict[str, Any]:
+def run_part(model, settings: dict[str, Any], data_dir, features_dir=None, partial=None) -> dict[str, Any]:
     """One part's sub-report (TensorFlow imported here, not at module import). `features_dir`:
     where the evaluation parts stream their features (`evaluate_model`); not a setting of the
-    protocol, since it changes where numbers are held, not what they are."""
+    protocol, since it changes where numbers are held, not what they are. `partial`: a file where a
+    part that measures several things in turn (label efficiency's fractions) keeps those it
+    finished, so that a rerun after an interruption resumes within the part."""
     if settings["kind"] == "evaluate":
         from ssl_zoo.evaluation.run import evaluate_model
 
@@ -90,15 +92,15 @@ def run_part(model, settings: dict[str, Any], data_dir, features_dir=None) -> di
     from ssl_zoo.evaluation.label_efficiency import label_efficiency
 
     return label_efficiency(model, dataset=settings["source"], data_dir=data_dir, fractions=settings["fractions"],
-                            image_size=settings["image_size"], robustness=settings.get("robustness"))
+                            image_size=settings["image_size"], robustness=settings.get("robustness"), out=partial)
 
 
 def run_zoo_protocol(model, *, data_dir=None, out, natural_size: int | None = None, parts=PARTS,
                      fractions=FRACTIONS, probe_epochs: int = 30, part_runner=run_part,
                      features_dir=None) -> dict[str, Any]:
     """Runs the protocol's parts on `model`, writing `out` after each; resumes from `out`.
-    `part_runner(model, settings, data_dir, features_dir)`: the function that measures a part
-    (tests swap it)."""
+    `part_runner(model, settings, data_dir, features_dir, partial)`: the function that measures a
+    part (tests swap it); `partial` is `OUT.PART.partial.json`, removed once the part is in `out`."""
     from ssl_zoo.preset import write_json
 
     size = natural_size or natural_image_size(model)
@@ -123,9 +125,11 @@ def run_zoo_protocol(model, *, data_dir=None, out, natural_size: int | None = No
         log.info("zoo protocol %d/%d: %s (%s)", i + 1, len(todo), name,
                  ", ".join(f"{k}={v}" for k, v in settings.items() if k != "kind"))
         started = time.time()
-        result = part_runner(model, settings, data_dir, features_dir)
+        partial = out.with_name(f"{out.name}.{name}.partial.json")
+        result = part_runner(model, settings, data_dir, features_dir, partial)
         report["parts"][name] = {"settings": settings, "report": result, "seconds": round(time.time() - started, 1)}
         write_json(report, out, sort_keys=True)  # atomically, after every part
+        partial.unlink(missing_ok=True)
     report["seconds_this_run"] = round(time.time() - t0, 1)
     write_json(report, out, sort_keys=True)
     return report
