@@ -16,6 +16,13 @@ Adversarial methods (those with a `generator_step`: the context encoder, super-r
 BiGAN) also get their generator's step alone timed ("generator"), so that the discriminator's
 share of a step is shown separately.
 
+Images per second alone compare unlike amounts of work: a colorization step runs a dense head the
+supervised baseline does not have, a MoCo or BYOL step runs a forward-only pass. So the arithmetic of one
+step of each side is also counted ("compute": floating-point operations per backbone image, from the traced
+step's graph by TensorFlow's profiler, forward and backward), and their ratio turns the measured speed
+into the rate at which each side does its arithmetic ("flop_rate_over_supervised"): about 1 when the
+method's step is as efficient as `fit`, whatever extra networks it trains.
+
 Each measurement runs in its own subprocess so that its peak memory (VmHWM) is its own.
 
     python benchmarks/throughput.py --data-dir DATA --out benchmarks/results/throughput.json
@@ -76,6 +83,50 @@ def _backbone_images(inputs) -> tuple[int, int]:
     return math.ceil(sum(n * s * s for n, s in stacks) / side**2), side
 
 
+def step_flops(concrete_function) -> dict:
+    """{"flops": floating-point operations of one call of a traced step, "uncounted_calls": ops
+    whose bodies the count does not enter}. TensorFlow's profiler counts from the graph's static
+    shapes every op with a registered cost (convolutions and matrix products forward and backward,
+    element-wise ops); the bodies of nested function calls and loops are not counted, so their
+    number is reported beside the count."""
+    import tensorflow as tf
+
+    profiler = tf.compat.v1.profiler
+    options = profiler.ProfileOptionBuilder(profiler.ProfileOptionBuilder.float_operation()).with_empty_output().build()
+    graph = concrete_function.graph
+    nested = {"PartitionedCall", "StatefulPartitionedCall", "While", "StatelessWhile", "If", "StatelessIf"}
+    return {"flops": int(profiler.profile(graph=graph, options=options).total_float_ops),
+            "uncounted_calls": sum(op.type in nested for op in graph.get_operations())}
+
+
+def _supervised_model(method, source, side: int):
+    """The baseline: the method's backbone + a linear classifier, compiled as `fit` trains it."""
+    import keras
+
+    classes = source.num_classes() or 10
+    model = keras.Sequential([keras.Input((side, side, 3)), method.build_backbone(), keras.layers.Dense(classes)])
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=False)  # "auto" picks XLA on a Linux CPU, several times slower here
+    return model
+
+
+def _supervised_step_flops(model, images: int, side: int) -> dict:
+    """`step_flops` of the step `fit` runs on one batch (forward, loss, gradients, SGD update)."""
+    import tensorflow as tf
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss(x=x, y=y, y_pred=model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        model.optimizer.apply(grads, model.trainable_variables)
+        return loss
+
+    x, y = tf.zeros((images, side, side, 3)), tf.zeros((images,), tf.int32)
+    return step_flops(step.get_concrete_function(x, y))
+
+
 def run_part(part: str, method_name: str, data_dir: str, steps: int, warmup: int, images: int, side: int) -> dict:
     import ssl_zoo  # noqa: F401  (oneDNN setting before TF)
     import keras
@@ -112,12 +163,7 @@ def run_part(part: str, method_name: str, data_dir: str, steps: int, warmup: int
             for _ in range(steps):
                 next(it)
             return {"backbone_images_per_second": steps * images / (time.perf_counter() - t0)}
-        backbone = method.build_backbone()
-        classes = source.num_classes() or 10
-        model = keras.Sequential([keras.Input((side, side, 3)), backbone, keras.layers.Dense(classes)])
-        model.compile(keras.optimizers.SGD(0.1, momentum=0.9),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      jit_compile=False)  # "auto" picks XLA on a Linux CPU, several times slower here
+        model = _supervised_model(method, source, side)
         # One `fit`, timed from the end of the last warm-up step to the end of the last step, so
         # that neither tracing nor fit's own start-up counts.
         ends = []
@@ -171,6 +217,23 @@ def run_part(part: str, method_name: str, data_dir: str, steps: int, warmup: int
                 metrics, _ = step(next(batches))
             float(metrics["loss_sum"])
             return {"backbone_images_per_second": steps * per_step / (time.perf_counter() - t0)}
+        if part == "compute":
+            # Arithmetic per backbone image of the method's step and of the baseline's on as many
+            # images of the same side (static: the same on any machine, unlike the timings).
+            trainer.train_step(first)
+            method_step = step_flops(trainer._train_fn.get_concrete_function(first))
+            supervised_step = _supervised_step_flops(_supervised_model(method, source, view_side), per_step, view_side)
+            out = {"method_flops_per_backbone_image": method_step["flops"] / per_step,
+                   "supervised_flops_per_image": supervised_step["flops"] / per_step,
+                   "uncounted_calls": {"method": method_step["uncounted_calls"],
+                                       "supervised": supervised_step["uncounted_calls"]}}
+            if hasattr(method, "generator_step"):
+                generator = tf.function(lambda b: method.generator_step(trainer.context, b))
+                generator(first)
+                out["generator_flops_per_backbone_image"] = step_flops(generator.get_concrete_function(first))["flops"] / per_step
+            out["method_compute_over_supervised"] = (out["method_flops_per_backbone_image"]
+                                                     / out["supervised_flops_per_image"])
+            return out
         if part == "method":
             trainer.train_step(first)
             for _ in range(warmup):
@@ -209,6 +272,8 @@ def benchmark_method(args, method: str) -> dict:
     trained = _run_subprocess(args, "method", method)
     supervised = _run_subprocess(args, "supervised", method, images, side)
     supervised_pipeline = _run_subprocess(args, "supervised_pipeline", method, images, side)
+    compute = _run_subprocess(args, "compute", method)
+    ratio = trained["backbone_images_per_second"] / supervised["backbone_images_per_second"]
     hooks = None
     if _has_hooks(recipe):
         hooks = _run_subprocess(args, "hooks", method)
@@ -222,7 +287,9 @@ def benchmark_method(args, method: str) -> dict:
     if hasattr(method_from_recipe(recipe), "generator_step"):
         generator = _run_subprocess(args, "generator", method)
         step, without = 1 / trained["backbone_images_per_second"], 1 / generator["backbone_images_per_second"]
+        flops = compute["method_flops_per_backbone_image"]
         adversarial = {"generator": generator, "discriminator_share_of_step": (step - without) / step,
+                       "discriminator_share_of_flops": (flops - compute["generator_flops_per_backbone_image"]) / flops,
                        "generator_over_supervised": (generator["backbone_images_per_second"]
                                                      / supervised["backbone_images_per_second"])}
     return {
@@ -235,7 +302,9 @@ def benchmark_method(args, method: str) -> dict:
         "method": trained,
         "supervised": supervised,
         "supervised_pipeline": supervised_pipeline,
-        "method_over_supervised": trained["backbone_images_per_second"] / supervised["backbone_images_per_second"],
+        "method_over_supervised": ratio,
+        "compute": compute,
+        "flop_rate_over_supervised": ratio * compute["method_compute_over_supervised"],
         "pipeline_over_method": pipeline["backbone_images_per_second"] / trained["backbone_images_per_second"],
         **({"hooks": hooks} if hooks else {}),
         **({"adversarial": adversarial} if adversarial else {}),
@@ -257,6 +326,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--compute-only", action="store_true",
+                        help="only count each step's arithmetic (no timings: a few seconds per method)")
     parser.add_argument("--part", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--images", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--side", type=int, default=0, help=argparse.SUPPRESS)
@@ -275,8 +346,11 @@ def main() -> None:
         "command": f"python benchmarks/throughput.py --data-dir DATA --methods {args.methods} "
                    f"--steps {args.steps} --warmup {args.warmup}",
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
-        "methods": {method: benchmark_method(args, method) for method in methods},
+        "methods": {method: ({"compute": _run_subprocess(args, "compute", method)} if args.compute_only
+                             else benchmark_method(args, method)) for method in methods},
     }
+    if args.compute_only:
+        report["command"] += " --compute-only"
     print(json.dumps(report, indent=2))
     if args.out:
         os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
