@@ -115,6 +115,27 @@ def test_loss_matches_numpy():
                                rtol=1e-5)
 
 
+def test_targets_made_per_batch_are_each_views_own_lab():
+    """The pipeline converts a whole batch to Lab at once; each view's target is what converting it
+    alone gives (the per-image conversion the released entry was trained with)."""
+    from ssl_zoo.data.pipeline import build_pretext_dataset
+    from ssl_zoo.data.sources import ArraySource
+    from ssl_zoo.methods.colorization import Colorization
+    from ssl_zoo.methods.split_brain import SplitBrain
+
+    source = ArraySource(RNG.integers(0, 256, (6, 20, 20, 3), dtype=np.uint8), np.zeros(6, np.int64))
+    split_backbone = {**TINY_BACKBONE, "arch": "split_resnet", "width": 0.25}
+    for method in (Colorization(backbone=dict(TINY_BACKBONE), image_size=16),
+                   SplitBrain(backbone=split_backbone, image_size=16)):
+        batch = next(iter(build_pretext_dataset(source, "train", method, batch_size=6, image_size=16, training=True)))
+        for i, view in enumerate(batch["inputs"]):
+            lab = tf.image.resize(rgb_to_lab(view), [method.target_size] * 2, method="area")
+            want = {"ab": lab[..., 1:], "lightness": lab[..., 0]}
+            got = batch["targets"] if isinstance(batch["targets"], dict) else {"ab": batch["targets"]}
+            for k, v in got.items():
+                np.testing.assert_allclose(v[i], want[k], atol=1e-4)
+
+
 def test_annealed_mean_between_mean_and_mode():
     centres = np.array([[-20.0, 0.0], [0.0, 0.0], [30.0, 10.0]], np.float32)
     logits = np.log(np.array([[0.2, 0.5, 0.3]], np.float32))

@@ -33,7 +33,6 @@ import tensorflow as tf
 
 from ssl_zoo import losses
 from ssl_zoo.backbones import SPLIT_PREFIXES, last_stage_side
-from ssl_zoo.data.augment import AUGMENTATIONS
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import PRETEXT_HEAD
 from ssl_zoo.methods.card import MethodCard, pct
@@ -82,13 +81,13 @@ class SplitBrain(Colorization):
         self.require_positive("image_size", "head_hidden_units", "gamut_images", "l_bins")
         last_stage_side(self.backbone, self.image_size, self.name)  # refuses a size the stride does not divide
         self.gamut = None
+        self.batch_transform = self.with_targets
 
     # ---- data -----------------------------------------------------------------------------------
-    def example_transform(self, image, size: int, seed, training: bool = True, index=None) -> dict:
-        del index, size
-        view = AUGMENTATIONS[self.augment if training else "center"](image, self.image_size, seed)
-        lab = tf.image.resize(rgb_to_lab(view), [self.target_size] * 2, method="area")
-        return {"inputs": view, "targets": {"ab": lab[..., 1:], "lightness": lab[..., 0]}}
+    def targets_of(self, views) -> dict[str, tf.Tensor]:
+        """Views -> both halves' targets on the heads' grid: ab (grey half) and L* (colour half)."""
+        lab = tf.image.resize(rgb_to_lab(views), [self.target_size] * 2, method="area")
+        return {"ab": lab[..., 1:], "lightness": lab[..., 0]}
 
     # ---- composition ----------------------------------------------------------------------------
     def build_model(self) -> keras.Model:
