@@ -1,0 +1,39 @@
+"""The benchmarks' own arithmetic: the FLOP count that `benchmarks/throughput.py` divides its
+timings by (the timings themselves are measured by the scripts, never asserted by tests)."""
+
+import sys
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from throughput import step_flops  # noqa: E402
+
+
+def test_step_flops_counts_a_convolutions_forward_and_backward_passes():
+    batch, side, cin, cout = 4, 8, 3, 16
+    model = keras.Sequential([keras.Input((side, side, cin)), keras.layers.Conv2D(cout, 3, padding="same"),
+                              keras.layers.GlobalAveragePooling2D()])
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(x, training=True))
+        return tape.gradient(loss, model.trainable_variables)
+
+    x = tf.zeros((batch, side, side, cin))
+    counted = step_flops(step.get_concrete_function(x))
+    conv = 2 * batch * side * side * 3 * 3 * cin * cout  # multiply-adds of the forward convolution
+    # Forward, the filter's gradient and the input's: three convolutions' worth, plus a few
+    # element-wise ops (bias, pooling) of the output's size.
+    assert 3 * conv <= counted["flops"] <= 3 * conv + 10 * batch * side * side * cout
+    assert counted["uncounted_calls"] == 0
+
+    inner = tf.function(lambda t: model(t))
+
+    @tf.function
+    def nested(t):
+        return inner(t)
+
+    assert step_flops(nested.get_concrete_function(x))["uncounted_calls"] == 1
