@@ -26,7 +26,6 @@ shared machine does not land on one side only.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -34,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import RECIPES, _backbone_images, _supervised_model  # noqa: E402
+from throughput import RECIPES, _backbone_images, _supervised_model, emit_report  # noqa: E402
 
 
 def _seconds_per_call(fn, batches, warmup: int) -> float:
@@ -172,10 +171,7 @@ def main() -> None:
                          f"--steps {args.steps} --warmup {args.warmup} --rounds {args.rounds}",
               "cpus": os.cpu_count(),
               "methods": {m: profile_method(m, args.data_dir, args.steps, args.warmup, args.rounds) for m in methods}}
-    print(json.dumps(report, indent=2))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    emit_report(report, args.out)
 
 
 if __name__ == "__main__":

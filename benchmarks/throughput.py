@@ -319,6 +319,14 @@ def _has_hooks(recipe) -> bool:
     return type(method).on_epoch_begin is not PretextMethod.on_epoch_begin or bool(method.refresh_offsets(100))
 
 
+def emit_report(report: dict, out: str | None) -> None:
+    """Prints the report as JSON and, with `out`, writes it there (folders made as needed)."""
+    print(json.dumps(report, indent=2))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=os.environ.get("SSL_ZOO_DATA_DIR"))
@@ -351,12 +359,7 @@ def main() -> None:
     }
     if args.compute_only:
         report["command"] += " --compute-only"
-    print(json.dumps(report, indent=2))
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
+    emit_report(report, args.out)
 
 
 if __name__ == "__main__":
