@@ -221,3 +221,62 @@ def test_a_write_that_fails_mid_run_is_one_sentence_and_the_last_checkpoint_resu
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "resumed from" in done.stdout + done.stderr
     assert json.loads((tmp_path / "run" / "run.json").read_text())["steps"] == 12
+
+
+def _two_sgd_steps(mode: str, strategy=None):
+    """(weight, bias) after two SGD steps of gradient 0.5 on each from 1.0 (lr 0.1, momentum 0.9,
+    weight decay 0.01), through `build_optimizer`; the gradient is split evenly over the replicas."""
+    import keras
+
+    from ssl_zoo.train.loop import build_optimizer
+    from ssl_zoo.train.recipe import OptimizerConfig
+
+    strategy = strategy or tf.distribute.get_strategy()
+    cfg = OptimizerConfig(name="sgd", learning_rate=0.1 * 256 / 64, momentum=0.9, nesterov=False, weight_decay=0.01,
+                          weight_decay_mode=mode, warmup_epochs=0.0, schedule="constant")
+    with strategy.scope():
+        weight = keras.Variable(1.0, name="kernel")
+        bias = keras.Variable(1.0, name="bias")
+        opt = build_optimizer(cfg, global_batch=64, total_steps=2, steps_per_epoch=2)
+        opt.build([weight, bias])
+
+    @tf.function
+    def step():
+        def replica_fn():
+            share = 0.5 / strategy.num_replicas_in_sync
+            opt.apply_gradients([(tf.constant(share), weight), (tf.constant(share), bias)])
+        strategy.run(replica_fn)
+
+    step(), step()
+    return float(weight.numpy()), float(bias.numpy())
+
+
+def test_sgd_weight_decay_is_decoupled_by_default_and_l2_when_asked():
+    lr, m, wd, g = 0.1, 0.9, 0.01, 0.5
+
+    def reference(l2: bool, decay: bool):  # torch.optim.SGD's update (l2) / Keras's (decoupled)
+        w, buf = 1.0, 0.0
+        for _ in range(2):
+            if decay and not l2:
+                w -= lr * wd * w
+            d = g + (wd * w if decay and l2 else 0.0)
+            buf = m * buf + d
+            w -= lr * buf
+        return w
+
+    assert _two_sgd_steps("decoupled") == pytest.approx((reference(False, True), reference(False, False)), abs=1e-6)
+    l2 = _two_sgd_steps("l2")
+    assert l2 == pytest.approx((reference(True, True), reference(True, False)), abs=1e-6)
+    assert l2[0] != pytest.approx(_two_sgd_steps("decoupled")[0], abs=1e-5)
+    # Two replicas, each with half the gradient: the decay is counted once, not once per replica.
+    two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert _two_sgd_steps("l2", two) == pytest.approx(l2, abs=1e-6)
+
+
+def test_l2_weight_decay_is_refused_for_adaptive_optimizers():
+    from ssl_zoo.errors import ConfigError
+    from ssl_zoo.train.loop import build_optimizer
+    from ssl_zoo.train.recipe import OptimizerConfig
+
+    with pytest.raises(ConfigError, match="weight_decay_mode = \"l2\" is for sgd"):
+        build_optimizer(OptimizerConfig(name="adamw", weight_decay_mode="l2"), 256, 10, 5)

@@ -41,6 +41,26 @@ log = logging.getLogger(__name__)
 SUM = tf.distribute.ReduceOp.SUM
 
 
+class L2SGD(keras.optimizers.SGD):
+    """SGD whose weight decay is an L2 penalty: `weight_decay * w` added to each decayed variable's
+    gradient before the momentum (as PyTorch's `torch.optim.SGD(weight_decay=)`), where Keras's SGD
+    shrinks the weights directly by `lr * weight_decay` (decoupled). With momentum m the L2 form
+    decays about 1 / (1 - m) times as strongly. The variables excluded from decay stay excluded."""
+
+    def apply(self, grads, trainable_variables=None):
+        variables = self._trainable_variables if trainable_variables is None else trainable_variables
+        if self.weight_decay:
+            # Each replica's gradients are summed over the replicas after this: each adds its share.
+            replica = tf.distribute.get_replica_context()
+            share = self.weight_decay / (replica.num_replicas_in_sync if replica is not None else 1)
+            grads = [g + share * v if g is not None and self._use_weight_decay(v) else g
+                     for g, v in zip(grads, variables)]
+        return super().apply(grads, trainable_variables)
+
+    def _apply_weight_decay(self, variables):
+        """Nothing: the decay is in the gradient (`apply`), not applied to the weights."""
+
+
 def build_optimizer(cfg: OptimizerConfig, global_batch: int, total_steps: int, steps_per_epoch: int):
     """Optimizer with linear LR scaling and (optional) linear warmup + cosine decay."""
     peak = cfg.learning_rate * global_batch / 256
@@ -56,8 +76,12 @@ def build_optimizer(cfg: OptimizerConfig, global_batch: int, total_steps: int, s
         lr = peak
     else:
         raise ConfigError(f"unknown schedule {cfg.schedule!r}; cosine or constant")
+    if cfg.weight_decay_mode == "l2" and cfg.name != "sgd":
+        raise ConfigError(f"[optimizer] weight_decay_mode = \"l2\" is for sgd; {cfg.name} decays the weights "
+                          "decoupled (leave weight_decay_mode out)")
     if cfg.name == "sgd":
-        opt = keras.optimizers.SGD(lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay or None)
+        sgd = L2SGD if cfg.weight_decay_mode == "l2" else keras.optimizers.SGD
+        opt = sgd(lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay or None)
     elif cfg.name == "adamw":
         opt = keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay, beta_1=cfg.beta_1)
     elif cfg.name == "lamb":

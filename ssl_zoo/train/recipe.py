@@ -140,6 +140,11 @@ class OptimizerConfig(Checked):
     # which found 0.9 made it oscillate).
     beta_1: float = 0.9
     weight_decay: float = 5e-4
+    # sgd: "decoupled" (Keras: the weights shrink by lr * weight_decay each step) or "l2" (PyTorch's
+    # `SGD(weight_decay=)` and the papers' recipes: weight_decay * w added to the gradient before
+    # momentum, which decays 1 / (1 - momentum) times as strongly, 10x at 0.9). A coefficient
+    # copied from a PyTorch recipe means "l2".
+    weight_decay_mode: str = one_of(("decoupled", "l2"), "decoupled")
     warmup_epochs: float = 1.0
     schedule: str = one_of(("cosine", "constant"), "cosine")
 
