@@ -209,10 +209,11 @@ def summary_table(rows: list[dict[str, Any]]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in [r for r in rows if not is_reference(r)] + [r for r in rows if is_reference(r)]:
         time = f"{r['epochs']} ({r['train_minutes']:g})" if r["train_minutes"] is not None else str(r["epochs"] or "–")
-        if is_reference(r):
+        reference = reference_for(r, rows)
+        if reference is r:
             of_supervised = "reference (labels)"
-        else:
-            fraction = fraction_of_reference(r, reference_for(r, rows), r["best_stage"])
+        else:  # a self-supervised entry, or a reference transferred from other data
+            fraction = fraction_of_reference(r, reference, r["best_stage"])
             of_supervised = "–" if fraction is None else f"{100 * fraction:.0f} %"
         lines.append(
             f"| [{r['name']}]({r['name']}.md) | {r['method']} | {r['trained_on']} | {time} | {r['best_stage']} | "

@@ -257,6 +257,12 @@ def test_a_reference_trained_on_another_dataset_is_called_a_transfer_not_a_ceili
     own = {**moved, "name": "supervised_own", "trained_on": "folder:imagenette-96px"}
     [line] = leaderboard.transfer_reference_lines(group + [own])
     assert "transferred like the others" in line and "fractions are of supervised_own" in line
+    # In the table, only the table's own reference is "the reference"; the transferred one is a
+    # fraction of it like any entry.
+    table = "\n".join(leaderboard.summary_table(group + [own]))
+    assert table.count("reference (labels)") == 1
+    transferred = next(line for line in table.splitlines() if line.startswith(f"| [{moved['name']}]"))
+    assert f"| {100 * moved['best_probe'] / own['stages'][moved['best_stage']]['trained']:.0f} % |" in transferred
 
 
 def test_the_reference_trained_on_the_protocols_own_data_is_preferred():
