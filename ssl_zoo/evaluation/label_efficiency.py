@@ -173,14 +173,13 @@ def finished_fractions(out, report: dict) -> tuple[dict, float]:
     if not out or not Path(out).is_file():
         return {}, 0.0
     previous = json.loads(Path(out).read_text())
-    ours, theirs = dict(report["protocol"]), dict(previous.get("protocol") or {})
-    if ours.get("image_size") is None:
-        theirs.pop("image_size", None), ours.pop("image_size", None)
-    if (previous.get("model"), previous.get("dataset"), theirs) != (report["model"], report["dataset"], ours):
+    theirs = dict(previous.get("protocol") or {})
+    if report["protocol"].get("image_size") is None:  # the backbone's own size: the earlier run's
+        report["protocol"]["image_size"] = theirs.get("image_size")
+    if (previous.get("model"), previous.get("dataset"), theirs) != (report["model"], report["dataset"],
+                                                                     report["protocol"]):
         raise ConfigError(f"{out} holds label efficiency measured on another model, dataset or settings: "
                           "give another --out")
-    if report["protocol"].get("image_size") is None:
-        report["protocol"]["image_size"] = previous["protocol"].get("image_size")
     return dict(previous.get("fractions") or {}), float(previous.get("seconds") or 0.0)
 
 
