@@ -253,6 +253,23 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _random_init_cache(args):
+    """The `--random-init-cache` folder (default: `ssl_zoo.finetune.default_random_init_cache()`), or
+    None with `--no-random-init-cache`."""
+    if args.no_random_init_cache:
+        return None
+    from ssl_zoo.finetune import RandomInitCache, default_random_init_cache
+
+    return RandomInitCache(args.random_init_cache or default_random_init_cache())
+
+
+def _add_random_init_cache(p) -> None:
+    p.add_argument("--random-init-cache", default=None,
+                   help="folder of finished random-init fine-tuning runs, reused for an architecture, examples and "
+                        "schedule measured before (default $SSL_ZOO_RANDOM_INIT_CACHE or ~/.cache/ssl_zoo/random_init)")
+    p.add_argument("--no-random-init-cache", action="store_true", help="measure every random-init floor afresh")
+
+
 def evaluate_zoo_protocol(args) -> int:
     """`ssl-zoo evaluate MODEL --protocol zoo`: every part of the zoo's protocol in one report."""
     from ssl_zoo.evaluation.zoo_protocol import PARTS, plan, run_zoo_protocol, summary_lines
@@ -269,8 +286,13 @@ def evaluate_zoo_protocol(args) -> int:
         raise ConfigError(f"--natural-size must be at least 8 px, not {args.natural_size}")
     out = args.out or _default_report("protocol", args.model)
     _import_tensorflow(args)
+    from functools import partial
+
+    from ssl_zoo.evaluation.zoo_protocol import run_part
+
     report = run_zoo_protocol(args.model, data_dir=args.data_dir, out=out, natural_size=args.natural_size,
-                              parts=parts, probe_epochs=args.probe_epochs, features_dir=args.features_dir)
+                              parts=parts, probe_epochs=args.probe_epochs, features_dir=args.features_dir,
+                              part_runner=partial(run_part, random_init_cache=_random_init_cache(args)))
     for line in summary_lines(report):
         print(line)
     print(f"report: {out}")
@@ -435,7 +457,7 @@ def cmd_label_efficiency(args) -> int:
 
     report = label_efficiency(args.model, dataset=args.dataset, data_dir=args.data_dir, fractions=fractions,
                               train_split=args.train_split, test_split=args.test_split, out=str(out),
-                              robustness=robustness, **settings)
+                              robustness=robustness, random_init_cache=_random_init_cache(args), **settings)
 
     def attacked(run: dict) -> str:
         found = run.get("robustness", {}).get("accuracy", {})
@@ -509,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "cifar10, imagenette_natural, imagenette_32, label_efficiency)")
     p.add_argument("--natural-size", type=int, default=None,
                    help="with --protocol zoo: the size the model was trained at (read from a zoo entry's metadata)")
+    _add_random_init_cache(p)
     p.add_argument("--out", default=None,
                    help="write the report JSON here (default results/evaluate-MODEL-TIME.json, printed at the end)")
     p.set_defaults(func=cmd_evaluate, out_kind="file")
@@ -652,6 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also attack every final classifier with FGSM and PGD-10 at these L-inf radii in [0, 255] "
                         "pixels, comma-separated (e.g. 2,8); default off")
     p.add_argument("--robustness-examples", type=int, default=1000, help="test images attacked (default 1000)")
+    _add_random_init_cache(p)
     p.add_argument("--out", default=None,
                    help="write the report JSON here after every fraction (default "
                         "results/label-efficiency-MODEL-TIME.json); a report there of the same model, data and "

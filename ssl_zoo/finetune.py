@@ -11,12 +11,63 @@ weights, same schedule) is the floor the pretrained numbers should be read again
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import time
+from pathlib import Path
 
 from ssl_zoo.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+RANDOM_INIT_CACHE_ENV = "SSL_ZOO_RANDOM_INIT_CACHE"
+
+
+def default_random_init_cache() -> Path:
+    """$SSL_ZOO_RANDOM_INIT_CACHE, else ~/.cache/ssl_zoo/random_init."""
+    return Path(os.environ.get(RANDOM_INIT_CACHE_ENV) or Path.home() / ".cache" / "ssl_zoo" / "random_init").expanduser()
+
+
+class RandomInitCache:
+    """Finished random-init fine-tuning runs, one JSON file per run's description (`material`: the
+    architecture's fingerprint, the exact training examples, the schedule, the seed, the Keras
+    version and backend). The twin's weights and data order follow from the seed, so every entry of
+    one architecture has the same floor: in the label-efficiency reports of RotNet and SimCLR the
+    random-init accuracies were bit-identical at every fraction. Reusing the run halves the
+    protocol's cost for each further entry of a shared architecture. A file that does not read
+    back, or describes another run, is a miss (logged), never an error."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder).expanduser()
+
+    def _path(self, material: dict) -> tuple[Path, str]:
+        text = json.dumps(material, sort_keys=True, default=str)
+        return self.folder / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.json", text
+
+    def get(self, material: dict) -> dict | None:
+        path, text = self._path(material)
+        if not path.is_file():
+            return None
+        try:
+            found = json.loads(path.read_text())
+            if json.dumps(found["material"], sort_keys=True, default=str) != text:
+                raise ValueError("it describes another run")
+            return {**found["run"], "reused": {"measured_for": found["measured_for"], "file": path.name}}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("random-init cache: %s not used (%s); measuring again", path, e)
+            return None
+
+    def put(self, material: dict, run: dict, measured_for: str) -> None:
+        from ssl_zoo.preset import write_json
+
+        path, _ = self._path(material)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json({"material": material, "measured_for": measured_for, "run": run}, path, sort_keys=True)
+        except OSError as e:  # a read-only or full cache costs a rerun later, not this report
+            log.warning("random-init cache: could not write %s (%s)", path, e)
 
 
 def final_accuracy(run: dict) -> float | None:
@@ -127,7 +178,8 @@ def finetune(source, *, dataset: str = "tfds:cifar10", data_dir=None, epochs_fro
              batch_size: int = 128, max_train_examples: int | None = None, max_test_examples: int | None = None,
              steps_per_epoch: int | None = None, random_init: bool = True, seed: int = 0,
              out: str | None = None, run_eagerly: bool = False, image_size: int | None = None,
-             train_split: str = "train", test_split: str | None = None, robustness: dict | None = None) -> dict:
+             train_split: str = "train", test_split: str | None = None, robustness: dict | None = None,
+             random_init_cache: RandomInitCache | None = None) -> dict:
     """Fine-tunes `source` (anything `load_backbone` accepts, or a keras.Model) on `dataset`
     (a source spec such as "tfds:cifar10", or an `ssl_zoo.data.sources.Source`).
 
@@ -141,6 +193,12 @@ def finetune(source, *, dataset: str = "tfds:cifar10", data_dir=None, epochs_fro
 
     `robustness` (keyword arguments of `ssl_zoo.evaluation.robustness.robust_accuracy`: epsilons,
     pgd_steps, max_examples) adds each final classifier's accuracy under FGSM and PGD attacks.
+
+    `random_init_cache` (a `RandomInitCache`): the random-init run is taken from it when the same
+    architecture was fine-tuned the same way on the same examples before (the report's
+    "random_init" then says for which model, under "reused"), and stored in it otherwise. Only
+    for a dataset that identifies its examples by an `examples_id` (label efficiency's subsets: their
+    examples' digest); any other is measured.
 
     `run_eagerly` skips tracing the training graph (tens of seconds for a ResNet on CPU): faster
     for a handful of steps (tests, smoke runs), slower for real fine-tuning.
@@ -158,7 +216,7 @@ def finetune(source, *, dataset: str = "tfds:cifar10", data_dir=None, epochs_fro
     import keras
 
     from ssl_zoo.data.sources import open_source
-    from ssl_zoo.evaluation.run import random_init_like
+    from ssl_zoo.evaluation.run import architecture_fingerprint, random_init_like
     from ssl_zoo.loader import load_backbone, resolve_source
 
     t0 = time.time()
@@ -209,8 +267,22 @@ def finetune(source, *, dataset: str = "tfds:cifar10", data_dir=None, epochs_fro
         if kind == "saved_model":
             report["random_init"] = {"skipped": "a SavedModel carries no Keras architecture to re-initialise"}
         else:
-            report["random_init"] = _run(random_init_like(backbone, seed), train, test, num_classes, image_size,
-                                         label="random init", **common)
+            examples_id = getattr(data, "examples_id", None)
+            if random_init_cache and not examples_id:
+                log.info("random init: %s does not identify its examples; measured, not cached", report["dataset"])
+            material = random_init_cache and examples_id and {
+                "architecture": architecture_fingerprint(backbone), "examples": examples_id,
+                "protocol": report["protocol"], "num_classes": num_classes, "keras": keras.__version__,
+                "keras_backend": keras.backend.backend(), **common}
+            report["random_init"] = material and random_init_cache.get(material)
+            if report["random_init"]:
+                log.info("random init: the same architecture, examples and schedule were measured for %s: reused "
+                         "(%s)", report["random_init"]["reused"]["measured_for"], random_init_cache.folder)
+            else:
+                report["random_init"] = _run(random_init_like(backbone, seed), train, test, num_classes, image_size,
+                                             label="random init", **common)
+                if material:
+                    random_init_cache.put(material, report["random_init"], name)
     report["seconds"] = round(time.time() - t0, 1)
     if out:
         from ssl_zoo.preset import write_json

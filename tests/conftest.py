@@ -39,6 +39,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _own_random_init_cache(tmp_path, monkeypatch):
+    """Each test its own random-init cache: none reuses another's floor or writes to the home folder."""
+    from ssl_zoo.finetune import RANDOM_INIT_CACHE_ENV
+
+    monkeypatch.setenv(RANDOM_INIT_CACHE_ENV, str(tmp_path / "random_init_cache"))
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The offline data root. Skips locally when absent; under CI a missing directory fails."""

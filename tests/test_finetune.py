@@ -57,6 +57,47 @@ def test_finetune_report_trained_and_random_init(tmp_path, tmp_path_factory):
     assert report["protocol"]["image_size"] == rf.IMAGE_SIZE and report["dataset"] == "tiny_arrays"
 
 
+def test_random_init_floor_is_reused_for_the_same_architecture_examples_and_schedule_only(tmp_path, caplog):
+    """The twin is a function of the architecture, the examples, the schedule and the seed: a
+    backbone with other weights reuses the floor measured for another, and that floor equals the
+    one it measures itself. Another architecture or other examples are measured; a cache file that
+    does not read back is a miss, not an error."""
+    import keras
+
+    from ssl_zoo.backbones import build_backbone
+    from ssl_zoo.evaluation.label_efficiency import SubsetSource
+    from ssl_zoo.finetune import RandomInitCache, finetune
+
+    data = _arrays(16)
+    first_half, second_half = (SubsetSource(data, "train", keep, "half") for keep in (np.arange(8), np.arange(8, 16)))
+    kw = dict(epochs_frozen=1, epochs_unfrozen=1, batch_size=8, steps_per_epoch=1, max_test_examples=8,
+              test_split="test", run_eagerly=True)
+    a = build_backbone(rf.TINY_BACKBONE, name="a")
+    b = build_backbone(rf.TINY_BACKBONE, name="b")
+    b.set_weights([w + 0.01 for w in b.get_weights()])  # "pretrained" otherwise
+    own = finetune(b, dataset=first_half, **kw)["random_init"]
+    cache = RandomInitCache(tmp_path / "cache")
+    assert "reused" not in finetune(a, dataset=first_half, random_init_cache=cache, **kw)["random_init"]
+    assert len(list(cache.folder.glob("*.json"))) == 1
+    reused = finetune(b, dataset=first_half, random_init_cache=cache, **kw)["random_init"]
+    assert reused["reused"]["measured_for"] == "a"
+    for phase in ("frozen", "unfrozen"):
+        assert reused[phase]["test_accuracy"] == own[phase]["test_accuracy"]
+        assert reused[phase]["train_loss"] == own[phase]["train_loss"]
+    wider = build_backbone(dict(rf.TINY_BACKBONE, width=0.25), name="wider")
+    assert "reused" not in finetune(wider, dataset=first_half, random_init_cache=cache, **kw)["random_init"]
+    assert "reused" not in finetune(a, dataset=second_half, random_init_cache=cache, **kw)["random_init"]
+    assert len(list(cache.folder.glob("*.json"))) == 3
+    # A dataset that does not identify its examples is never cached.
+    assert "reused" not in finetune(a, dataset=data, random_init_cache=cache, **kw)["random_init"]
+    assert len(list(cache.folder.glob("*.json"))) == 3
+    for path in cache.folder.glob("*.json"):
+        path.write_text("{ not json")
+    assert "reused" not in finetune(b, dataset=first_half, random_init_cache=cache, **kw)["random_init"]
+    assert "not used" in caplog.text
+    keras.backend.clear_session()
+
+
 def test_finetune_any_size_backbone_needs_and_uses_image_size():
     """A backbone without a fixed input size (the context methods' entries) is fine-tuned at the
     size the user names; without one it is a clear error, not a crash inside Keras."""

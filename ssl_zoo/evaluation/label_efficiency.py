@@ -14,10 +14,15 @@ every class, at least one image each, so 1 % of a dataset never misses a class.
 With `out`, the report is written after every fraction, and a run given the `out` of an earlier one
 (same model, data and settings) keeps the fractions it finished: an interrupted run loses at most
 the fraction it was in, and 100 % can be added to a report of 1 % and 10 % without redoing them.
+
+The random-init twin depends only on the architecture, the examples, the schedule and the seed, so
+with a `random_init_cache` (the CLI's default) an entry whose architecture was measured before
+reuses that floor (`ssl_zoo.finetune.RandomInitCache`) and costs half as much.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -73,6 +78,8 @@ class SubsetSource(Source):
     def __init__(self, source: Source, split: str, keep_index, label: str):
         self.source, self.split, self.keep_index = source, split, np.asarray(keep_index, np.int64)
         self.name, self.stats = f"{source.name}[{label}]", source.stats
+        digest = hashlib.sha256(np.sort(self.keep_index).tobytes()).hexdigest()[:16]
+        self.examples_id = f"{source.name}/{split}[{len(self.keep_index)} examples, sha256 {digest}]"
         self._mask = np.zeros(int(self.keep_index.max()) + 1, bool)
         self._mask[self.keep_index] = True
 
@@ -101,14 +108,16 @@ def label_efficiency(model: str, *, dataset="tfds:cifar10", data_dir=None,
                      epochs_unfrozen: int = 4, lr_frozen: float = 1e-3, lr_unfrozen: float = 1e-4,
                      batch_size: int = 128, image_size: int | None = None, train_split: str = "train",
                      test_split: str | None = None, max_test_examples: int | None = None, seed: int = 0,
-                     out=None, run_eagerly: bool = False, robustness: dict | None = None) -> dict:
+                     out=None, run_eagerly: bool = False, robustness: dict | None = None,
+                     random_init_cache=None) -> dict:
     """Fine-tunes `model` (anything `load_backbone` takes; loaded afresh for every fraction) and its
     random-init twin on each fraction of `dataset`'s labels (a source spec such as "tfds:cifar10",
     or a `Source`); returns (and with `out` writes) the report: per fraction the number of labels
     and both runs' test accuracy after each phase. `robustness`, `run_eagerly`: as `finetune`'s
-    (FGSM / PGD accuracy of every final classifier; tests)."""
+    (FGSM / PGD accuracy of every final classifier; tests). `random_init_cache`: a folder or
+    `RandomInitCache` of earlier random-init runs to reuse and extend (None: each floor measured)."""
     from ssl_zoo.data.sources import open_source
-    from ssl_zoo.finetune import finetune
+    from ssl_zoo.finetune import RandomInitCache, finetune
     from ssl_zoo.train.recipe import FinetuneConfig
 
     fractions = sorted({float(f) for f in fractions})
@@ -118,6 +127,8 @@ def label_efficiency(model: str, *, dataset="tfds:cifar10", data_dir=None,
     FinetuneConfig(epochs_frozen=epochs_frozen, epochs_unfrozen=epochs_unfrozen, lr_frozen=lr_frozen,
                    lr_unfrozen=lr_unfrozen, batch_size=batch_size, steps_per_epoch=steps_per_epoch, seed=seed,
                    image_size=image_size, max_test_examples=max_test_examples)
+    if random_init_cache is not None and not isinstance(random_init_cache, RandomInitCache):
+        random_init_cache = RandomInitCache(random_init_cache)
     t0 = time.time()
     data = open_source(dataset, data_dir) if isinstance(dataset, str) else dataset
     if not data.num_classes():
@@ -156,7 +167,7 @@ def label_efficiency(model: str, *, dataset="tfds:cifar10", data_dir=None,
                        epochs_unfrozen=epochs_unfrozen, lr_frozen=lr_frozen, lr_unfrozen=lr_unfrozen,
                        batch_size=batch_size, steps_per_epoch=steps_per_epoch, max_test_examples=max_test_examples,
                        seed=seed, image_size=image_size, train_split=train_split, test_split=test_split,
-                       run_eagerly=run_eagerly, robustness=robustness)
+                       run_eagerly=run_eagerly, robustness=robustness, random_init_cache=random_init_cache)
         report["fractions"][f"{fraction:g}"] = {"num_labels": int(len(keep)), "trained": run["trained"],
                                                 "random_init": run["random_init"]}
         report["protocol"]["image_size"] = run["protocol"]["image_size"]

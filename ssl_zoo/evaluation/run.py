@@ -3,6 +3,8 @@ architecture at random initialisation (the floor every number must be read again
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -10,6 +12,7 @@ import tempfile
 import time
 
 import keras
+import numpy as np
 
 from ssl_zoo.backbones import FIXED_LAYERS
 from ssl_zoo.data.sources import open_source
@@ -33,6 +36,20 @@ def random_init_like(backbone: keras.Model, seed: int = 0) -> keras.Model:
         if layer.name in FIXED_LAYERS:
             fresh.get_layer(layer.name).set_weights(layer.get_weights())
     return fresh
+
+
+def architecture_fingerprint(backbone: keras.Model) -> str:
+    """sha256 of everything `random_init_like` keeps: the backbone's config (its name aside, which
+    each method sets) and the weights of its fixed layers. Two backbones with the same fingerprint
+    have the same random-init twin at a given seed."""
+    config = backbone.get_config()
+    config.pop("name", None)
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for layer in backbone.layers:
+        if layer.name in FIXED_LAYERS:
+            for weight in layer.get_weights():
+                digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()
 
 
 def evaluate_backbone(

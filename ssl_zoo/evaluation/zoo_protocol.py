@@ -77,12 +77,14 @@ def plan(natural_size: int, *, fractions=FRACTIONS, probe_epochs: int = 30, part
     return chosen
 
 
-def run_part(model, settings: dict[str, Any], data_dir, features_dir=None, partial=None) -> dict[str, Any]:
+def run_part(model, settings: dict[str, Any], data_dir, features_dir=None, partial=None,
+             random_init_cache=None) -> dict[str, Any]:
     """One part's sub-report (TensorFlow imported here, not at module import). `features_dir`:
     where the evaluation parts stream their features (`evaluate_model`); not a setting of the
     protocol, since it changes where numbers are held, not what they are. `partial`: a file where a
     part that measures several things in turn (label efficiency's fractions) keeps those it
-    finished, so that a rerun after an interruption resumes within the part."""
+    finished, so that a rerun after an interruption resumes within the part. `random_init_cache`:
+    label efficiency's reusable floors (`ssl_zoo.finetune.RandomInitCache`), not a setting either."""
     if settings["kind"] == "evaluate":
         from ssl_zoo.evaluation.run import evaluate_model
 
@@ -92,7 +94,8 @@ def run_part(model, settings: dict[str, Any], data_dir, features_dir=None, parti
     from ssl_zoo.evaluation.label_efficiency import label_efficiency
 
     return label_efficiency(model, dataset=settings["source"], data_dir=data_dir, fractions=settings["fractions"],
-                            image_size=settings["image_size"], robustness=settings.get("robustness"), out=partial)
+                            image_size=settings["image_size"], robustness=settings.get("robustness"), out=partial,
+                            random_init_cache=random_init_cache)
 
 
 def run_zoo_protocol(model, *, data_dir=None, out, natural_size: int | None = None, parts=PARTS,
