@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from ssl_zoo.heads import projection_head
 from ssl_zoo.methods.base import PretextMethod
-from ssl_zoo.pretext.contrastive import two_views
+from ssl_zoo.pretext.contrastive import require_jitter_style, two_views
 
 
 @dataclasses.dataclass
@@ -28,11 +28,13 @@ class TwoViewMethod(PretextMethod):
     jitter_probability: float = 0.8
     grey_probability: float = 0.2
     blur_probability: float = 0.0  # the papers blur ImageNet views (0.5), not CIFAR's
+    jitter_style: str = "paper"  # or "torchvision" (`ssl_zoo.pretext.contrastive.colour_jitter`)
 
     def __post_init__(self):
         # TOML gives lists; the dataclass's config (and the recorded recipe) keeps tuples.
         self.head_hidden_units = tuple(self.head_hidden_units)
         self.crop_scale = tuple(self.crop_scale)
+        require_jitter_style(self.jitter_style)
 
     def projection_model(self, **head) -> keras.Model:
         """Backbone + MLP projection head on `image_size` images (the trained model of SimCLR and
@@ -48,7 +50,7 @@ class TwoViewMethod(PretextMethod):
         del training, index
         views = two_views(image, size, seed, scale=self.crop_scale, jitter_strength=self.jitter_strength,
                           jitter_probability=self.jitter_probability, grey_probability=self.grey_probability,
-                          blur_probability=self.blur_probability)
+                          blur_probability=self.blur_probability, jitter_style=self.jitter_style)
         return {"inputs": views}
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from ssl_zoo.data.augment import random_resized_crop
+from ssl_zoo.errors import ConfigError
 
 
 def _split(seed, n):
@@ -24,15 +25,68 @@ def _with_probability(p: float, seed, fn, image):
     return tf.cond(draw < p, lambda: fn(image), lambda: image)
 
 
-def colour_jitter(image01, seed, strength: float):
-    """Brightness, contrast, saturation (each 0.8 s) and hue (0.2 s) on an image in [0, 1], in
-    this fixed order (the paper randomises the order; a fixed one is the common simplification)."""
+JITTER_STYLES = ("paper", "torchvision")
+
+
+def colour_jitter(image01, seed, strength: float, style: str = "paper"):
+    """Brightness, contrast, saturation (each 0.8 s) and hue (0.2 s) on an image in [0, 1].
+
+    "paper": the SimCLR paper's Appendix A code, tf.image's ops in a fixed order: brightness
+    *added* (a shift of up to 0.8 s), contrast about each channel's mean. "torchvision":
+    torchvision's ColorJitter, which the PyTorch implementations (LightlySSL, solo-learn) and
+    SimCLR v2's code use: brightness *multiplied* by a factor in [1 - 0.8 s, 1 + 0.8 s], contrast
+    about the grey image's mean, the four in a random order, each clipped to [0, 1]. The
+    additive shift is harsher: at s = 0.5 a dark image can be lifted by 0.4, half its range lost
+    to clipping."""
+    require_jitter_style(style)
     b, c, s, h = _split(seed, 4)
-    x = tf.image.stateless_random_brightness(image01, 0.8 * strength, seed=b)
-    x = tf.image.stateless_random_contrast(x, 1 - 0.8 * strength, 1 + 0.8 * strength, seed=c)
-    x = tf.image.stateless_random_saturation(x, 1 - 0.8 * strength, 1 + 0.8 * strength, seed=s)
-    x = tf.image.stateless_random_hue(x, 0.2 * strength, seed=h)
-    return tf.clip_by_value(x, 0.0, 1.0)
+    if style == "paper":
+        x = tf.image.stateless_random_brightness(image01, 0.8 * strength, seed=b)
+        x = tf.image.stateless_random_contrast(x, 1 - 0.8 * strength, 1 + 0.8 * strength, seed=c)
+        x = tf.image.stateless_random_saturation(x, 1 - 0.8 * strength, 1 + 0.8 * strength, seed=s)
+        x = tf.image.stateless_random_hue(x, 0.2 * strength, seed=h)
+        return tf.clip_by_value(x, 0.0, 1.0)
+    order_seed, b, c, s, h = _split(seed, 5)
+
+    def factor(op_seed):
+        return tf.random.stateless_uniform([], seed=op_seed, minval=max(0.0, 1 - 0.8 * strength),
+                                           maxval=1 + 0.8 * strength)
+
+    ops = [lambda x: scale_brightness(x, factor(b)), lambda x: blend_contrast(x, factor(c)),
+           lambda x: blend_saturation(x, factor(s)),
+           lambda x: tf.clip_by_value(tf.image.stateless_random_hue(x, 0.2 * strength, seed=h), 0.0, 1.0)]
+    order = random_order(order_seed, len(ops))
+    x = image01
+    for position in range(len(ops)):
+        x = tf.switch_case(order[position], [lambda op=op, x=x: op(x) for op in ops])
+    return x
+
+
+def require_jitter_style(style: str) -> None:
+    """A method's `jitter_style` setting, checked when the recipe is read."""
+    if style not in JITTER_STYLES:
+        raise ConfigError(f"[method] jitter_style must be one of {JITTER_STYLES}, got {style!r}")
+
+
+def random_order(seed, n: int):
+    """A uniformly random permutation of range(n) from a stateless seed."""
+    return tf.argsort(tf.random.stateless_uniform([n], seed=seed))
+
+
+def scale_brightness(image01, f):
+    """torchvision's adjust_brightness: the image times `f`, clipped."""
+    return tf.clip_by_value(image01 * f, 0.0, 1.0)
+
+
+def blend_contrast(image01, f):
+    """torchvision's adjust_contrast: blended with the mean of its grey image, one scalar."""
+    mean = tf.reduce_mean(tf.image.rgb_to_grayscale(image01))
+    return tf.clip_by_value(f * image01 + (1.0 - f) * mean, 0.0, 1.0)
+
+
+def blend_saturation(image01, f):
+    """torchvision's adjust_saturation: blended with its grey image, pixel by pixel."""
+    return tf.clip_by_value(f * image01 + (1.0 - f) * tf.image.rgb_to_grayscale(image01), 0.0, 1.0)
 
 
 def greyscale(image01):
@@ -54,13 +108,14 @@ def gaussian_blur(image01, seed, size: int, sigma_range=(0.1, 2.0)):
 
 
 def simclr_view(image, size: int, seed, *, scale=(0.08, 1.0), jitter_strength: float = 0.5,
-                jitter_probability: float = 0.8, grey_probability: float = 0.2, blur_probability: float = 0.0):
+                jitter_probability: float = 0.8, grey_probability: float = 0.2, blur_probability: float = 0.0,
+                jitter_style: str = "paper"):
     """One augmented view, float32 [size, size, 3] in [0, 255]. CIFAR-10 settings by default
     (jitter strength 0.5, no blur: "we do not use Gaussian blur" on CIFAR, Appendix B.9); the
-    ImageNet setting is strength 1.0 and blur probability 0.5."""
+    ImageNet setting is strength 1.0 and blur probability 0.5. `jitter_style`: `colour_jitter`'s."""
     crop_seed, jitter_seed, jitter_gate, grey_gate, blur_seed, blur_gate = _split(seed, 6)
     x = random_resized_crop(image, size, crop_seed, scale=tuple(scale)) / 255.0
-    x = _with_probability(jitter_probability, jitter_gate, lambda im: colour_jitter(im, jitter_seed, jitter_strength), x)
+    x = _with_probability(jitter_probability, jitter_gate, lambda im: colour_jitter(im, jitter_seed, jitter_strength, jitter_style), x)
     x = _with_probability(grey_probability, grey_gate, greyscale, x)
     if blur_probability > 0:
         x = _with_probability(blur_probability, blur_gate, lambda im: gaussian_blur(im, blur_seed, size), x)
