@@ -222,6 +222,11 @@ def label_efficiency_lines(report: dict[str, Any], file_name: str) -> list[str]:
         L.append(f"| {100 * float(fraction):g} % | {row['num_labels']:,} | {_pct(ours)} | {_pct(floor)} | "
                  f"{100 * (ours - floor):+.2f} pt |")
     L.append("")
+    reused = sorted({row["random_init"]["reused"]["measured_for"] for _, row in rows if "reused" in row["random_init"]})
+    if reused:
+        L.append(f"The random-init runs were measured once for {', '.join(f'`{m}`' for m in reused)} and reused here: "
+                 "the same architecture, examples, schedule and seed give the same twin (`ssl_zoo.finetune."
+                 "RandomInitCache`).\n")
     attacked = [(f, row) for f, row in rows if "robustness" in row["trained"] and "robustness" in row["random_init"]]
     if attacked:
         L.append(f"Accuracy left under attack ({proto['robustness']}):\n")

@@ -199,6 +199,11 @@ def test_card_shows_label_efficiency_and_robustness_beside_it(preset, tmp_path):
     section = text.split("## Label efficiency")[1].split("## Method")[0]
     assert section.index("| 1 % | 500 | 45.00 % | 20.00 % | +25.00 pt |") < section.index("| 10 % | 5,000 | 60.00 %")
     assert "| 10 % | pgd10_eps8 | 10.00 % | 2.00 % |" in section and "ATTACKS" in section and "SCHEDULE" in section
+    assert "reused" not in section
+    report["fractions"]["0.1"]["random_init"]["reused"] = {"measured_for": "rotnet_x", "file": "f.json"}
+    (tmp_path / f"{name}.label_efficiency.json").write_text(json.dumps(report))
+    assert "measured once for `rotnet_x` and reused" in render_card(meta, label_efficiency=label_efficiency_beside(
+        tmp_path, name))
     (tmp_path / f"{name}.label_efficiency.json").write_text(json.dumps({**report, "model": "another"}))
     with pytest.raises(ValueError, match="another"):
         label_efficiency_beside(tmp_path, name)

@@ -101,6 +101,44 @@ def test_two_views_differ_repeat_with_their_seed_and_stay_in_range():
     assert float(tf.reduce_mean(tf.abs(blurred - sharp))) > 0.1
 
 
+def test_torchvision_jitter_ops_match_their_formulas_and_the_order_is_uniform():
+    """torchvision's ColorJitter, written out in NumPy (its adjust_brightness / _contrast /
+    _saturation for float images: blends clipped to [0, 1], grey weights 0.2989 / 0.587 / 0.114)."""
+    from ssl_zoo.pretext.contrastive import blend_contrast, blend_saturation, random_order, scale_brightness
+
+    x = np.random.default_rng(1).uniform(0, 1, (6, 6, 3)).astype(np.float32)
+    grey = (x @ np.array([0.2989, 0.587, 0.114], np.float32))[..., None]
+    for f in (0.6, 1.3):
+        np.testing.assert_allclose(scale_brightness(x, f), np.clip(x * f, 0, 1), atol=1e-6)
+        np.testing.assert_allclose(blend_contrast(x, f), np.clip(f * x + (1 - f) * grey.mean(), 0, 1), atol=1e-5)
+        np.testing.assert_allclose(blend_saturation(x, f), np.clip(f * x + (1 - f) * grey, 0, 1), atol=1e-5)
+    counts = {}
+    for i in range(2400):
+        order = tuple(random_order(tf.constant([7, i], tf.int64), 4).numpy())
+        counts[order] = counts.get(order, 0) + 1
+    assert len(counts) == 24 and min(counts.values()) > 50 and max(counts.values()) < 150  # 100 expected each
+
+
+def test_torchvision_jitter_scales_brightness_where_the_paper_shifts_it():
+    """A black image stays black under multiplicative brightness and contrast about the grey mean;
+    the paper's additive brightness lifts it. Both are repeatable by seed and stay in [0, 1]."""
+    from ssl_zoo.errors import ConfigError
+    from ssl_zoo.methods.simclr import SimCLR
+    from ssl_zoo.pretext.contrastive import colour_jitter
+
+    black = tf.zeros((8, 8, 3))
+    seeds = [tf.constant([0, i], tf.int64) for i in range(20)]
+    assert all(float(tf.reduce_max(colour_jitter(black, sd, 0.5, "torchvision"))) == 0.0 for sd in seeds)
+    assert max(float(tf.reduce_max(colour_jitter(black, sd, 0.5, "paper"))) for sd in seeds) > 0.2
+    image = tf.constant(IMAGES[1] / 255.0, tf.float32)
+    a, b = (colour_jitter(image, seeds[3], 0.5, "torchvision") for _ in range(2))
+    np.testing.assert_array_equal(a, b)
+    assert 0.0 <= float(tf.reduce_min(a)) and float(tf.reduce_max(a)) <= 1.0
+    assert not np.allclose(a, colour_jitter(image, seeds[4], 0.5, "torchvision"))
+    with pytest.raises(ConfigError, match="jitter_style must be one of"):
+        SimCLR(jitter_style="pytorch", backbone=dict(TINY_BACKBONE))
+
+
 CONTRACT = MethodContract(
     method={"name": "simclr", "image_size": 16, "head_hidden_units": [16], "projection_dim": 8},
     image_size=16, images=IMAGES, backbone=dict(TINY_BACKBONE), keras_fit=False)
