@@ -139,6 +139,26 @@ def test_torchvision_jitter_scales_brightness_where_the_paper_shifts_it():
         SimCLR(jitter_style="pytorch", backbone=dict(TINY_BACKBONE))
 
 
+def test_batch_norm_over_each_view_normalises_each_view_by_its_own_statistics():
+    """"each" is the model called once per view; "both" one call on the 2N views. In training mode
+    batch norm makes them differ; in inference mode (moving statistics) they are the same."""
+    from ssl_zoo.errors import ConfigError
+    from ssl_zoo.methods.simclr import SimCLR
+
+    views = [tf.constant(v[:, :16, :16] / 1.0, tf.float32) for v in (IMAGES[:4], IMAGES[4:8])]
+    both = SimCLR(image_size=16, head_hidden_units=(16,), projection_dim=8, backbone=dict(TINY_BACKBONE))
+    each = SimCLR(image_size=16, head_hidden_units=(16,), projection_dim=8, backbone=dict(TINY_BACKBONE),
+                  batch_norm_views="each")
+    model = both.build_model()
+    reference = losses.nt_xent(model(views[0], training=True), model(views[1], training=True), both.temperature)[0]
+    np.testing.assert_allclose(each._contrast(model, views, training=True)[0], reference, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(both._contrast(model, views, training=True)[0], reference, atol=1e-3)
+    np.testing.assert_allclose(both._contrast(model, views, training=False)[0],
+                               each._contrast(model, views, training=False)[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="batch_norm_views"):
+        SimCLR(batch_norm_views="per_view", backbone=dict(TINY_BACKBONE))
+
+
 CONTRACT = MethodContract(
     method={"name": "simclr", "image_size": 16, "head_hidden_units": [16], "projection_dim": 8},
     image_size=16, images=IMAGES, backbone=dict(TINY_BACKBONE), keras_fit=False)

@@ -4,9 +4,12 @@ for contrastive learning of visual representations ... composition of data augme
 critical role ... a learnable nonlinear transformation between the representation and the
 contrastive loss substantially improves the quality of the learned representations" (abstract).
 
-Composition plus its own step: the two views and MLP projection head of `two_view.TwoViewMethod`, NT-Xent with the negatives of every replica (`ssl_zoo.losses.nt_xent`). The
-step runs the backbone once on both views stacked in the batch, so that (synchronised) batch norm
-sees all 2N views as one network would. The released backbone is the encoder before the head.
+Composition plus its own step: the two views and MLP projection head of `two_view.TwoViewMethod`, NT-Xent with the negatives of every replica (`ssl_zoo.losses.nt_xent`). By
+default the step runs the backbone once on both views stacked in the batch, so that (synchronised)
+batch norm sees all 2N views as one network would (the paper's code); `batch_norm_views =
+"each"` runs it once per view instead, each view's batch normalised by its own statistics, as the
+PyTorch implementations that call the model twice do (LightlySSL's examples). The released
+backbone is the encoder before the head.
 """
 
 from __future__ import annotations
@@ -44,20 +47,28 @@ class SimCLR(TwoViewMethod):
         view_size_field="image_size",
     )
     temperature: float = 0.2
+    batch_norm_views: str = "both"  # "both": one pass over 2N views; "each": one pass per view
 
     def __post_init__(self):
         super().__post_init__()
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be positive, got {self.temperature}")
+        if self.batch_norm_views not in ("both", "each"):
+            raise ConfigError(f"[method] simclr batch_norm_views must be \"both\" or \"each\", got "
+                              f"{self.batch_norm_views!r}")
 
     def build_model(self) -> keras.Model:
         return self.projection_model()
 
     def _contrast(self, model, views, training: bool):
         first, second = views
-        local = tf.shape(first)[0]
-        z = model(tf.concat([first, second], axis=0), training=training)
-        per_example, correct = losses.nt_xent(z[:local], z[local:], self.temperature)
+        if self.batch_norm_views == "each":
+            z1, z2 = model(first, training=training), model(second, training=training)
+        else:
+            local = tf.shape(first)[0]
+            z = model(tf.concat([first, second], axis=0), training=training)
+            z1, z2 = z[:local], z[local:]
+        per_example, correct = losses.nt_xent(z1, z2, self.temperature)
         return per_example, correct
 
     def train_step(self, ctx, batch):
