@@ -23,10 +23,13 @@ step's graph by TensorFlow's profiler, forward and backward), and their ratio tu
 into the rate at which each side does its arithmetic ("flop_rate_over_supervised"): about 1 when the
 method's step is as efficient as `fit`, whatever extra networks it trains.
 
-Each measurement runs in its own subprocess so that its peak memory (VmHWM) is its own.
+Each measurement runs in its own subprocess so that its peak memory (VmHWM) is its own. This machine's
+speed drifts by 15-20 % between minutes, so `--repeats R` times the method and the supervised baseline
+alternately R times and keeps the median round's ratio (every round's ratio is in the report).
 
     python benchmarks/throughput.py --data-dir DATA --out benchmarks/results/throughput.json
     python benchmarks/throughput.py --data-dir DATA --methods rotnet --steps 40   # one method
+    python benchmarks/throughput.py --data-dir DATA --methods colorization --repeats 3
 """
 
 from __future__ import annotations
@@ -262,6 +265,14 @@ def _run_subprocess(args, part: str, method: str, images: int = 0, side: int = 0
     return result
 
 
+def median_round(rounds: list[tuple[dict, dict]]) -> tuple[dict, dict, float, list[float]]:
+    """(method run, supervised run, ratio) of the round whose method / supervised ratio is the
+    median (the lower middle of an even number), and every round's ratio in order."""
+    ratios = [m["backbone_images_per_second"] / s["backbone_images_per_second"] for m, s in rounds]
+    middle = sorted(range(len(rounds)), key=ratios.__getitem__)[(len(rounds) - 1) // 2]
+    return rounds[middle][0], rounds[middle][1], ratios[middle], ratios
+
+
 def benchmark_method(args, method: str) -> dict:
     from ssl_zoo.methods import method_from_recipe
     from ssl_zoo.train.recipe import load_recipe
@@ -269,11 +280,11 @@ def benchmark_method(args, method: str) -> dict:
     recipe = load_recipe(ROOT / RECIPES[method])
     pipeline = _run_subprocess(args, "pipeline", method)
     images, side = pipeline["backbone_images_per_step"], pipeline["view_side"]
-    trained = _run_subprocess(args, "method", method)
-    supervised = _run_subprocess(args, "supervised", method, images, side)
+    trained, supervised, ratio, round_ratios = median_round(
+        [(_run_subprocess(args, "method", method), _run_subprocess(args, "supervised", method, images, side))
+         for _ in range(args.repeats)])
     supervised_pipeline = _run_subprocess(args, "supervised_pipeline", method, images, side)
     compute = _run_subprocess(args, "compute", method)
-    ratio = trained["backbone_images_per_second"] / supervised["backbone_images_per_second"]
     hooks = None
     if _has_hooks(recipe):
         hooks = _run_subprocess(args, "hooks", method)
@@ -303,6 +314,7 @@ def benchmark_method(args, method: str) -> dict:
         "supervised": supervised,
         "supervised_pipeline": supervised_pipeline,
         "method_over_supervised": ratio,
+        **({"method_over_supervised_rounds": round_ratios} if len(round_ratios) > 1 else {}),
         "compute": compute,
         "flop_rate_over_supervised": ratio * compute["method_compute_over_supervised"],
         "pipeline_over_method": pipeline["backbone_images_per_second"] / trained["backbone_images_per_second"],
@@ -333,6 +345,9 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(RECIPES), help=f"comma-separated, from {sorted(RECIPES)}")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="time the method and the supervised baseline alternately this many times; the median "
+                             "round's ratio is reported")
     parser.add_argument("--out", default=None)
     parser.add_argument("--compute-only", action="store_true",
                         help="only count each step's arithmetic (no timings: a few seconds per method)")
@@ -346,13 +361,16 @@ def main() -> None:
         parser.error(f"unknown methods {unknown}; known: {sorted(RECIPES)}")
     if args.data_dir is None:
         parser.error("give --data-dir or set SSL_ZOO_DATA_DIR")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, not {args.repeats}")
     if args.part:
         print(json.dumps(run_part(args.part, methods[0], args.data_dir, args.steps, args.warmup, args.images, args.side)))
         return
     sys.path.insert(0, str(ROOT))
     report = {
         "command": f"python benchmarks/throughput.py --data-dir DATA --methods {args.methods} "
-                   f"--steps {args.steps} --warmup {args.warmup}",
+                   f"--steps {args.steps} --warmup {args.warmup}"
+                   + (f" --repeats {args.repeats}" if args.repeats > 1 else ""),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
         "methods": {method: ({"compute": _run_subprocess(args, "compute", method)} if args.compute_only
                              else benchmark_method(args, method)) for method in methods},

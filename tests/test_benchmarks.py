@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from throughput import step_flops  # noqa: E402
+from throughput import median_round, step_flops  # noqa: E402
 
 
 def test_step_flops_counts_a_convolutions_forward_and_backward_passes():
@@ -37,3 +37,14 @@ def test_step_flops_counts_a_convolutions_forward_and_backward_passes():
         return inner(t)
 
     assert step_flops(nested.get_concrete_function(x))["uncounted_calls"] == 1
+
+
+def test_median_round_keeps_the_pair_timed_together():
+    def run(rate):
+        return {"backbone_images_per_second": rate}
+
+    rounds = [(run(90), run(100)), (run(50), run(100)), (run(120), run(100)), (run(80), run(200))]
+    method, supervised, ratio, ratios = median_round(rounds)
+    assert ratios == [0.9, 0.5, 1.2, 0.4] and ratio == 0.5  # the lower middle of four
+    assert method is rounds[1][0] and supervised is rounds[1][1]
+    assert median_round(rounds[:3])[2] == 0.9
