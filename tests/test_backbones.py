@@ -91,3 +91,30 @@ def test_sobel_front_is_grey_gradients_frozen_and_survives_loading_floor_and_unf
     np.testing.assert_array_equal(floor.get_layer("sobel_gradients").get_weights()[0],
                                   model.get_layer("sobel_gradients").get_weights()[0])
     assert not np.allclose(floor.get_layer("stem_conv").get_weights()[0], model.get_layer("stem_conv").get_weights()[0])
+
+
+def test_pytorch_init_draws_torchs_default_scale_and_keeps_the_architecture():
+    """init = "pytorch": kernels uniform in +-1/sqrt(fan_in) and every gamma 1 (PyTorch's defaults);
+    the saved config is the zoo init's, and fixed filters (the grey front) are left alone."""
+    import keras
+
+    from ssl_zoo.backbones import build_backbone
+    from ssl_zoo.errors import ConfigError
+
+    config = {"arch": "resnet", "depth": 18, "width": 0.125, "stem": "cifar", "image_size": 16, "grey": True}
+    zoo = build_backbone(config, name="b")
+    torch_like = build_backbone({**config, "init": "pytorch"}, name="b")
+    assert zoo.get_config() == torch_like.get_config()
+    np.testing.assert_array_equal(zoo.get_layer("grey").get_weights()[0], torch_like.get_layer("grey").get_weights()[0])
+    for layer in torch_like.layers:
+        if isinstance(layer, keras.layers.Conv2D) and layer.trainable:
+            kernel = np.asarray(layer.kernel)
+            bound = 1 / np.sqrt(np.prod(kernel.shape[:-1]))
+            assert 0.9 * bound < np.abs(kernel).max() <= bound * (1 + 1e-6)
+        if isinstance(layer, keras.layers.BatchNormalization):
+            np.testing.assert_array_equal(np.asarray(layer.gamma), 1.0)
+    zero_gamma = [layer for layer in zoo.layers if isinstance(layer, keras.layers.BatchNormalization)
+                  and not np.asarray(layer.gamma).any()]
+    assert len(zero_gamma) == 8  # the last batch norm of each of ResNet-18's residual branches
+    with pytest.raises(ConfigError, match="init must be one of"):
+        build_backbone({**config, "init": "torch"})

@@ -136,6 +136,7 @@ def resnet(
     sync_batchnorm: bool = True,
     sobel: bool = False,
     grey: bool = False,
+    init: str = "zoo",
     name: str | None = None,
 ) -> keras.Model:
     """Builds a ResNet v1 feature extractor.
@@ -154,6 +155,9 @@ def resnet(
         gradient channels instead of colour, which k-means would otherwise cluster on first.
       grey: put a fixed RGB -> grey front before everything (colorization): the network sees the
         grey level only, in the three channels the normalisation expects.
+      init: the starting weights (`initialise`): "zoo" (He-normal kernels, the last batch norm of
+        every residual branch at gamma 0) or "pytorch" (PyTorch's defaults). Not part of the
+        architecture: the saved config is the same either way.
     Returns:
       A functional `keras.Model` from images in [0, 255] to the pooled features, whose stage
       outputs are the layers named in `STAGES`.
@@ -178,7 +182,34 @@ def resnet(
             model.get_layer(layer_name).set_weights([kernel])
     if grey:
         model.get_layer(GREY_LAYER).set_weights([grey_kernel()])
+    initialise(model, init)
     return model
+
+
+INITS = ("zoo", "pytorch")
+
+
+def initialise(model: keras.Model, init: str) -> None:
+    """"zoo" leaves the layers' own initialisers: He-normal kernels (He et al. 2015) and gamma 0 on
+    the last batch norm of each residual branch, so that every block starts as the identity (Goyal
+    et al. 2017, for large batches). "pytorch" redraws what PyTorch's defaults would have drawn,
+    the start of the PyTorch implementations the zoo is compared with: every trainable kernel
+    uniform in +-1/sqrt(fan_in) (torch.nn.Conv2d's kaiming_uniform with a = sqrt(5): a standard
+    deviation 2.4 times smaller than He's) and every gamma 1. Under batch norm a kernel's scale does
+    not change the function but sets its effective learning rate (lr / |w|^2) until weight decay
+    has brought the norms to equilibrium, which takes longer than a short schedule. Seeded by
+    Keras's global seed, like the initialisers."""
+    if init not in INITS:
+        raise ConfigError(f"[backbone] init must be one of {INITS}, got {init!r}")
+    if init == "zoo":
+        return
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, layers.Conv2D) and layer.trainable:
+            fan_in = int(np.prod(layer.kernel.shape[:-1]))
+            bound = 1.0 / np.sqrt(fan_in)
+            layer.kernel.assign(keras.random.uniform(layer.kernel.shape, -bound, bound))
+        elif isinstance(layer, layers.BatchNormalization):
+            layer.gamma.assign(keras.ops.ones_like(layer.gamma))
 
 
 def _check(depth: int, width: float, stem: str) -> None:
