@@ -350,3 +350,39 @@ def test_palette_and_cmyk_files_decode_to_the_rgb_they_show(tmp_path):
     assert transparent.any() and (got["palette_alpha.png"][transparent] == 255).all()  # on white
     assert got["cmyk.jpg"].shape == (16, 16, 3) and np.abs(got["cmyk.jpg"].astype(int) - rgb).mean() < 12
     assert stats.converted["P"] == 1 and stats.converted["alpha"] == 1 and stats.converted["CMYK"] == 1
+
+
+def test_torchvision_crop_box_draws_as_torchvision_and_falls_back_to_the_centre():
+    """Against torchvision's RandomResizedCrop.get_params written out in NumPy: the same area
+    distribution (TF's own sampler draws smaller boxes), boxes inside the image, and the centred
+    fallback at the nearest allowed ratio when no candidate fits."""
+    import math
+
+    import tensorflow as tf
+
+    from ssl_zoo.data.augment import random_resized_crop, torchvision_crop_box
+
+    rng = np.random.default_rng(0)
+
+    def reference(side=32, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+        for _ in range(10):
+            area = side * side * rng.uniform(*scale)
+            aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+            w, h = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+            if 0 < w <= side and 0 < h <= side:
+                return h * w / side**2
+        return 1.0
+
+    box = tf.function(lambda seed: torchvision_crop_box(tf.constant([32, 32, 3]), seed))
+    ours = []
+    for i in range(1500):
+        begin, size = (t.numpy() for t in box(tf.constant([1, i], tf.int64)))
+        assert (begin >= 0).all() and (begin[:2] + size[:2] <= 32).all() and size[2] == -1
+        ours.append(size[0] * size[1] / 32**2)
+    theirs = [reference() for _ in range(1500)]
+    assert abs(np.mean(ours) - np.mean(theirs)) < 0.03 and abs(np.median(ours) - np.median(theirs)) < 0.04
+    begin, size = torchvision_crop_box(tf.constant([32, 32, 3]), tf.constant([0, 0], tf.int64), scale=(1.0, 1.0),
+                                       ratio=(2.0, 3.0))  # a square cannot hold a 2:1 box of its whole area
+    assert list(size.numpy()[:2]) == [16, 32] and list(begin.numpy()[:2]) == [8, 0]
+    crop = random_resized_crop(tf.zeros((40, 30, 3), tf.uint8), 16, tf.constant([2, 3], tf.int64), sampler="torchvision")
+    assert crop.shape == (16, 16, 3)

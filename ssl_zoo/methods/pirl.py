@@ -48,7 +48,7 @@ from ssl_zoo.data.sources import require_stable_examples
 from ssl_zoo.methods.base import BACKBONE, PretextMethod, scatter_rows, state_variable
 from ssl_zoo.methods.card import MethodCard
 from ssl_zoo.methods.two_view import per_view_metrics
-from ssl_zoo.pretext.contrastive import require_jitter_style, simclr_view
+from ssl_zoo.pretext.contrastive import require_view_settings, simclr_view
 from ssl_zoo.pretext.jigsaw import GRID, NUM_TILES, jigsaw_example
 
 MEMORY_INITS = ("random", "features")
@@ -115,6 +115,7 @@ class PIRL(PretextMethod):
     grey_probability: float = 0.2
     blur_probability: float = 0.0
     jitter_style: str = "paper"  # or "torchvision" (`ssl_zoo.pretext.contrastive.colour_jitter`)
+    crop_sampler: str = "tf"  # or "torchvision" (`ssl_zoo.data.augment.random_resized_crop`)
     # Embeddings, contrast and memory bank: "128-dimensional", tau = 0.07, lambda = 0.5, memory
     # momentum 0.5 (Sec. 3.2, 4.1); the paper draws 32,000 negatives from ImageNet's 1.28 M.
     projection_dim: int = 128
@@ -133,7 +134,7 @@ class PIRL(PretextMethod):
     def __post_init__(self):
         self.crop_scale = tuple(self.crop_scale)
         self.tile_saturation = tuple(self.tile_saturation)
-        require_jitter_style(self.jitter_style)
+        require_view_settings(self.jitter_style, self.crop_sampler)
         self.require_positive("image_size", "tile_size", "num_permutations", "projection_dim", "tile_units",
                               "num_negatives")
         if self.temperature <= 0:
@@ -187,7 +188,7 @@ class PIRL(PretextMethod):
         view = simclr_view(image, self.image_size, view_seed, scale=self.crop_scale,
                            jitter_strength=self.jitter_strength, jitter_probability=self.jitter_probability,
                            grey_probability=self.grey_probability, blur_probability=self.blur_probability,
-                           jitter_style=self.jitter_style)
+                           jitter_style=self.jitter_style, crop_sampler=self.crop_sampler)
         tiles, _ = jigsaw_example(
             image, tile_seed, self._perms, crop_size=self.jigsaw_crop or size, tile_size=self.tile_size,
             training=training, grey_probability=self.tile_grey_probability, saturation=self.tile_saturation,

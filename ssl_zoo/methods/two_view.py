@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from ssl_zoo.heads import projection_head
 from ssl_zoo.methods.base import PretextMethod
-from ssl_zoo.pretext.contrastive import require_jitter_style, two_views
+from ssl_zoo.pretext.contrastive import require_view_settings, two_views
 
 
 @dataclasses.dataclass
@@ -29,12 +29,13 @@ class TwoViewMethod(PretextMethod):
     grey_probability: float = 0.2
     blur_probability: float = 0.0  # the papers blur ImageNet views (0.5), not CIFAR's
     jitter_style: str = "paper"  # or "torchvision" (`ssl_zoo.pretext.contrastive.colour_jitter`)
+    crop_sampler: str = "tf"  # or "torchvision" (`ssl_zoo.data.augment.random_resized_crop`)
 
     def __post_init__(self):
         # TOML gives lists; the dataclass's config (and the recorded recipe) keeps tuples.
         self.head_hidden_units = tuple(self.head_hidden_units)
         self.crop_scale = tuple(self.crop_scale)
-        require_jitter_style(self.jitter_style)
+        require_view_settings(self.jitter_style, self.crop_sampler)
 
     def projection_model(self, **head) -> keras.Model:
         """Backbone + MLP projection head on `image_size` images (the trained model of SimCLR and
@@ -50,7 +51,8 @@ class TwoViewMethod(PretextMethod):
         del training, index
         views = two_views(image, size, seed, scale=self.crop_scale, jitter_strength=self.jitter_strength,
                           jitter_probability=self.jitter_probability, grey_probability=self.grey_probability,
-                          blur_probability=self.blur_probability, jitter_style=self.jitter_style)
+                          blur_probability=self.blur_probability, jitter_style=self.jitter_style,
+                          crop_sampler=self.crop_sampler)
         return {"inputs": views}
 
 

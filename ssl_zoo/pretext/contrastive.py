@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from ssl_zoo.data.augment import random_resized_crop
+from ssl_zoo.data.augment import CROP_SAMPLERS, random_resized_crop
 from ssl_zoo.errors import ConfigError
 
 
@@ -38,7 +38,8 @@ def colour_jitter(image01, seed, strength: float, style: str = "paper"):
     about the grey image's mean, the four in a random order, each clipped to [0, 1]. The
     additive shift is harsher: at s = 0.5 a dark image can be lifted by 0.4, half its range lost
     to clipping."""
-    require_jitter_style(style)
+    if style not in JITTER_STYLES:
+        raise ValueError(f"colour jitter style must be one of {JITTER_STYLES}, got {style!r}")
     b, c, s, h = _split(seed, 4)
     if style == "paper":
         x = tf.image.stateless_random_brightness(image01, 0.8 * strength, seed=b)
@@ -62,10 +63,12 @@ def colour_jitter(image01, seed, strength: float, style: str = "paper"):
     return x
 
 
-def require_jitter_style(style: str) -> None:
-    """A method's `jitter_style` setting, checked when the recipe is read."""
-    if style not in JITTER_STYLES:
-        raise ConfigError(f"[method] jitter_style must be one of {JITTER_STYLES}, got {style!r}")
+def require_view_settings(jitter_style: str, crop_sampler: str) -> None:
+    """A method's `jitter_style` and `crop_sampler` settings, checked when the recipe is read."""
+    if jitter_style not in JITTER_STYLES:
+        raise ConfigError(f"[method] jitter_style must be one of {JITTER_STYLES}, got {jitter_style!r}")
+    if crop_sampler not in CROP_SAMPLERS:
+        raise ConfigError(f"[method] crop_sampler must be one of {CROP_SAMPLERS}, got {crop_sampler!r}")
 
 
 def random_order(seed, n: int):
@@ -109,12 +112,13 @@ def gaussian_blur(image01, seed, size: int, sigma_range=(0.1, 2.0)):
 
 def simclr_view(image, size: int, seed, *, scale=(0.08, 1.0), jitter_strength: float = 0.5,
                 jitter_probability: float = 0.8, grey_probability: float = 0.2, blur_probability: float = 0.0,
-                jitter_style: str = "paper"):
+                jitter_style: str = "paper", crop_sampler: str = "tf"):
     """One augmented view, float32 [size, size, 3] in [0, 255]. CIFAR-10 settings by default
     (jitter strength 0.5, no blur: "we do not use Gaussian blur" on CIFAR, Appendix B.9); the
-    ImageNet setting is strength 1.0 and blur probability 0.5. `jitter_style`: `colour_jitter`'s."""
+    ImageNet setting is strength 1.0 and blur probability 0.5. `jitter_style`: `colour_jitter`'s; `crop_sampler`:
+    `random_resized_crop`'s."""
     crop_seed, jitter_seed, jitter_gate, grey_gate, blur_seed, blur_gate = _split(seed, 6)
-    x = random_resized_crop(image, size, crop_seed, scale=tuple(scale)) / 255.0
+    x = random_resized_crop(image, size, crop_seed, scale=tuple(scale), sampler=crop_sampler) / 255.0
     x = _with_probability(jitter_probability, jitter_gate, lambda im: colour_jitter(im, jitter_seed, jitter_strength, jitter_style), x)
     x = _with_probability(grey_probability, grey_gate, greyscale, x)
     if blur_probability > 0:
