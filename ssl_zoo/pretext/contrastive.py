@@ -33,15 +33,15 @@ def colour_jitter(image01, seed, strength: float, style: str = "paper"):
 
     "paper": the SimCLR paper's Appendix A code, tf.image's ops in a fixed order: brightness
     *added* (a shift of up to 0.8 s), contrast about each channel's mean. "torchvision":
-    torchvision's ColorJitter, which the PyTorch implementations (LightlySSL, solo-learn) and
-    SimCLR v2's code use: brightness *multiplied* by a factor in [1 - 0.8 s, 1 + 0.8 s], contrast
-    about the grey image's mean, the four in a random order, each clipped to [0, 1]. The
-    additive shift is harsher: at s = 0.5 a dark image can be lifted by 0.4, half its range lost
-    to clipping."""
+    torchvision's ColorJitter, which the PyTorch implementations use (LightlySSL, solo-learn):
+    brightness *multiplied* by a factor in [1 - 0.8 s, 1 + 0.8 s] (as SimCLR's own code later
+    does too, its "simclrv2" setting), contrast about the grey image's mean, the four in a random
+    order, each clipped to [0, 1]. The additive shift is harsher: at s = 0.5 a dark image can be
+    lifted by 0.4."""
     if style not in JITTER_STYLES:
         raise ValueError(f"colour jitter style must be one of {JITTER_STYLES}, got {style!r}")
-    b, c, s, h = _split(seed, 4)
     if style == "paper":
+        b, c, s, h = _split(seed, 4)
         x = tf.image.stateless_random_brightness(image01, 0.8 * strength, seed=b)
         x = tf.image.stateless_random_contrast(x, 1 - 0.8 * strength, 1 + 0.8 * strength, seed=c)
         x = tf.image.stateless_random_saturation(x, 1 - 0.8 * strength, 1 + 0.8 * strength, seed=s)
@@ -115,11 +115,12 @@ def simclr_view(image, size: int, seed, *, scale=(0.08, 1.0), jitter_strength: f
                 jitter_style: str = "paper", crop_sampler: str = "tf"):
     """One augmented view, float32 [size, size, 3] in [0, 255]. CIFAR-10 settings by default
     (jitter strength 0.5, no blur: "we do not use Gaussian blur" on CIFAR, Appendix B.9); the
-    ImageNet setting is strength 1.0 and blur probability 0.5. `jitter_style`: `colour_jitter`'s; `crop_sampler`:
-    `random_resized_crop`'s."""
+    ImageNet setting is strength 1.0 and blur probability 0.5. `jitter_style` is `colour_jitter`'s
+    style, `crop_sampler` `random_resized_crop`'s sampler."""
     crop_seed, jitter_seed, jitter_gate, grey_gate, blur_seed, blur_gate = _split(seed, 6)
     x = random_resized_crop(image, size, crop_seed, scale=tuple(scale), sampler=crop_sampler) / 255.0
-    x = _with_probability(jitter_probability, jitter_gate, lambda im: colour_jitter(im, jitter_seed, jitter_strength, jitter_style), x)
+    x = _with_probability(jitter_probability, jitter_gate,
+                          lambda im: colour_jitter(im, jitter_seed, jitter_strength, jitter_style), x)
     x = _with_probability(grey_probability, grey_gate, greyscale, x)
     if blur_probability > 0:
         x = _with_probability(blur_probability, blur_gate, lambda im: gaussian_blur(im, blur_seed, size), x)
