@@ -33,7 +33,7 @@ def default_random_init_cache() -> Path:
 class RandomInitCache:
     """Finished random-init fine-tuning runs, one JSON file per run's description (`material`: the
     architecture's fingerprint, the exact training examples, the schedule, the seed, the Keras
-    version and backend). The twin's weights and data order follow from the seed, so every entry of
+    version, its backend and the backend's version). The twin's weights and data order follow from the seed, so every entry of
     one architecture has the same floor: in the label-efficiency reports of RotNet and SimCLR the
     random-init accuracies were bit-identical at every fraction. Reusing the run halves the
     protocol's cost for each further entry of a shared architecture. A file that does not read
@@ -68,6 +68,16 @@ class RandomInitCache:
             write_json({"material": material, "measured_for": measured_for, "run": run}, path, sort_keys=True)
         except OSError as e:  # a read-only or full cache costs a rerun later, not this report
             log.warning("random-init cache: could not write %s (%s)", path, e)
+
+
+def _backend_version() -> str:
+    """The version of the library under Keras (TensorFlow, JAX or PyTorch): its kernels set the numbers."""
+    import importlib
+
+    import keras
+
+    name = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(keras.backend.backend())
+    return getattr(importlib.import_module(name), "__version__", "unknown") if name else "unknown"
 
 
 def final_accuracy(run: dict) -> float | None:
@@ -273,7 +283,7 @@ def finetune(source, *, dataset: str = "tfds:cifar10", data_dir=None, epochs_fro
             material = random_init_cache and examples_id and {
                 "architecture": architecture_fingerprint(backbone), "examples": examples_id,
                 "protocol": report["protocol"], "num_classes": num_classes, "keras": keras.__version__,
-                "keras_backend": keras.backend.backend(), **common}
+                "keras_backend": keras.backend.backend(), "backend_version": _backend_version(), **common}
             report["random_init"] = material and random_init_cache.get(material)
             if report["random_init"]:
                 log.info("random init: the same architecture, examples and schedule were measured for %s: reused "
