@@ -76,8 +76,10 @@ def _backend_version() -> str:
 
     import keras
 
-    name = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(keras.backend.backend())
-    return getattr(importlib.import_module(name), "__version__", "unknown") if name else "unknown"
+    try:  # each backend's name is its library's module name
+        return getattr(importlib.import_module(keras.backend.backend()), "__version__", "unknown")
+    except ImportError:
+        return "unknown"
 
 
 def final_accuracy(run: dict) -> float | None:

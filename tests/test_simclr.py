@@ -137,6 +137,8 @@ def test_torchvision_jitter_scales_brightness_where_the_paper_shifts_it():
     assert not np.allclose(a, colour_jitter(image, seeds[4], 0.5, "torchvision"))
     with pytest.raises(ConfigError, match="jitter_style must be one of"):
         SimCLR(jitter_style="pytorch", backbone=dict(TINY_BACKBONE))
+    with pytest.raises(ConfigError, match="crop_sampler must be one of"):
+        SimCLR(crop_sampler="pil", backbone=dict(TINY_BACKBONE))
 
 
 def test_batch_norm_over_each_view_normalises_each_view_by_its_own_statistics():
