@@ -118,3 +118,31 @@ def test_pytorch_init_draws_torchs_default_scale_and_keeps_the_architecture():
     assert len(zero_gamma) == 8  # the last batch norm of each of ResNet-18's residual branches
     with pytest.raises(ConfigError, match="init must be one of"):
         build_backbone({**config, "init": "torch"})
+
+
+def test_stem_without_relu_only_drops_the_activation():
+    """stem_relu = false (LightlySSL's `children()` backbone): the same weights, the stem's output is
+    its batch norm's (negative values kept), the ReLU the only difference."""
+    from ssl_zoo.backbones import build_backbone
+
+    for stem in ("cifar", "imagenet"):
+        config = {"arch": "resnet", "depth": 18, "width": 0.125, "stem": stem, "image_size": 32}
+        with_relu = build_backbone(config, name="b")
+        without = build_backbone({**config, "stem_relu": False}, name="b")
+        names = {layer.name for layer in without.layers}
+        assert "stem_relu" in {layer.name for layer in with_relu.layers} and "stem_relu" not in names
+        assert with_relu.count_params() == without.count_params()
+        without.set_weights(with_relu.get_weights())
+        images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+        stem_out = np.asarray(keras_stage(without, "stem")(images))
+        if stem == "cifar":  # the batch norm's output itself (the ImageNet stem max-pools it after)
+            assert stem_out.min() < 0
+        # ReLU commutes with the max-pool, so with the same weights the stems differ by the ReLU alone.
+        np.testing.assert_allclose(np.maximum(stem_out, 0), np.asarray(keras_stage(with_relu, "stem")(images)),
+                                   atol=1e-5)
+
+
+def keras_stage(model, name):
+    import keras
+
+    return keras.Model(model.input, model.get_layer(name).output)

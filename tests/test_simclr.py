@@ -166,6 +166,23 @@ CONTRACT = MethodContract(
     image_size=16, images=IMAGES, backbone=dict(TINY_BACKBONE), keras_fit=False)
 
 
+def test_head_output_batch_norm_ends_the_projection_with_a_batch_norm():
+    """head_output_batch_norm: Dense without bias, then a batch norm (the SimCLR authors' and
+    LightlySSL's head); in training each output dimension is centred over the batch."""
+    import keras
+
+    from ssl_zoo.methods.simclr import SimCLR
+
+    plain = SimCLR(image_size=16, backbone=dict(TINY_BACKBONE, image_size=16)).build_model()
+    normed = SimCLR(image_size=16, head_output_batch_norm=True, backbone=dict(TINY_BACKBONE, image_size=16)).build_model()
+    plain_head, head = plain.get_layer("pretext_head"), normed.get_layer("pretext_head")
+    assert not isinstance(plain_head.layers[-1], keras.layers.BatchNormalization)
+    assert isinstance(head.layers[-1], keras.layers.BatchNormalization)
+    assert head.layers[-2].use_bias is False and plain_head.layers[-1].use_bias is True
+    z = np.asarray(normed(np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 3)).astype("float32"), training=True))
+    np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-4)
+
+
 def test_method_contract(tmp_path):
     CONTRACT.run_fast(tmp_path)
 

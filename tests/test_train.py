@@ -223,7 +223,7 @@ def test_a_write_that_fails_mid_run_is_one_sentence_and_the_last_checkpoint_resu
     assert json.loads((tmp_path / "run" / "run.json").read_text())["steps"] == 12
 
 
-def _two_sgd_steps(mode: str, strategy=None):
+def _two_sgd_steps(mode: str, strategy=None, decay_norm_and_bias: bool = False):
     """(weight, bias) after two SGD steps of gradient 0.5 on each from 1.0 (lr 0.1, momentum 0.9,
     weight decay 0.01), through `build_optimizer`; the gradient is split evenly over the replicas."""
     import keras
@@ -233,7 +233,8 @@ def _two_sgd_steps(mode: str, strategy=None):
 
     strategy = strategy or tf.distribute.get_strategy()
     cfg = OptimizerConfig(name="sgd", learning_rate=0.1 * 256 / 64, momentum=0.9, nesterov=False, weight_decay=0.01,
-                          weight_decay_mode=mode, warmup_epochs=0.0, schedule="constant")
+                          weight_decay_mode=mode, warmup_epochs=0.0, schedule="constant",
+                          decay_norm_and_bias=decay_norm_and_bias)
     with strategy.scope():
         weight = keras.Variable(1.0, name="kernel")
         bias = keras.Variable(1.0, name="bias")
@@ -271,6 +272,10 @@ def test_sgd_weight_decay_is_decoupled_by_default_and_l2_when_asked():
     # Two replicas, each with half the gradient: the decay is counted once, not once per replica.
     two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     assert _two_sgd_steps("l2", two) == pytest.approx(l2, abs=1e-6)
+    # decay_norm_and_bias: the bias is decayed like the kernel (a PyTorch recipe's `model.parameters()`).
+    for mode, is_l2 in (("decoupled", False), ("l2", True)):
+        assert _two_sgd_steps(mode, decay_norm_and_bias=True) == pytest.approx(
+            (reference(is_l2, True), reference(is_l2, True)), abs=1e-6)
 
 
 def test_l2_weight_decay_is_refused_for_adaptive_optimizers():

@@ -137,6 +137,7 @@ def resnet(
     sobel: bool = False,
     grey: bool = False,
     init: str = "zoo",
+    stem_relu: bool = True,
     name: str | None = None,
 ) -> keras.Model:
     """Builds a ResNet v1 feature extractor.
@@ -158,6 +159,9 @@ def resnet(
       init: the starting weights (`initialise`): "zoo" (He-normal kernels, the last batch norm of
         every residual branch at gamma 0) or "pytorch" (PyTorch's defaults). Not part of the
         architecture: the saved config is the same either way.
+      stem_relu: False leaves out the stem's ReLU (the stem ends at its batch norm). Only to
+        compare with PyTorch code that builds a backbone from `list(resnet.children())`, which
+        drops the ReLU its `forward` applies as a function (LightlySSL's CIFAR-10 benchmarks).
     Returns:
       A functional `keras.Model` from images in [0, 255] to the pooled features, whose stage
       outputs are the layers named in `STAGES`.
@@ -175,7 +179,7 @@ def resnet(
             # kernels are set below and travel in the weights file like any other.
             x = layers.Conv2D(kernel.shape[-1], kernel.shape[0], padding="same", use_bias=False,
                               trainable=False, name=layer_name)(x)
-    outputs = _trunk(x, depth, width, stem, sync_batchnorm)["pooled"]
+    outputs = _trunk(x, depth, width, stem, sync_batchnorm, stem_relu)["pooled"]
     model = keras.Model(inputs, outputs, name=name)
     if sobel:
         for layer_name, kernel in sobel_kernels().items():
@@ -227,12 +231,12 @@ def _normalize(x, mean, std, prefix: str = ""):
     return layers.Normalization(mean=list(mean), variance=[s * s for s in std], name=f"{prefix}normalize")(x)
 
 
-def _trunk(x, depth: int, width: float, stem: str, sync_batchnorm: bool) -> dict:
+def _trunk(x, depth: int, width: float, stem: str, sync_batchnorm: bool, stem_relu: bool = True) -> dict:
     """Stem, four stages and global pooling on the normalised input `x`. Returns {stage name:
     its output} (the Identity layers named after the stages)."""
     kind, blocks = _DEPTHS[depth]
     base = _base_channels(width)
-    out = {"stem": _stem(x, base, stem, sync_batchnorm)}
+    out = {"stem": _stem(x, base, stem, sync_batchnorm, relu=stem_relu)}
     x = out["stem"]
     for stage, n_blocks in enumerate(blocks, start=1):
         x = out[f"stage{stage}"] = _stage(x, stage, n_blocks, base, kind, sync_batchnorm)
@@ -245,16 +249,18 @@ def _base_channels(width: float) -> int:
     return max(8, int(round(64 * width)))
 
 
-def _stem(x, base: int, stem: str, sync_batchnorm: bool, prefix: str = ""):
+def _stem(x, base: int, stem: str, sync_batchnorm: bool, prefix: str = "", relu: bool = True):
     """The stem; every layer's name starts with `prefix`, the last is the Identity `prefix + "stem"`."""
     if stem == "cifar":
         x = _conv(base, 3, 1, f"{prefix}stem_conv")(x)
         x = _bn(f"{prefix}stem_bn", sync_batchnorm)(x)
-        x = layers.ReLU(name=f"{prefix}stem_relu")(x)
+        if relu:
+            x = layers.ReLU(name=f"{prefix}stem_relu")(x)
     else:
         x = _conv(base, 7, 2, f"{prefix}stem_conv")(x)
         x = _bn(f"{prefix}stem_bn", sync_batchnorm)(x)
-        x = layers.ReLU(name=f"{prefix}stem_relu")(x)
+        if relu:
+            x = layers.ReLU(name=f"{prefix}stem_relu")(x)
         x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"{prefix}stem_pool")(x)
     return layers.Identity(name=f"{prefix}stem")(x)
 

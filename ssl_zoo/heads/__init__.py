@@ -35,11 +35,14 @@ def classification_head(
 
 
 def projection_head(hidden_units: tuple[int, ...] = (512,), output_dim: int = 128,
-                    name: str = PRETEXT_HEAD) -> keras.Sequential:
+                    name: str = PRETEXT_HEAD, output_batch_norm: bool = False) -> keras.Sequential:
     """SimCLR's projection g(h): [Dense -> BN -> ReLU] per hidden layer, then a linear output.
     "we use a MLP with one hidden layer to obtain z_i = g(h_i) = W(2) sigma(W(1) h_i)" (Sec. 2.1);
     the loss is on z, the released features are h (before the head), which "contains more
-    information" (Sec. 4.2)."""
+    information" (Sec. 4.2). `output_batch_norm` ends it with a batch norm instead of a bias, as
+    the SimCLR authors' code and LightlySSL's `SimCLRProjectionHead` do."""
     stack = _hidden_layers(hidden_units, name)
-    stack.append(layers.Dense(output_dim, name=f"{name}_projection"))
+    stack.append(layers.Dense(output_dim, use_bias=not output_batch_norm, name=f"{name}_projection"))
+    if output_batch_norm:
+        stack.append(layers.BatchNormalization(synchronized=True, name=f"{name}_projection_bn"))
     return keras.Sequential(stack, name=name)

@@ -80,7 +80,8 @@ class BYOL(TwoViewMethod):
     def build_model(self) -> keras.Model:
         backbone = self.build_backbone()
         images = keras.Input((self.image_size, self.image_size, 3), name="images")
-        projector = projection_head(self.head_hidden_units, self.projection_dim, name=PRETEXT_HEAD)
+        projector = projection_head(self.head_hidden_units, self.projection_dim, name=PRETEXT_HEAD,
+                                    output_batch_norm=self.head_output_batch_norm)
         predictor = projection_head(self.predictor_hidden_units, self.projection_dim, name=PREDICTOR)
         projection = projector(backbone(images))
         return keras.Model(images, {"projection": projection, "prediction": predictor(projection)},

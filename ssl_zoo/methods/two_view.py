@@ -30,6 +30,7 @@ class TwoViewMethod(PretextMethod):
     blur_probability: float = 0.0  # the papers blur ImageNet views (0.5), not CIFAR's
     jitter_style: str = "paper"  # or "torchvision" (`ssl_zoo.pretext.contrastive.colour_jitter`)
     crop_sampler: str = "tf"  # or "torchvision" (`ssl_zoo.data.augment.random_resized_crop`)
+    head_output_batch_norm: bool = False  # a batch norm after the projection (`heads.projection_head`)
 
     def __post_init__(self):
         # TOML gives lists; the dataclass's config (and the recorded recipe) keeps tuples.
@@ -42,8 +43,9 @@ class TwoViewMethod(PretextMethod):
         of MoCo's query encoder)."""
         backbone = self.build_backbone()
         images = keras.Input((self.image_size, self.image_size, 3), name="images")
-        return keras.Model(images, projection_head(self.head_hidden_units, self.projection_dim, **head)(backbone(images)),
-                           name="pretext_model")
+        head = projection_head(self.head_hidden_units, self.projection_dim,
+                               output_batch_norm=self.head_output_batch_norm, **head)
+        return keras.Model(images, head(backbone(images)), name="pretext_model")
 
     def example_transform(self, image, size: int, seed, training: bool = True, index=None) -> dict:
         """Two views, also at evaluation (fixed seeds there): with two identical centre crops the

@@ -88,7 +88,7 @@ def build_optimizer(cfg: OptimizerConfig, global_batch: int, total_steps: int, s
         opt = keras.optimizers.Lamb(lr, beta_1=cfg.beta_1, weight_decay=cfg.weight_decay or None)
     else:
         raise ConfigError(f"unknown optimizer {cfg.name!r}; sgd, adamw or lamb")
-    if cfg.weight_decay:
+    if cfg.weight_decay and not cfg.decay_norm_and_bias:
         # Batch-norm scales/offsets and biases are not decayed (standard since Goyal et al. 2017).
         opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     return opt

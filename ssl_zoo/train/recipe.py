@@ -145,6 +145,9 @@ class OptimizerConfig(Checked):
     # momentum, which decays 1 / (1 - momentum) times as strongly, 10x at 0.9). A coefficient
     # copied from a PyTorch recipe means "l2".
     weight_decay_mode: str = one_of(("decoupled", "l2"), "decoupled")
+    # Batch-norm parameters and biases are left undecayed (Goyal et al. 2017); true decays them too,
+    # as a PyTorch recipe that hands `model.parameters()` to its optimizer does.
+    decay_norm_and_bias: bool = False
     warmup_epochs: float = 1.0
     schedule: str = one_of(("cosine", "constant"), "cosine")
 
