@@ -111,6 +111,9 @@ def test_recipe_errors_are_named(tmp_path):
 @pytest.mark.parametrize("section, typo, message", [
     ("method", "head_hiden_units=[8]", r"\[method\] rotnet has unknown parameters \['head_hiden_units'\]"),
     ("backbone", "widht=0.5", r"\[backbone\] resnet has unknown parameters \['widht'\]; known: \[.*'width'"),
+    # Wrong types are named by the rules of [train] and the other typed sections.
+    ("method", 'head_hidden_units="256"', r"\[method\] head_hidden_units must be a non-empty list, not '256'"),
+    ("method", "head_hidden_units=[256.5]", r"\[method\] head_hidden_units has an item that must be a whole number"),
 ])
 def test_method_and_backbone_typos_are_named_before_any_data_is_read(tmp_path, section, typo, message):
     body = {"method": 'name="rotnet"', "backbone": "depth=18"}

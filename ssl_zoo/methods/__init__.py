@@ -21,6 +21,7 @@ from ssl_zoo.methods.split_brain import SplitBrain
 from ssl_zoo.methods.super_resolution import SuperResolution
 from ssl_zoo.methods.simclr import SimCLR
 from ssl_zoo.methods.supervised import Supervised
+from ssl_zoo.train.recipe import check_values
 
 METHODS: dict[str, type[PretextMethod]] = {
     cls.name: cls for cls in (RotNet, Jigsaw, RelativePatch, Exemplar, SimCLR, MoCo, BYOL, PIRL, DeepCluster, SeLa,
@@ -47,6 +48,7 @@ def build_method(name: str, **kwargs) -> PretextMethod:
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise ConfigError(f"[method] {name} has unknown parameters {unknown}; known: {sorted(known - {'backbone'})}")
+    check_values(METHODS[name], kwargs, "method")
     if "backbone" in kwargs:
         check_backbone_config(kwargs["backbone"])
     return METHODS[name](**kwargs)

@@ -37,6 +37,7 @@ from ssl_zoo.methods import training_curves
 from ssl_zoo.methods.card import MethodCard, pct
 from ssl_zoo.pretext.colorization import (ANNEAL_T, AbGamut, annealed_mean, lab_to_rgb, rgb_to_lab, soft_encode,
                                           squared_distances)
+from ssl_zoo.train.recipe import at_least
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class Colorization(PretextMethod):
     head_hidden_units: int = 128
     gamut_images: int = 5000  # training images whose ab histogram gives the bins and weights
     rebalance_lambda: float = 0.5
-    gamut_seed: int = 0
+    gamut_seed: int = at_least(0, 0)
 
     def __post_init__(self):
         if self.backbone.get("grey") is False:

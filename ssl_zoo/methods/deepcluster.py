@@ -37,6 +37,7 @@ from ssl_zoo.methods.base import BACKBONE, PretextMethod, state_variable
 from ssl_zoo.methods.card import MethodCard
 from ssl_zoo.methods import clustering_report
 from ssl_zoo.pretext import clustering
+from ssl_zoo.train.recipe import may_be_empty
 
 CLASSIFIER = "classifier"
 ENCODER = "encoder"
@@ -105,7 +106,7 @@ class DeepCluster(PretextMethod):
     kmeans_iterations: int = 20
     cluster_every_epochs: int = 1
     balance: str = "weight"  # "weight": loss weighted by inverse cluster size; "none"
-    head_hidden_units: tuple[int, ...] = ()
+    head_hidden_units: tuple[int, ...] = may_be_empty(())
 
     def __post_init__(self):
         self.head_hidden_units = tuple(self.head_hidden_units)

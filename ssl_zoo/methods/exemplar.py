@@ -39,6 +39,7 @@ from ssl_zoo.heads import classification_head
 from ssl_zoo.methods.base import PretextMethod, single_view_classifier
 from ssl_zoo.methods.card import MethodCard
 from ssl_zoo.pretext.exemplar import apply_transformations, draw_example, seed_context
+from ssl_zoo.train.recipe import at_least
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class Exemplar(PretextMethod):
     patch_size: int = 32
     context_size: int = 48
     candidates: int = 16
-    bank_seed: int = 0
+    bank_seed: int = at_least(0, 0)
     translate: float = 0.2
     scale: tuple[float, float] = (0.7, 1.4)
     rotate_degrees: float = 20.0

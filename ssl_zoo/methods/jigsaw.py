@@ -35,6 +35,7 @@ from ssl_zoo.pretext.jigsaw import (
     jigsaw_example,
     maximal_hamming_permutations,
 )
+from ssl_zoo.train.recipe import at_least
 
 
 @dataclasses.dataclass
@@ -60,7 +61,7 @@ class Jigsaw(PretextMethod):
     # "we use ... a set of 1000 permutations" is the paper's default; 100 is its cheaper setting
     # with a larger minimum Hamming distance (Table 3); both work here.
     num_permutations: int = 100
-    permutation_seed: int = 0
+    permutation_seed: int = at_least(0, 0)
     # The set itself, filled from the two fields above when None; see the module docstring.
     permutations: tuple[str, ...] | None = None
     # Tiles are cut inside cells of crop_size // 3 (crop_size = the data's image_size). The paper

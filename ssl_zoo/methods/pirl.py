@@ -50,6 +50,7 @@ from ssl_zoo.methods.card import MethodCard
 from ssl_zoo.methods.two_view import per_view_metrics
 from ssl_zoo.pretext.contrastive import require_view_settings, simclr_view
 from ssl_zoo.pretext.jigsaw import GRID, NUM_TILES, jigsaw_example
+from ssl_zoo.train.recipe import at_least
 
 MEMORY_INITS = ("random", "features")
 # Salt of the stateless seed the negatives are drawn from: (salt, step).
@@ -105,7 +106,7 @@ class PIRL(PretextMethod):
     jigsaw_crop: int | None = None
     tile_size: int = 14
     num_permutations: int = 1000
-    permutation_seed: int = 0
+    permutation_seed: int = at_least(0, 0)
     tile_grey_probability: float = 0.3
     tile_saturation: tuple[float, float] = (0.4, 1.6)
     # The view's augmentation (SimCLR's CIFAR settings).

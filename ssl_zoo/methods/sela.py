@@ -37,6 +37,7 @@ from ssl_zoo.methods.base import PretextMethod, state_variable
 from ssl_zoo.methods.card import MethodCard
 from ssl_zoo.methods import clustering_report
 from ssl_zoo.pretext import clustering
+from ssl_zoo.train.recipe import may_be_empty
 
 
 def batch_sinkhorn_labels(log_probs, lam: float, iterations: int = 20):
@@ -87,7 +88,7 @@ class SeLa(PretextMethod):
     lam: float = 25.0
     refreshes_per_epoch: int = 2
     sinkhorn_iterations: int = 1000
-    head_hidden_units: tuple[int, ...] = ()
+    head_hidden_units: tuple[int, ...] = may_be_empty(())
 
     def __post_init__(self):
         self.head_hidden_units = tuple(self.head_hidden_units)

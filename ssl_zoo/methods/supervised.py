@@ -20,6 +20,7 @@ from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import classification_head
 from ssl_zoo.methods.base import PretextMethod, single_view_classifier
 from ssl_zoo.methods.card import MethodCard
+from ssl_zoo.train.recipe import may_be_empty
 
 
 @dataclasses.dataclass
@@ -42,7 +43,7 @@ class Supervised(PretextMethod):
         view_size_field="image_size",
     )
     num_classes: int | None = None  # None: the training data's
-    head_hidden_units: tuple[int, ...] = ()
+    head_hidden_units: tuple[int, ...] = may_be_empty(())
     image_size: int | None = None
 
     def __post_init__(self):

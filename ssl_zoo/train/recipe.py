@@ -7,8 +7,8 @@ of at least 1 unless the field says otherwise (`at_least(0, default)`), a `float
 of at least 0, a `str` non-empty (and one of `choices` if the field lists them), `X | None` None
 or an X, `tuple[str, ...]` a non-empty list of strings; so a field added later is checked too. The
 command line builds the same dataclasses from its flags (`FinetuneConfig`, `ProbeConfig`), so a
-mistake is one sentence before TensorFlow is imported: this module imports no TensorFlow. [method] and [backbone] are checked against the method's
-and the architecture's parameters when the method is built, before any data is read. The file's leading comment block says what the recipe
+mistake is one sentence before TensorFlow is imported: this module imports no TensorFlow. [method] is checked by the same rules against the method's
+dataclass (`check_values`), and [backbone] against the architecture's parameters, when the method is built, before any data is read. The file's leading comment block says what the recipe
 should reach, how long it takes and the command that reproduces it (big_vision's habit).
 """
 
@@ -32,6 +32,11 @@ class RecipeValueError(ConfigError):
     def __init__(self, section: str, field: str, problem: str, where: str = ""):
         self.section, self.field, self.problem = section, field, problem
         super().__init__(f"{where}[{section}] {field} {problem}")
+
+
+def may_be_empty(default):
+    """A `str` or `tuple` field that may be empty ("" or [])."""
+    return dataclasses.field(default=default, metadata={"empty": True})
 
 
 def at_least(minimum, default, **metadata):
@@ -72,8 +77,8 @@ def _problem(value, kind, meta) -> str | None:
         choices = meta.get("choices")
         return None if not choices or value in choices else f"must be one of {list(choices)}, not {value!r}"
     if typing.get_origin(kind) is tuple:
-        if not isinstance(value, (tuple, list)) or not value:
-            return f"must be a non-empty list, not {value!r}"
+        if not isinstance(value, (tuple, list)) or not (value or meta.get("empty")):
+            return f"must be a {'' if meta.get('empty') else 'non-empty '}list, not {value!r}"
         return next((f"has an item that {p}" for p in (_problem(v, args[0], {}) for v in value) if p), None)
     if typing.get_origin(kind) is dict:
         if not isinstance(value, dict):
@@ -89,17 +94,26 @@ def _problem(value, kind, meta) -> str | None:
     raise TypeError(f"ssl_zoo.train.recipe has no check for fields of type {kind}; add one to _problem")
 
 
+def check_values(cls: type, values: dict, section: str) -> None:
+    """Checks each of `values` ({field name: value}) against the type hint and metadata of dataclass
+    `cls`'s field of that name (the rules of the module docstring): a RecipeValueError naming the
+    first wrong one. Names that are not fields are the caller's to refuse."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in values:
+            problem = _problem(values[f.name], hints[f.name], f.metadata)
+            if problem:
+                raise RecipeValueError(section, f.name, problem)
+
+
 class Checked:
     """Checks every field against its type hint when the dataclass is built (module docstring)."""
 
     section: ClassVar[str] = ""
 
     def __post_init__(self):
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            problem = _problem(getattr(self, f.name), hints[f.name], f.metadata)
-            if problem:
-                raise RecipeValueError(self.section or type(self).__name__, f.name, problem)
+        check_values(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+                     self.section or type(self).__name__)
 
 
 @dataclasses.dataclass
