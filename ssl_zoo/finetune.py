@@ -251,6 +251,10 @@ def finetune(source, *, dataset: str = "tfds:cifar10", data_dir=None, epochs_fro
     if not num_classes:
         raise ConfigError(f"{dataset} has no class labels to fine-tune on")
     test_split = test_split or data.held_out_split()
+    # tf.data pairs each shuffle's own seed with TensorFlow's global one (or a default while none is
+    # set), so the order must not be left to whatever ran before in this process: without this the
+    # first fine-tuning of a process read its examples in another order than every later one.
+    keras.utils.set_random_seed(seed)
     train, test, epoch_steps, test_steps = _datasets(data, image_size, batch_size, max_train_examples,
                                                      max_test_examples, seed, steps_per_epoch, train_split, test_split)
     common = dict(epochs_frozen=epochs_frozen, epochs_unfrozen=epochs_unfrozen, lr_frozen=lr_frozen,
@@ -285,7 +289,10 @@ def finetune(source, *, dataset: str = "tfds:cifar10", data_dir=None, epochs_fro
             material = random_init_cache and examples_id and {
                 "architecture": architecture_fingerprint(backbone), "examples": examples_id,
                 "protocol": report["protocol"], "num_classes": num_classes, "keras": keras.__version__,
-                "keras_backend": keras.backend.backend(), "backend_version": _backend_version(), **common}
+                "keras_backend": keras.backend.backend(), "backend_version": _backend_version(),
+                # Runs cached before the global seed was set ahead of the datasets lack this: their
+                # first fraction's order depended on the process's history, so they are not reused.
+                "data_order": "seeded", **common}
             report["random_init"] = material and random_init_cache.get(material)
             if report["random_init"]:
                 log.info("random init: the same architecture, examples and schedule were measured for %s: reused "
