@@ -146,6 +146,12 @@ class PretextMethod:
             if getattr(self, field) < 1:
                 raise ConfigError(f"[method] {self.name} {field} must be positive, got {getattr(self, field)}")
 
+    def require_choice(self, field: str, choices) -> None:
+        """Refuses (ConfigError naming the field and the choices) a value not among `choices`."""
+        value = getattr(self, field)
+        if value not in choices:
+            raise ConfigError(f"[method] {self.name} {field} must be one of {list(choices)}, got {value!r}")
+
     def build_backbone(self) -> keras.Model:
         return build_backbone(self.backbone, name=BACKBONE)
 

@@ -120,8 +120,7 @@ class ContextEncoder(PretextMethod):
 
     def __post_init__(self):
         self.require_positive("image_size", "decoder_channels")
-        if self.mask not in MASKS:
-            raise ConfigError(f"[method] context_encoder mask must be one of {list(MASKS)}, got {self.mask!r}")
+        self.require_choice("mask", MASKS)
         if not 0.0 < self.hole_area < 1.0:
             raise ConfigError(f"[method] context_encoder hole_area must be in (0, 1), got {self.hole_area}")
         if self.overlap < 0 or self.overlap_weight < 0 or self.reconstruction_weight < 0 or self.adversarial_weight < 0:

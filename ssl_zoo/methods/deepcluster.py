@@ -110,8 +110,7 @@ class DeepCluster(PretextMethod):
 
     def __post_init__(self):
         self.head_hidden_units = tuple(self.head_hidden_units)
-        if self.balance not in BALANCES:
-            raise ConfigError(f"[method] deepcluster balance must be one of {BALANCES}, got {self.balance!r}")
+        self.require_choice("balance", BALANCES)
         self.require_positive("num_clusters", "pca_dim", "kmeans_iterations", "cluster_every_epochs")
         self.num_examples = None
 

@@ -88,8 +88,7 @@ class Jigsaw(PretextMethod):
                 )
             self.permutations = encode_permutations(perms)
         self._perms = perms
-        if self.fusion not in FUSIONS:
-            raise ConfigError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        self.require_choice("fusion", FUSIONS)
         size = self.backbone.get("image_size")
         if size is not None and size != self.tile_size:
             raise ConfigError(f"backbone image_size {size} must equal the jigsaw tile_size {self.tile_size}")

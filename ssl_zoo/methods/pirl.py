@@ -150,8 +150,7 @@ class PIRL(PretextMethod):
         if self.backbone.get("image_size") is not None:
             raise ConfigError("PIRL feeds views and tiles of two sizes through one backbone: leave [backbone] "
                               f"image_size unset (it is {self.backbone['image_size']})")
-        if self.memory_init not in MEMORY_INITS:
-            raise ConfigError(f"[method] pirl memory_init must be one of {MEMORY_INITS}, got {self.memory_init!r}")
+        self.require_choice("memory_init", MEMORY_INITS)
         self._perms = random_permutations(self.num_permutations, self.permutation_seed)
         self.num_examples = None
 

@@ -73,12 +73,9 @@ class RelativePatch(PretextMethod):
     per_view_units: int = 512
 
     def __post_init__(self):
-        if self.chroma_defence not in CHROMA_DEFENCES:
-            raise ConfigError(f"chroma_defence must be one of {CHROMA_DEFENCES}, got {self.chroma_defence!r}")
-        if self.fusion not in FUSIONS:
-            raise ConfigError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
-        if self.placement not in PLACEMENTS:
-            raise ConfigError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
+        self.require_choice("chroma_defence", CHROMA_DEFENCES)
+        self.require_choice("fusion", FUSIONS)
+        self.require_choice("placement", PLACEMENTS)
         size = self.backbone.get("image_size")
         if size is not None and size != self.patch_size:
             raise ConfigError(f"backbone image_size {size} must equal patch_size {self.patch_size}")

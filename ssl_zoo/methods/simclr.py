@@ -53,9 +53,7 @@ class SimCLR(TwoViewMethod):
         super().__post_init__()
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be positive, got {self.temperature}")
-        if self.batch_norm_views not in ("both", "each"):
-            raise ConfigError(f"[method] simclr batch_norm_views must be \"both\" or \"each\", got "
-                              f"{self.batch_norm_views!r}")
+        self.require_choice("batch_norm_views", ("both", "each"))
 
     def build_model(self) -> keras.Model:
         return self.projection_model()
