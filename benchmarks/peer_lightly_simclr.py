@@ -52,7 +52,7 @@ def weighted_knn(train_f, train_y, test_f, test_y, k: int = 200, temperature: fl
     return correct / len(test_f)
 
 
-def train(npz: str, epochs: int, batch_size: int, workers: int, out: str | None) -> dict:
+def train(npz: str, epochs: int, batch_size: int, workers: int, out: str | None, seed: int = 0) -> dict:
     import numpy as np
     import torch
     import torchvision.transforms as T
@@ -66,7 +66,7 @@ def train(npz: str, epochs: int, batch_size: int, workers: int, out: str | None)
     data = np.load(npz)
     train_x, test_x = data["train_x"], data["test_x"]
     train_y, test_y = torch.as_tensor(data["train_y"]), torch.as_tensor(data["test_y"])
-    torch.manual_seed(0)
+    torch.manual_seed(seed)  # initial weights, loader order and augmentations (run-to-run spread: --seed)
 
     class Views(torch.utils.data.Dataset):
         def __init__(self, images, transform):
@@ -126,7 +126,7 @@ def train(npz: str, epochs: int, batch_size: int, workers: int, out: str | None)
 
     train_f, test_f = embed(train_x), embed(test_x)
     report = {
-        "peer": "lightly 1.6 SimCLR", "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "peer": "lightly 1.6 SimCLR", "torch": torch.__version__, "threads": torch.get_num_threads(), "seed": seed,
         "backbone_params": params, "epochs": epochs, "batch_size": batch_size, "loader_workers": workers,
         "train_seconds": train_seconds, "history": history,
         "images_per_second": epochs * len(loader) * batch_size / train_seconds,
@@ -149,12 +149,13 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
     args = parser.parse_args()
     if args.command == "export":
         export(args.data_dir, args.out)
     else:
-        train(args.npz, args.epochs, args.batch_size, args.workers, args.out)
+        train(args.npz, args.epochs, args.batch_size, args.workers, args.out, args.seed)
 
 
 if __name__ == "__main__":
