@@ -7,9 +7,11 @@ of at least 1 unless the field says otherwise (`at_least(0, default)`), a `float
 of at least 0, a `str` non-empty (and one of `choices` if the field lists them), `X | None` None
 or an X, `tuple[str, ...]` a non-empty list of strings; so a field added later is checked too. The
 command line builds the same dataclasses from its flags (`FinetuneConfig`, `ProbeConfig`), so a
-mistake is one sentence before TensorFlow is imported: this module imports no TensorFlow. [method] is checked by the same rules against the method's
-dataclass (`check_values`), and [backbone] against the architecture's parameters, when the method is built, before any data is read. The file's leading comment block says what the recipe
-should reach, how long it takes and the command that reproduces it (big_vision's habit).
+mistake is one sentence before TensorFlow is imported: this module imports no TensorFlow. [method]
+is checked by the same rules against the method's dataclass (`check_values`), and [backbone] against
+the architecture's parameters, when the method is built, before any data is read. The file's
+leading comment block says what the recipe should reach, how long it takes and the command that
+reproduces it (big_vision's habit).
 """
 
 from __future__ import annotations
