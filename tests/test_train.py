@@ -131,6 +131,27 @@ def test_method_and_backbone_typos_are_named_before_any_data_is_read(tmp_path, s
     assert not (tmp_path / "run").exists()
 
 
+def test_a_registered_methods_fields_of_unruled_types_are_left_to_it(monkeypatch):
+    """[method] values are checked by the recipe's rules; a user's method with a field of a type those
+    rules do not know (a list of lists) is built, not refused with a TypeError."""
+    import dataclasses
+
+    from ssl_zoo.methods import METHODS, build_method
+    from ssl_zoo.methods.rotnet import RotNet
+
+    @dataclasses.dataclass
+    class RotNetWithGroups(RotNet):
+        name = "rotnet_with_groups"
+        groups: list[list[int]] | None = None
+
+    monkeypatch.setitem(METHODS, RotNetWithGroups.name, RotNetWithGroups)  # registered for this test only
+
+    method = build_method("rotnet_with_groups", groups=[[0, 1], [2, 3]], head_hidden_units=[8])
+    assert method.groups == [[0, 1], [2, 3]]
+    with pytest.raises(ValueError, match=r"\[method\] head_hidden_units has an item"):
+        build_method("rotnet_with_groups", head_hidden_units=["8"])
+
+
 def test_listing_the_zoo_does_not_import_tensorflow():
     # `ssl-zoo list` reads the registry only; importing TensorFlow would cost it ~10 s.
     code = ("import sys; from ssl_zoo.cli import main; main(['list']); "

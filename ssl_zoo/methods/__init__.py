@@ -48,7 +48,7 @@ def build_method(name: str, **kwargs) -> PretextMethod:
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise ConfigError(f"[method] {name} has unknown parameters {unknown}; known: {sorted(known - {'backbone'})}")
-    check_values(METHODS[name], kwargs, "method")
+    check_values(METHODS[name], kwargs, "method", strict=False)
     if "backbone" in kwargs:
         check_backbone_config(kwargs["backbone"])
     return METHODS[name](**kwargs)

@@ -96,14 +96,20 @@ def _problem(value, kind, meta) -> str | None:
     raise TypeError(f"ssl_zoo.train.recipe has no check for fields of type {kind}; add one to _problem")
 
 
-def check_values(cls: type, values: dict, section: str) -> None:
+def check_values(cls: type, values: dict, section: str, strict: bool = True) -> None:
     """Checks each of `values` ({field name: value}) against the type hint and metadata of dataclass
     `cls`'s field of that name (the rules of the module docstring): a RecipeValueError naming the
-    first wrong one. Names that are not fields are the caller's to refuse."""
+    first wrong one. Names that are not fields are the caller's to refuse. `strict=False` leaves
+    fields of a type without a rule unchecked (a user's registered method), instead of a TypeError."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in values:
-            problem = _problem(values[f.name], hints[f.name], f.metadata)
+            try:
+                problem = _problem(values[f.name], hints[f.name], f.metadata)
+            except TypeError:
+                if strict:
+                    raise
+                continue
             if problem:
                 raise RecipeValueError(section, f.name, problem)
 
