@@ -33,8 +33,9 @@ def default_random_init_cache() -> Path:
 class RandomInitCache:
     """Finished random-init fine-tuning runs, one JSON file per run's description (`material`: the
     architecture's fingerprint, the exact training examples, the schedule, the seed, the Keras
-    version, its backend and the backend's version). The twin's weights and data order follow from the seed, so every entry of
-    one architecture has the same floor: in the label-efficiency reports of RotNet and SimCLR the
+    version, its backend and the backend's version). The twin's weights and data order follow from
+    the seed (`finetune` sets the global seed before it builds the datasets), so every entry of one
+    architecture has the same floor: in the label-efficiency reports of RotNet and SimCLR the
     random-init accuracies were bit-identical at every fraction. Reusing the run halves the
     protocol's cost for each further entry of a shared architecture. A file that does not read
     back, or describes another run, is a miss (logged), never an error."""
