@@ -204,9 +204,10 @@ def plot_method_training(meta: dict[str, Any], path) -> Path | None:
     return draw(meta, path) if draw else None
 
 
-def label_efficiency_lines(report: dict[str, Any], file_name: str) -> list[str]:
+def label_efficiency_lines(report: dict[str, Any], file_name: str, plot_name: str | None = None) -> list[str]:
     """The card's "Label efficiency" section: fine-tuning accuracy per label fraction next to random
-    init, and the accuracy left under attack when the report measured it."""
+    init (and its plot, `plot_name`, when drawn), and the accuracy left under attack when the report
+    measured it."""
     proto = report["protocol"]
     L = ["## Label efficiency\n",
          f"Fine-tuned on a class-balanced fraction of {_dataset(report['dataset'])[1]}'s training labels and tested "
@@ -222,6 +223,8 @@ def label_efficiency_lines(report: dict[str, Any], file_name: str) -> list[str]:
         L.append(f"| {100 * float(fraction):g} % | {row['num_labels']:,} | {_pct(ours)} | {_pct(floor)} | "
                  f"{100 * (ours - floor):+.2f} pt |")
     L.append("")
+    if plot_name:
+        L.append(f"![fine-tuned accuracy against the share of labels]({plot_name})\n")
     reused = sorted({row["random_init"]["reused"]["measured_for"] for _, row in rows if "reused" in row["random_init"]})
     if reused:
         L.append(f"The random-init runs were measured once for {', '.join(f'`{m}`' for m in reused)} and reused here: "
@@ -266,13 +269,15 @@ def zoo_protocol_lines(report: dict[str, Any], released: dict[str, Any] | None, 
 
 def render_card(meta: dict[str, Any], plot_name: str | None = None, training_plot_name: str | None = None,
                 pictures: dict[str, str] | None = None, reference: dict[str, Any] | None = None,
-                label_efficiency: dict[str, Any] | None = None, zoo_protocol: dict[str, Any] | None = None) -> str:
+                label_efficiency: dict[str, Any] | None = None, zoo_protocol: dict[str, Any] | None = None,
+                label_efficiency_plot: str | None = None) -> str:
     """The card's markdown. `pictures`: {kind: file} beside the card (`ssl_zoo.pictures`), linked
     in a section of their own; `reference`: the supervised reference's leaderboard row
     (`ssl_zoo.leaderboard.reference_for`), whose probe each stage is shown as a fraction of;
     `label_efficiency`: the entry's `ssl-zoo label-efficiency` report (`label_efficiency_beside`);
-    `zoo_protocol`: its zoo-protocol report (`zoo_protocol_beside`), whose other datasets it lists.
-    All four for the cards folder's card, which `ssl-zoo card` regenerates; the preset's card is
+    `zoo_protocol`: its zoo-protocol report (`zoo_protocol_beside`), whose other datasets it lists;
+    `label_efficiency_plot`: the file of its plot (`plot_card_label_efficiency`).
+    All of these for the cards folder's card, which `ssl-zoo card` regenerates; the preset's card is
     fixed at release and has none of them."""
     name = meta["name"]
     report = meta.get("evaluation") or {}
@@ -346,13 +351,15 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None, training_plo
     if label_efficiency:
         from_protocol = any(label_efficiency == r for r in protocol_parts(zoo_protocol, "label_efficiency").values())
         L.extend(label_efficiency_lines(label_efficiency,
-                                        f"{name}{ZOO_PROTOCOL_SUFFIX if from_protocol else LABEL_EFFICIENCY_SUFFIX}"))
+                                        f"{name}{ZOO_PROTOCOL_SUFFIX if from_protocol else LABEL_EFFICIENCY_SUFFIX}",
+                                        label_efficiency_plot))
     if pictures:
         from ssl_zoo.pictures import PICTURES
 
         add("## Pictures\n")
-        add("Drawn from the released backbone on held-out images (`ssl-zoo pictures`; the pretext task by "
-            "`ssl-zoo diagnose --picture`).\n")
+        add("Drawn on held-out images: the filters and neighbours from the released backbone (`ssl-zoo pictures`); "
+            "the pretext task by the method's own transform with its training augmentation (`ssl-zoo pictures`) "
+            "or, for a generative method, by the trained model (`ssl-zoo diagnose --picture`).\n")
         for kind, file in pictures.items():
             add(f"![{PICTURES[kind]}]({file})\n")
 
@@ -538,10 +545,28 @@ def write_model_card(preset: str | os.PathLike, cards_dir: str | os.PathLike = "
         training_plot = f"{name}_training.png"
     from ssl_zoo.pictures import pictures_beside
 
+    reference = supervised_reference(name)
+    label_efficiency = label_efficiency_beside(cards_dir, name)
+    label_efficiency_plot = None
+    if label_efficiency:
+        label_efficiency_plot = f"{name}_label_efficiency.png"
+        with atomic_file(cards_dir / label_efficiency_plot) as tmp:
+            plot_card_label_efficiency(name, label_efficiency, reference, cards_dir, tmp)
     with atomic_file(cards_dir / f"{name}.md") as tmp:
-        tmp.write_text(render_card(meta, plot, training_plot, pictures_beside(cards_dir, name), supervised_reference(name),
-                                   label_efficiency_beside(cards_dir, name), zoo_protocol_beside(cards_dir, name)))
+        tmp.write_text(render_card(meta, plot, training_plot, pictures_beside(cards_dir, name), reference,
+                                   label_efficiency, zoo_protocol_beside(cards_dir, name), label_efficiency_plot))
     return cards_dir / f"{name}.md"
+
+
+def plot_card_label_efficiency(name: str, report: dict[str, Any], reference: dict[str, Any] | None,
+                               cards_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """The card's label-efficiency plot: the entry and its random-init twin, and the supervised
+    reference's curve (its report beside its card, under the same protocol) as the ceiling."""
+    reports = [(name, report)]
+    ceiling = label_efficiency_beside(cards_dir, reference["name"]) if reference else None
+    if ceiling and ceiling.get("protocol_id") == report.get("protocol_id"):
+        reports.append((f"{reference['name']} (pretrained with labels)", ceiling))
+    return leaderboard.plot_label_efficiency(reports, path, random_init_of={name}, size=(5.5, 3.5))
 
 
 def supervised_reference(name: str, registry=None) -> dict[str, Any] | None:

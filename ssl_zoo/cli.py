@@ -613,8 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also rewrite the preset's own README.md and plot (after a card template change)")
     p.set_defaults(func=cmd_card, out_kind="folder")
 
-    p = sub.add_parser("pictures", help="draw an entry's first-layer filters and held-out nearest neighbours beside "
-                                        "its card, and relink the card")
+    p = sub.add_parser("pictures", help="draw an entry's first-layer filters, held-out nearest neighbours and "
+                                        "pretext task beside its card, and relink the card")
     p.add_argument("names", nargs="*", help="zoo names or preset folders")
     p.add_argument("--all", action="store_true", help="every entry of the registry")
     _add_data_dir(p)

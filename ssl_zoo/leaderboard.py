@@ -473,13 +473,16 @@ def label_efficiency_plot_name(pid: str) -> str:
     return f"LABEL_EFFICIENCY_{pid}.png"
 
 
-def plot_label_efficiency(reports: list[tuple[str, dict[str, Any]]], path: str | os.PathLike) -> Path:
-    """Accuracy against the fraction of labels (log scale): each entry solid, its random-init twin dashed."""
-    fig, ax = _figure((6, 4))
+def plot_label_efficiency(reports: list[tuple[str, dict[str, Any]]], path: str | os.PathLike,
+                          random_init_of: set[str] | None = None, size=(6, 4)) -> Path:
+    """Accuracy against the fraction of labels (log scale): each entry solid, its random-init twin
+    dashed (only those of `random_init_of`, when given)."""
+    fig, ax = _figure(size)
     for i, (name, report) in enumerate(reports):
         fractions = sorted(report["fractions"], key=float)
         xs = [100 * float(f) for f in fractions]
-        for run, style, label in (("trained", "o-", name), ("random_init", "o--", f"{name}, random init")):
+        runs = (("trained", "o-", name), ("random_init", "o--", f"{name}, random init"))
+        for run, style, label in runs if random_init_of is None or name in random_init_of else runs[:1]:
             ax.plot(xs, [100 * final_accuracy(report["fractions"][f][run]) for f in fractions], style, color=f"C{i}",
                     label=label, alpha=1.0 if run == "trained" else 0.6)
     ax.set_xscale("log")

@@ -9,6 +9,7 @@
 - two steps of the zoo's trainer (every method) and of plain Keras `fit` (default-step methods);
 - the exported backbone (`method.export_backbone`) round-trips in Keras safe mode and loads with
   `ssl_zoo.load_backbone`, stages included;
+- the method's picture of its pretext task, where it draws one, is drawable;
 - two logical CPU replicas == one replica on the same global batch: metrics, weights, optimizer
   slots and method state;
 - a run killed with SIGKILL (right after a chosen checkpoint) and resumed ends with the same
@@ -146,10 +147,28 @@ class MethodContract:
         for s in STAGES:
             np.testing.assert_allclose(np.asarray(loaded(x)[s]), np.asarray(expected[s]), rtol=1e-5, atol=1e-5)
 
+    def check_pretext_picture(self, tmp_path) -> None:
+        """The method's picture of its pretext task (`ssl-zoo pictures`), where it draws one, is
+        drawable: rows of RGB images with a caption per image where captioned."""
+        from ssl_zoo.image_grid import draw_image_rows
+        from ssl_zoo.methods import method_from_recipe
+
+        method = method_from_recipe(self.recipe())
+        picture = method.pretext_picture(self.source(), "train", self.image_size)
+        if picture is None:
+            return
+        assert picture.title and picture.rows
+        for row in picture.rows:
+            assert row.images.ndim == 4 and row.images.shape[-1] == 3 and len(row.images), row.label
+            assert np.isfinite(row.images).all(), row.label
+            assert row.captions is None or len(row.captions) == len(row.images), row.label
+        assert draw_image_rows(picture.rows, picture.title, tmp_path / "pretext.png").stat().st_size > 1000
+
     def run_fast(self, tmp_path) -> None:
         self.check_transform_eager_and_in_tf_data()
         self.check_two_steps(tmp_path)
         self.check_export_round_trip(tmp_path)
+        self.check_pretext_picture(tmp_path)
 
     # ---- slow checks ------------------------------------------------------------------------------
     def check_replicas_match(self, tmp_path, steps: int = 2) -> None:

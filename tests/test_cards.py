@@ -123,9 +123,13 @@ def test_released_cards_are_what_the_current_template_renders(name):
     in_cards = f"{name}_training.png" if (REPO / "model_cards" / f"{name}_training.png").is_file() else None
     assert (preset / "README.md").read_text() == render_card(meta, "probe_per_stage.png", in_preset)
     pictures = pictures_beside(REPO / "model_cards", name)
+    label_efficiency = label_efficiency_beside(REPO / "model_cards", name)
+    # Drawn by `ssl-zoo card` wherever the entry has a label-efficiency report.
+    label_efficiency_plot = f"{name}_label_efficiency.png" if label_efficiency else None
+    assert label_efficiency_plot is None or (REPO / "model_cards" / label_efficiency_plot).is_file()
     assert (REPO / "model_cards" / f"{name}.md").read_text() == render_card(
         meta, f"{name}_probe.png", in_cards, pictures, supervised_reference(name),
-        label_efficiency_beside(REPO / "model_cards", name), zoo_protocol_beside(REPO / "model_cards", name)), \
+        label_efficiency, zoo_protocol_beside(REPO / "model_cards", name), label_efficiency_plot), \
         f"model_cards/{name}.md is stale: run `ssl-zoo card --all`"
     assert '"synchronized": true' not in (preset / "config.json").read_text()
     assert "is plain (`synchronized: false`)" in (preset / "README.md").read_text()
@@ -207,6 +211,27 @@ def test_card_shows_label_efficiency_and_robustness_beside_it(preset, tmp_path):
     (tmp_path / f"{name}.label_efficiency.json").write_text(json.dumps({**report, "model": "another"}))
     with pytest.raises(ValueError, match="another"):
         label_efficiency_beside(tmp_path, name)
+
+
+def test_card_draws_its_label_efficiency_plot_with_the_supervised_ceiling(tmp_path):
+    import shutil
+
+    from ssl_zoo.cards import write_model_card
+
+    # A registered entry, so that its supervised reference is known; the reports are copied beside.
+    name, reference = "rotnet_resnet18w025_cifar10", "supervised_resnet18w025_cifar10"
+    for entry in (name, reference):
+        shutil.copy(REPO / "model_cards" / f"{entry}.label_efficiency.json", tmp_path)
+    card = write_model_card(REPO / "ssl_zoo" / "zoo" / "presets" / name, tmp_path).read_text()
+    plot = tmp_path / f"{name}_label_efficiency.png"
+    assert plot.stat().st_size > 5000
+    section = card.split("## Label efficiency")[1].split("## ")[0]
+    assert f"]({plot.name})" in section
+    # Without a report beside it, no plot and no link.
+    (tmp_path / f"{name}.label_efficiency.json").unlink()
+    plot.unlink()
+    assert "_label_efficiency.png" not in write_model_card(REPO / "ssl_zoo" / "zoo" / "presets" / name, tmp_path).read_text()
+    assert not plot.exists()
 
 
 def test_card_without_evaluation_states_it(preset):

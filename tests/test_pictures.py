@@ -1,4 +1,5 @@
-"""Pictures beside the cards: retrieval maths, the filters grid, the card's section, the command."""
+"""Pictures beside the cards: retrieval maths, the filters grid, the pretext tasks, the card's section,
+the command."""
 
 import numpy as np
 import pytest
@@ -37,7 +38,63 @@ def test_cli_draws_an_entrys_pictures_and_relinks_its_card(data_dir, tmp_path):
     assert main(["pictures", "rotnet_resnet18w025_cifar10", "--data-dir", str(data_dir), "--out", str(tmp_path),
                  "--num-images", "200"]) == 0
     card = (tmp_path / "rotnet_resnet18w025_cifar10.md").read_text()
-    for kind in ("filters", "retrieval"):
+    for kind in ("filters", "retrieval", "pretext"):
         assert (tmp_path / f"rotnet_resnet18w025_cifar10_{kind}.png").stat().st_size > 1000
         assert f"](rotnet_resnet18w025_cifar10_{kind}.png)" in card
     assert card.index("## Pictures") < card.index("## Method")
+
+
+def _method(name, **fields):
+    from ssl_zoo.methods import method_from_recipe
+    from ssl_zoo.train.recipe import recipe_from_dict
+
+    return method_from_recipe(recipe_from_dict({
+        "name": "picture", "method": {"name": name, **fields},
+        "backbone": {k: v for k, v in TINY_BACKBONE.items() if k != "image_size"},
+        "data": {"source": "arrays", "image_size": 32}}))
+
+
+def test_rotnet_picture_shows_each_image_in_the_rotation_its_row_names():
+    from ssl_zoo.data.sources import ArraySource
+
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    picture = _method("rotnet").pretext_picture(ArraySource(images), "train", 32)
+    assert [row.label for row in picture.rows] == ["label 0: 0 deg", "label 1: 90 deg", "label 2: 180 deg",
+                                                   "label 3: 270 deg"]
+    upright = picture.rows[0].images
+    for r, row in enumerate(picture.rows):
+        np.testing.assert_array_equal(row.images, np.rot90(upright, r, axes=(1, 2)))
+
+
+def test_jigsaw_picture_puts_the_tiles_back_where_the_label_says(monkeypatch):
+    from ssl_zoo.image_grid import mosaic
+
+    method = _method("jigsaw", tile_size=8, num_permutations=10)
+    labels = np.array([3, 7])
+    # Tile i of each example shows the number of the grid cell it was cut from.
+    tiles = np.stack([np.broadcast_to(method.permutation_array[label][:, None, None, None], (9, 8, 8, 3))
+                      for label in labels]).astype(np.float32) * 20.0
+    monkeypatch.setattr(method, "pretext_batch", lambda *a, **k: {"inputs": tiles, "targets": labels})
+    given, solved = method.pretext_picture(None, "train", 32).rows
+    cells = np.broadcast_to(np.arange(9.0)[:, None, None, None] * 20.0, (9, 8, 8, 3))
+    np.testing.assert_array_equal(solved.images, np.stack([mosaic(cells)] * 2))
+    assert given.captions[0] == "class 3: " + "".join(map(str, method.permutation_array[3]))
+
+
+def test_relative_patch_picture_places_the_neighbour_where_its_label_says(monkeypatch):
+    from ssl_zoo.methods.relative_patch import neighbour_name
+    from ssl_zoo.pretext.relative_patch import OFFSETS
+
+    method = _method("relative_patch", patch_size=8, gap=2, jitter=1)
+    labels = np.arange(8)
+    pairs = np.empty((8, 2, 8, 8, 3), np.float32)
+    pairs[:, 0], pairs[:, 1] = 50.0, 200.0  # centre, neighbour
+    monkeypatch.setattr(method, "pretext_batch", lambda *a, **k: {"inputs": pairs, "targets": labels})
+    centre, neighbour, placed = method.pretext_picture(None, "train", 32).rows
+    assert neighbour.captions == [f"class {t}: {neighbour_name(OFFSETS[t])}" for t in labels]
+    assert neighbour_name((-1, 1)) == "above right" and neighbour_name((1, 0)) == "below"
+    step = 8 + 2  # a cell and the mosaic's gap
+    for image, (dr, dc) in zip(placed.images, OFFSETS):
+        assert image[step + 1, step + 1, 0] == 50.0  # the centre cell
+        assert image[(1 + dr) * step + 1, (1 + dc) * step + 1, 0] == 200.0
+        assert (image == 200.0).all(axis=-1).sum() == 64  # one neighbour, nowhere else

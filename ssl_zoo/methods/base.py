@@ -43,6 +43,7 @@ from ssl_zoo.backbones import build_backbone
 from ssl_zoo.data.augment import AUGMENTATIONS
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import PRETEXT_HEAD
+from ssl_zoo.image_grid import Picture
 from ssl_zoo.methods.card import MethodCard
 
 BACKBONE = "backbone"
@@ -254,6 +255,27 @@ class PretextMethod:
     def check_batch(self, global_batch: int, per_replica_batch: int) -> None:
         """Called by the trainer before anything is built: raise ConfigError for batch sizes the
         method cannot work with (MoCo's queue must hold a global batch). No-op."""
+
+    # ---- pictures -------------------------------------------------------------------------------
+    def pretext_picture(self, source, split: str, image_size: int) -> Picture | None:
+        """What the network is asked, drawn from `split` of `source` by the method's own transform
+        with its training augmentation (`ssl-zoo pictures` draws it beside the card, NAME_pretext.png):
+        a title and rows of images with captions. None: the method draws none here (the generative
+        methods draw theirs with the trained model, `ssl-zoo diagnose --picture`)."""
+        del source, split, image_size
+        return None
+
+    def pretext_batch(self, source, split: str, image_size: int, batch_size: int = 8, seed: int = 0) -> dict:
+        """One batch of pretext examples from `split` (its source's order shuffled by `seed`), made
+        as the trainer makes them (example transform with training augmentation, then the batch
+        transform), as NumPy."""
+        from ssl_zoo.data.pipeline import build_pretext_dataset
+
+        ds = build_pretext_dataset(source, split, self, batch_size=batch_size, image_size=image_size,
+                                   training=True, seed=seed, shuffle_buffer=1, drop_remainder=False)
+        for batch in ds.take(1):
+            return tf.nest.map_structure(lambda t: t.numpy(), batch)
+        raise ConfigError(f"{source.name}/{split} has no image to draw the pretext task from")
 
 
 def extract_backbone(model: keras.Model) -> keras.Model:

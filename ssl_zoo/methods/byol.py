@@ -48,6 +48,7 @@ def byol_loss(prediction, target):
 @dataclasses.dataclass
 class BYOL(TwoViewMethod):
     name: ClassVar[str] = "byol"
+    pair_task: ClassVar[str] = "the online network predicts the target network's projection of the other view, with no negatives"
     card: ClassVar[MethodCard] = MethodCard(
         title="BYOL",
         paper="Grill et al., \"Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning\", "

@@ -36,9 +36,10 @@ import tensorflow as tf
 
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import classification_head
+from ssl_zoo.image_grid import Picture, PictureRow
 from ssl_zoo.methods.base import PretextMethod, single_view_classifier
 from ssl_zoo.methods.card import MethodCard
-from ssl_zoo.pretext.exemplar import apply_transformations, draw_example, seed_context
+from ssl_zoo.pretext.exemplar import apply_transformations, draw_example, draw_transformation, seed_context
 from ssl_zoo.train.recipe import at_least
 
 log = logging.getLogger(__name__)
@@ -150,3 +151,22 @@ class Exemplar(PretextMethod):
         contexts, params = batch["inputs"]
         return {"inputs": apply_transformations(contexts, params, patch_size=self.patch_size),
                 "targets": batch["targets"]}
+
+    def pretext_picture(self, source, split: str, image_size: int, classes: int = 4, views: int = 7) -> Picture:
+        """A few surrogate classes of a small seed bank from `split`: each seed patch, then views of it
+        as the transformations draw them (the network must tell the class from any of them)."""
+        small = dataclasses.replace(self, num_classes=classes)
+        small.prepare(source, split, image_size)
+        rows = []
+        for c in range(classes):
+            params = [draw_transformation(tf.constant([c, j], tf.int64), patch_size=self.patch_size,
+                                          **self.transform_ranges()) for j in range(views)]
+            params = tf.nest.map_structure(lambda *p: tf.stack(p), *params)
+            contexts = np.repeat(small.bank[c:c + 1], views, axis=0)
+            seed_box = apply_transformations(contexts[:1], tf.nest.map_structure(lambda p: p[:1], params),
+                                             patch_size=self.patch_size, geometric=False, colour=False)
+            shown = apply_transformations(contexts, params, patch_size=self.patch_size)
+            rows.append(PictureRow(f"class {c}", np.concatenate([seed_box.numpy(), shown.numpy()]),
+                                   ["seed patch"] + [""] * views))
+        return Picture(f"Exemplar CNN: {classes} of the {self.num_classes} surrogate classes, each a seed patch "
+                       f"(high gradient) and its random transformations; the network names the class", rows)

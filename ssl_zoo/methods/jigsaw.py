@@ -21,10 +21,12 @@ import dataclasses
 from typing import ClassVar
 
 import keras
+import numpy as np
 
 from ssl_zoo.backbones.resnet import IMAGENET_MEAN, IMAGENET_STD
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import classification_head
+from ssl_zoo.image_grid import Picture, PictureRow, for_display, mosaic
 from ssl_zoo.methods.base import PretextMethod
 from ssl_zoo.methods.card import MethodCard
 from ssl_zoo.methods.views import FUSIONS, shared_backbone_over_views
@@ -115,3 +117,17 @@ class Jigsaw(PretextMethod):
             std=tuple(self.backbone.get("std", IMAGENET_STD)),
         )
         return {"inputs": tiles, "targets": permutation}
+
+    def pretext_picture(self, source, split: str, image_size: int) -> Picture:
+        batch = self.pretext_batch(source, split, image_size, batch_size=6)
+        given, solved = [], []
+        for tiles, label in zip(for_display(batch["inputs"]), batch["targets"]):
+            given.append(mosaic(tiles))
+            placed = np.empty_like(tiles)
+            placed[self._perms[label]] = tiles  # tile i belongs in grid cell permutation[i]
+            solved.append(mosaic(placed))
+        captions = [f"class {int(t)}: {''.join(map(str, self._perms[t]))}" for t in batch["targets"]]
+        return Picture(f"Jigsaw: the nine tiles in the order the network gets them (each normalised on its own); "
+                       f"it names the permutation among {self.num_permutations}",
+                       [PictureRow("tiles as given", np.stack(given), captions),
+                        PictureRow("put back by the label", np.stack(solved))])

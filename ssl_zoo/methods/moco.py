@@ -57,6 +57,7 @@ def grouped(encoder, images, groups: int, training: bool):
 @dataclasses.dataclass
 class MoCo(TwoViewMethod):
     name: ClassVar[str] = "moco"
+    pair_task: ClassVar[str] = "the query view must pick out its key (the momentum encoder's) among a queue of earlier keys"
     card: ClassVar[MethodCard] = MethodCard(
         title="MoCo v2",
         paper="He, Fan, Wu, Xie & Girshick, \"Momentum Contrast for Unsupervised Visual Representation "

@@ -43,6 +43,7 @@ from ssl_zoo import losses
 from ssl_zoo.backbones.resnet import IMAGENET_MEAN, IMAGENET_STD
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import PRETEXT_HEAD
+from ssl_zoo.image_grid import Picture, PictureRow, for_display, mosaic
 from ssl_zoo.data.augment import AUGMENTATIONS
 from ssl_zoo.data.sources import require_stable_examples
 from ssl_zoo.methods.base import BACKBONE, PretextMethod, scatter_rows, state_variable
@@ -194,6 +195,14 @@ class PIRL(PretextMethod):
             training=training, grey_probability=self.tile_grey_probability, saturation=self.tile_saturation,
             mean=tuple(self.backbone.get("mean", IMAGENET_MEAN)), std=tuple(self.backbone.get("std", IMAGENET_STD)))
         return {"inputs": {"image": view, "tiles": tiles}}
+
+    def pretext_picture(self, source, split: str, image_size: int) -> Picture:
+        batch = self.pretext_batch(source, split, image_size, batch_size=8)["inputs"]
+        tiles = for_display(batch["tiles"])
+        return Picture("PIRL: a view of each image and its jigsaw tiles, shuffled (each normalised on its own); "
+                       "both must map near the image's memory-bank entry and away from other images'",
+                       [PictureRow("view", batch["image"]),
+                        PictureRow("tiles as given", np.stack([mosaic(t, GRID) for t in tiles]))])
 
     # ---- state ---------------------------------------------------------------------------------
     def build_state(self, model):

@@ -16,15 +16,17 @@ import dataclasses
 from typing import ClassVar
 
 import keras
+import numpy as np
 
 from ssl_zoo.backbones.resnet import IMAGENET_MEAN
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import classification_head
+from ssl_zoo.image_grid import Picture, PictureRow, for_display, mosaic
 from ssl_zoo.methods.base import PretextMethod
 from ssl_zoo.methods.card import MethodCard
 from ssl_zoo.methods.relative_patch_diagnostics import card_lines, run_context_check
 from ssl_zoo.methods.views import FUSIONS, shared_backbone_over_views
-from ssl_zoo.pretext.relative_patch import (CHROMA_DEFENCES, NUM_NEIGHBOURS, PLACEMENTS,
+from ssl_zoo.pretext.relative_patch import (CHROMA_DEFENCES, NUM_NEIGHBOURS, OFFSETS, PLACEMENTS,
                                              relative_patch_example)
 
 
@@ -96,6 +98,21 @@ class RelativePatch(PretextMethod):
         )
         return {"inputs": patches, "targets": neighbour}
 
+    def pretext_picture(self, source, split: str, image_size: int) -> Picture:
+        batch = self.pretext_batch(source, split, image_size, batch_size=6)
+        pairs = for_display(batch["inputs"])
+        placed = []
+        for (centre, neighbour), label in zip(pairs, batch["targets"]):
+            cells = np.full((9,) + centre.shape, 255.0, np.float32)
+            dr, dc = OFFSETS[label]
+            cells[4], cells[4 + 3 * dr + dc] = centre, neighbour
+            placed.append(mosaic(cells))
+        captions = [f"class {int(t)}: {neighbour_name(OFFSETS[t])}" for t in batch["targets"]]
+        return Picture(f"Relative patch location: a centre patch and one of its {NUM_NEIGHBOURS} neighbours; the "
+                       f"network names where the neighbour was ({NUM_NEIGHBOURS}-way)",
+                       [PictureRow("centre", pairs[:, 0]), PictureRow("neighbour", pairs[:, 1], captions),
+                        PictureRow("where the label puts it", np.stack(placed))])
+
     # ---- diagnostics (`ssl-zoo diagnose`, the card) ------------------------------------------------
     def diagnose(self, run_dir, *, recipe, data_dir=None, split: str | None = None,
                  max_examples: int | None = None, batch_size: int = 200) -> dict:
@@ -107,3 +124,10 @@ class RelativePatch(PretextMethod):
     @staticmethod
     def card_diagnostics(diagnostics: dict) -> list[str]:
         return card_lines(diagnostics)
+
+
+def neighbour_name(offset) -> str:
+    """(row, column) offset of a neighbour -> its place in words: (-1, 1) -> "above right"."""
+    vertical = {-1: "above", 0: "", 1: "below"}[offset[0]]
+    horizontal = {-1: "left", 0: "", 1: "right"}[offset[1]]
+    return " ".join(w for w in (vertical, horizontal) if w)

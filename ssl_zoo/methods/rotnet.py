@@ -14,6 +14,7 @@ from typing import ClassVar
 import keras
 
 from ssl_zoo.heads import classification_head
+from ssl_zoo.image_grid import Picture, PictureRow
 from ssl_zoo.methods.base import PretextMethod, single_view_classifier
 from ssl_zoo.methods.card import MethodCard
 from ssl_zoo.pretext.rotation import NUM_ROTATIONS, rotate_batch
@@ -52,3 +53,11 @@ class RotNet(PretextMethod):
         """A batch of B views -> its 4B rotations, labelled by rotation (`rotate_batch`)."""
         inputs, targets = rotate_batch(batch["inputs"])
         return {"inputs": inputs, "targets": targets}
+
+    def pretext_picture(self, source, split: str, image_size: int) -> Picture:
+        batch = self.pretext_batch(source, split, image_size, batch_size=6)
+        inputs, images = batch["inputs"], len(batch["index"])
+        return Picture(f"RotNet: each image in its {NUM_ROTATIONS} rotations, one batch; the network names the "
+                       f"rotation ({NUM_ROTATIONS}-way)",
+                       [PictureRow(f"label {r}: {90 * r} deg", inputs[r * images:(r + 1) * images])
+                        for r in range(NUM_ROTATIONS)])

@@ -29,6 +29,7 @@ from ssl_zoo.methods.two_view import TwoViewMethod, per_view_metrics
 @dataclasses.dataclass
 class SimCLR(TwoViewMethod):
     name: ClassVar[str] = "simclr"
+    pair_task: ClassVar[str] = "each view must pick out its partner among the batch's other views"
     card: ClassVar[MethodCard] = MethodCard(
         title="SimCLR",
         paper="Chen, Kornblith, Norouzi & Hinton, \"A Simple Framework for Contrastive Learning of Visual "

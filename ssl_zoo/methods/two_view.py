@@ -9,11 +9,13 @@ EMA target); only the views and the bookkeeping are the same.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import keras
 import tensorflow as tf
 
 from ssl_zoo.heads import projection_head
+from ssl_zoo.image_grid import Picture, PictureRow
 from ssl_zoo.methods.base import PretextMethod
 from ssl_zoo.pretext.contrastive import require_view_settings, two_views
 
@@ -31,6 +33,8 @@ class TwoViewMethod(PretextMethod):
     jitter_style: str = "paper"  # or "torchvision" (`ssl_zoo.pretext.contrastive.colour_jitter`)
     crop_sampler: str = "tf"  # or "torchvision" (`ssl_zoo.data.augment.random_resized_crop`)
     head_output_batch_norm: bool = False  # a batch norm after the projection (`heads.projection_head`)
+    # What the network does with the two views, for the picture of the pretext task.
+    pair_task: ClassVar[str] = ""
 
     def __post_init__(self):
         # TOML gives lists; the dataclass's config (and the recorded recipe) keeps tuples.
@@ -56,6 +60,11 @@ class TwoViewMethod(PretextMethod):
                           blur_probability=self.blur_probability, jitter_style=self.jitter_style,
                           crop_sampler=self.crop_sampler)
         return {"inputs": views}
+
+    def pretext_picture(self, source, split: str, image_size: int) -> Picture:
+        first, second = self.pretext_batch(source, split, image_size, batch_size=8)["inputs"]
+        return Picture(f"{self.card.title}: two augmented views of each image (a column); {self.pair_task}",
+                       [PictureRow("view 1", first), PictureRow("view 2", second)])
 
 
 def per_view_metrics(per_view_loss, correct) -> dict:
