@@ -547,11 +547,13 @@ def write_model_card(preset: str | os.PathLike, cards_dir: str | os.PathLike = "
 
     reference = supervised_reference(name)
     label_efficiency = label_efficiency_beside(cards_dir, name)
-    label_efficiency_plot = None
+    label_efficiency_plot = f"{name}_label_efficiency.png"
     if label_efficiency:
-        label_efficiency_plot = f"{name}_label_efficiency.png"
         with atomic_file(cards_dir / label_efficiency_plot) as tmp:
             plot_card_label_efficiency(name, label_efficiency, reference, cards_dir, tmp)
+    else:  # a report removed (weights re-released) takes its plot with it
+        (cards_dir / label_efficiency_plot).unlink(missing_ok=True)
+        label_efficiency_plot = None
     with atomic_file(cards_dir / f"{name}.md") as tmp:
         tmp.write_text(render_card(meta, plot, training_plot, pictures_beside(cards_dir, name), reference,
                                    label_efficiency, zoo_protocol_beside(cards_dir, name), label_efficiency_plot))
