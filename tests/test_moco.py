@@ -20,6 +20,8 @@ METHOD = {"name": "moco", "image_size": 20, "head_hidden_units": [32], "projecti
 # how the batch is cut over replicas (as for the paper's per-GPU shuffle BN). The groups are
 # tested on their own below.
 CONTRACT = MethodContract(method={**METHOD, "bn_groups": 1}, image_size=20, images=IMAGES, keras_fit=False)
+SYMMETRIC = MethodContract(method={**METHOD, "bn_groups": 1, "symmetric": True}, image_size=20, images=IMAGES,
+                           keras_fit=False)
 GROUPED = MethodContract(method={**METHOD, "bn_groups": 2}, image_size=20, images=IMAGES, keras_fit=False)
 
 
@@ -122,11 +124,58 @@ def test_contract(tmp_path):
     CONTRACT.run_fast(tmp_path)
 
 
+def test_symmetric_loss_is_both_directions_and_enqueues_both_keys(tmp_path):
+    """`symmetric`: each view is a query against the other's key, both against the queue as it was
+    before the step; the step's loss is the mean of the two directions' InfoNCE, and the queue then
+    holds the second views' keys followed by the first views'."""
+    trainer = SYMMETRIC.trainer(tmp_path, steps_per_epoch=1)
+    method, model, state = trainer.method, trainer.model, trainer.state
+    key_encoder, queue = state["key_encoder"], state["queue"]
+    batch = next(iter(trainer._train_dataset(epoch=0, skip=0)))
+    first, second = batch["inputs"]
+    queue_before = queue.numpy().copy()
+    # The key encoder after this step's momentum update (the step updates it before encoding).
+    for k, q in zip(key_encoder.trainable_weights, model.trainable_weights):
+        k.assign(0.9 * k + 0.1 * q)
+    k2 = method.keys(key_encoder, second, training=True).numpy()
+    k1 = method.keys(key_encoder, first, training=True).numpy()
+    q1 = method.queries(model, first, training=True).numpy()
+    q2 = method.queries(model, second, training=True).numpy()
+
+    def reference(q, k):
+        logits = np.concatenate([np.sum(_unit(q) * _unit(k), 1, keepdims=True), _unit(q) @ queue_before.T], 1) / 0.2
+        return -logits[:, 0] + np.log(np.exp(logits).sum(1))
+
+    want = np.concatenate([reference(q1, k2), reference(q2, k1)]).mean()
+    keys = method._all_keys(key_encoder, (first, second), training=True)
+    per_example, _ = method._info_nce(model, keys, queue, (first, second), training=True)
+    np.testing.assert_allclose(float(np.mean(per_example.numpy())), want, rtol=1e-4)
+    # The step itself (which moves the key encoder once more from where it was: undo the move above).
+    for k, q in zip(key_encoder.trainable_weights, model.trainable_weights):
+        k.assign((k - 0.1 * q) / 0.9)
+    metrics = trainer.train_step(batch)
+    np.testing.assert_allclose(float(metrics["loss_sum"]) / float(metrics["count"]), want, rtol=1e-4)
+    assert float(metrics["count"]) == 2 * len(first)  # every view was a query
+    n = len(first)
+    np.testing.assert_allclose(queue.numpy()[:n], _unit(k2), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(queue.numpy()[n:2 * n], _unit(k1), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(queue.numpy()[2 * n:], queue_before[2 * n:])
+    assert int(state["queue_position"].numpy()) == 2 * n
+    SYMMETRIC.run_fast(tmp_path / "contract")
+
+
 @pytest.mark.slow
 def test_contract_distributed_and_resumed(tmp_path):
     """Two replicas == one (the keys of both replicas enter the queue in replica order), and the
     queue and its position survive SIGKILL + resume (kill mid-epoch 2, after the queue wrapped)."""
     CONTRACT.run_slow(tmp_path)
+
+
+@pytest.mark.slow
+def test_symmetric_contract_distributed_and_resumed(tmp_path):
+    """The same with both views as queries: each direction's keys enter the queue gathered from all
+    replicas, so the queue's order is the single-replica one."""
+    SYMMETRIC.run_slow(tmp_path)
 
 
 def test_bad_settings_are_named(tmp_path):
@@ -139,8 +188,12 @@ def test_bad_settings_are_named(tmp_path):
     small = MethodContract(method={**METHOD, "queue_size": 2, "bn_groups": 1}, image_size=20, images=IMAGES,
                            keras_fit=False)
     # Refused by the trainer before anything is built or traced (one sentence, not a StagingError).
-    with pytest.raises(ConfigError, match="smaller than the global batch"):
+    with pytest.raises(ConfigError, match="smaller than the 4 keys"):
         small.trainer(tmp_path, steps_per_epoch=1)
+    both = MethodContract(method={**METHOD, "queue_size": 6, "bn_groups": 1, "symmetric": True}, image_size=20,
+                          images=IMAGES, keras_fit=False)
+    with pytest.raises(ConfigError, match="smaller than the 8 keys a step enqueues .global batch 4, both views"):
+        both.trainer(tmp_path / "both", steps_per_epoch=1)
     odd = MethodContract(method={**METHOD, "bn_groups": 3}, image_size=20, images=IMAGES, keras_fit=False)
     with pytest.raises(ConfigError, match="must divide the batch"):
         odd.trainer(tmp_path / "odd", steps_per_epoch=1)

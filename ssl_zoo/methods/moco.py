@@ -21,6 +21,12 @@ interleaved ones (`key_order`), so every key group holds an equal share of every
 no query and its key are normalised over the same subset. This is shuffle BN on one device, with
 a fixed interleave instead of a random shuffle (no randomness to resume). `bn_groups = 1` is
 plain synchronised BN over the batch. The released backbone is the query encoder's.
+
+`symmetric = true` is the symmetrised loss of the authors' CIFAR-10 demo (and of LightlySSL's
+benchmark, MoCo v3's form): each view is also a query against the other view's key, both against the
+same queue, the two losses averaged, and both views' keys enqueued (2 x global batch per step). Every
+image then trains the query encoder twice per step, for one more key-encoder pass; the demo reports
+faster learning per epoch.
 """
 
 from __future__ import annotations
@@ -82,6 +88,7 @@ class MoCo(TwoViewMethod):
     queue_size: int = 4096
     momentum: float = 0.99
     bn_groups: int = 4
+    symmetric: bool = False  # both views as queries (the CIFAR demo's symmetrised loss)
 
     def __post_init__(self):
         super().__post_init__()
@@ -106,9 +113,11 @@ class MoCo(TwoViewMethod):
                 "queue_position": state_variable(np.int64(0), "queue_position")}
 
     def check_batch(self, global_batch: int, per_replica_batch: int) -> None:
-        if global_batch > self.queue_size:
-            raise ConfigError(f"[method] moco queue_size = {self.queue_size} is smaller than the global batch "
-                              f"({global_batch} keys a step): it must hold at least one batch")
+        keys_per_step = global_batch * (2 if self.symmetric else 1)
+        if keys_per_step > self.queue_size:
+            raise ConfigError(f"[method] moco queue_size = {self.queue_size} is smaller than the {keys_per_step} keys "
+                              f"a step enqueues (global batch {global_batch}"
+                              f"{', both views' if self.symmetric else ''}): it must hold at least one step's keys")
         self._groups(per_replica_batch)
 
     def _groups(self, batch: int | None) -> int:
@@ -147,24 +156,38 @@ class MoCo(TwoViewMethod):
         scatter_rows(state["queue"], rows, everyone)
         position.assign((position + tf.shape(everyone, out_type=tf.int64)[0]) % self.queue_size)
 
+    def _directions(self, views):
+        """(query view, key view) pairs: the second view is the key of the first; with `symmetric`
+        also the other way round."""
+        first, second = views
+        return [(first, second), (second, first)] if self.symmetric else [(first, second)]
+
+    def _all_keys(self, key_encoder, views, training: bool) -> list:
+        """The key of each direction (no gradient: the key encoder is not trained)."""
+        return [self.keys(key_encoder, key_view, training=training) for _, key_view in self._directions(views)]
+
+    def _info_nce(self, model, keys: list, queue, views, training: bool):
+        """InfoNCE of every direction's queries against its keys and the same queue: per-query losses
+        and positive-won flags, concatenated in direction order."""
+        results = [losses.info_nce(self.queries(model, query_view, training=training), key, queue, self.temperature)
+                   for (query_view, _), key in zip(self._directions(views), keys, strict=True)]
+        return tf.concat([r[0] for r in results], axis=0), tf.concat([r[1] for r in results], axis=0)
+
     def train_step(self, ctx, batch):
         model, state = ctx.model, ctx.state
         key_encoder = state["key_encoder"]
         # As the reference code: the key encoder moves towards the query encoder before it encodes.
         self.momentum_update(model, key_encoder)
-        first, second = batch["inputs"]
-        keys = self.keys(key_encoder, second, training=True)  # no gradient: outside the tape
+        keys = self._all_keys(key_encoder, batch["inputs"], training=True)  # outside the tape
         with tf.GradientTape() as tape:
-            queries = self.queries(model, first, training=True)
-            per_example, correct = losses.info_nce(queries, keys, state["queue"], self.temperature)
+            per_example, correct = self._info_nce(model, keys, state["queue"], batch["inputs"], training=True)
             loss = losses.replica_loss(per_example, model)
         grads = tape.gradient(loss, model.trainable_variables)
         ctx.optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        self.enqueue(state, keys)
+        for direction_keys in keys:  # one direction at a time: the queue's order does not depend on the replicas
+            self.enqueue(state, direction_keys)
         return per_view_metrics(per_example, correct)
 
     def eval_step(self, ctx, batch):
-        first, second = batch["inputs"]
-        queries = self.queries(ctx.model, first, training=False)
-        keys = self.keys(ctx.state["key_encoder"], second, training=False)
-        return per_view_metrics(*losses.info_nce(queries, keys, ctx.state["queue"], self.temperature))
+        keys = self._all_keys(ctx.state["key_encoder"], batch["inputs"], training=False)
+        return per_view_metrics(*self._info_nce(ctx.model, keys, ctx.state["queue"], batch["inputs"], training=False))
