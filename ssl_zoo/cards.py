@@ -358,8 +358,9 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None, training_plo
 
         add("## Pictures\n")
         add("Drawn on held-out images: the filters and neighbours from the released backbone (`ssl-zoo pictures`); "
-            "the pretext task by the method's own transform with its training augmentation (`ssl-zoo pictures`) "
-            "or, for a generative method, by the trained model (`ssl-zoo diagnose --picture`).\n")
+            "the pretext task by the method's own transform with its training augmentation, or for a clustering "
+            "method by clustering the released backbone's features (`ssl-zoo pictures`), or for a generative "
+            "method by the trained model (`ssl-zoo diagnose --picture`).\n")
         for kind, file in pictures.items():
             add(f"![{PICTURES[kind]}]({file})\n")
 

@@ -4,6 +4,7 @@ puzzle and its solution). A leaf module: NumPy and matplotlib."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -61,8 +62,11 @@ def draw_image_rows(rows: list[tuple], title: str, path: str | Path) -> Path:
     path = Path(path)
     n = max(len(row.images) for row in rows)
     captioned = any(row.captions for row in rows)
+    # The title wrapped to the figure's width (about 16 characters an inch at 8 points).
+    title = textwrap.fill(title, width=max(40, int(16 * 1.2 * n)))
+    title_lines = title.count("\n") + 1
     fig, axes = plt.subplots(len(rows), n, squeeze=False,
-                             figsize=(1.2 * n, (1.45 if captioned else 1.2) * len(rows) + 0.4))
+                             figsize=(1.2 * n, (1.45 if captioned else 1.2) * len(rows) + 0.25 + 0.15 * title_lines))
     for r, row in enumerate(rows):
         for i in range(n):
             ax = axes[r][i]

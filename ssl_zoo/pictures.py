@@ -9,7 +9,8 @@
 
 - `NAME_pretext.png`: the pretext task on held-out images of the entry's training data, made by
   the method's own transform with its training augmentation (`PretextMethod.pretext_picture`: an
-  image in its four rotations, a jigsaw puzzle and its solution, two views of each image ...). The
+  image in its four rotations, a jigsaw puzzle and its solution, two views of each image, DeepCluster's
+  clusters of the released backbone's features ...). The
   generative methods draw theirs with the trained model instead (`ssl-zoo diagnose --picture`:
   colorized, inpainted, super-resolved images), and this command leaves it as it is.
 
@@ -167,7 +168,7 @@ def write_entry_pictures(name: str, *, data_dir=None, cards_dir: str | Path = "m
         "retrieval": str(draw_retrieval(images, labels, nearest, picks, precision,
                                         cards_dir / picture_file(entry_name, "retrieval"), entry_name)),
     }
-    pretext = draw_pretext_task(meta["recipe"], data_dir, cards_dir / picture_file(entry_name, "pretext"))
+    pretext = draw_pretext_task(meta["recipe"], data_dir, cards_dir / picture_file(entry_name, "pretext"), backbone)
     if pretext is not None:
         written["pretext"] = str(pretext)
     log.info("%s: pictures in %s (precision@%d %.1f %% on %d images of %s/%s)", entry_name, cards_dir, k,
@@ -176,10 +177,11 @@ def write_entry_pictures(name: str, *, data_dir=None, cards_dir: str | Path = "m
             "dataset": dataset, "split": split, "preset": res.path}
 
 
-def draw_pretext_task(recipe: dict, data_dir, path: str | Path) -> Path | None:
+def draw_pretext_task(recipe: dict, data_dir, path: str | Path, backbone=None) -> Path | None:
     """`path`: the method's picture of its pretext task (`PretextMethod.pretext_picture`) on the
     held-out split of the data of `recipe` (a recorded recipe, as in an entry's metadata), at its
-    training size. None, and nothing written, for a method that draws none here."""
+    training size, with the entry's `backbone` where the method's targets come from the network.
+    None, and nothing written, for a method that draws none here."""
     from ssl_zoo.data.sources import open_source
     from ssl_zoo.image_grid import draw_image_rows
     from ssl_zoo.methods import method_from_recipe
@@ -188,7 +190,7 @@ def draw_pretext_task(recipe: dict, data_dir, path: str | Path) -> Path | None:
     recipe = recipe_from_dict(recipe)
     method = method_from_recipe(recipe)
     source = open_source(recipe.data.source, data_dir)
-    picture = method.pretext_picture(source, recipe.data.eval_split, recipe.data.image_size)
+    picture = method.pretext_picture(source, recipe.data.eval_split, recipe.data.image_size, backbone=backbone)
     if picture is None:
         return None
     return draw_image_rows(picture.rows, picture.title, path)

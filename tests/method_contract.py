@@ -154,7 +154,8 @@ class MethodContract:
         from ssl_zoo.methods import method_from_recipe
 
         method = method_from_recipe(self.recipe())
-        picture = method.pretext_picture(self.source(), "train", self.image_size)
+        # A freshly built backbone: the methods whose picture needs one (their targets are the network's).
+        picture = method.pretext_picture(self.source(), "train", self.image_size, backbone=method.build_backbone())
         if picture is None:
             return
         assert picture.title and picture.rows

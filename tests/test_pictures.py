@@ -66,6 +66,26 @@ def test_rotnet_picture_shows_each_image_in_the_rotation_its_row_names():
         np.testing.assert_array_equal(row.images, np.rot90(upright, r, axes=(1, 2)))
 
 
+def test_deepcluster_picture_rows_are_the_clusters_of_the_backbone_features():
+    """Three solid colours (with a little noise) and a 'backbone' whose features are the mean colour:
+    each row is one colour's images, the largest cluster first; without a backbone there is none."""
+    from ssl_zoo.data.sources import ArraySource
+
+    rng = np.random.default_rng(0)
+    # Ten images per cluster are read: 30 for k = 3, the colours mixed in the source's order.
+    colours = rng.permutation(np.repeat([[250, 10, 10], [10, 250, 10], [10, 10, 250]], [15, 10, 5], axis=0))
+    images = np.clip(colours[:, None, None, :] + rng.normal(0, 3, (30, 32, 32, 3)), 0, 255).astype(np.uint8)
+    method = _method("deepcluster", num_clusters=3, pca_dim=2)  # the plane the three colours span
+    assert method.pretext_picture(ArraySource(images), "train", 32) is None
+    picture = method.pretext_picture(ArraySource(images), "train", 32,
+                                     backbone=lambda x, training: np.asarray(x, np.float32).mean(axis=(1, 2)))
+    assert [row.label for row in picture.rows] == ["15 images", "10 images", "5 images"]
+    for row, colour, shown in zip(picture.rows, range(3), (8, 8, 5)):
+        assert len(row.images) == shown
+        assert (np.argmax(row.images.mean(axis=(1, 2)), axis=1) == colour).all()
+    assert "k = 3 clusters" in picture.title
+
+
 def test_jigsaw_picture_puts_the_tiles_back_where_the_label_says(monkeypatch):
     from ssl_zoo.image_grid import mosaic
 

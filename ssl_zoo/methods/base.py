@@ -257,12 +257,14 @@ class PretextMethod:
         method cannot work with (MoCo's queue must hold a global batch). No-op."""
 
     # ---- pictures -------------------------------------------------------------------------------
-    def pretext_picture(self, source, split: str, image_size: int) -> Picture | None:
+    def pretext_picture(self, source, split: str, image_size: int, backbone=None) -> Picture | None:
         """What the network is asked, drawn from `split` of `source` by the method's own transform
         with its training augmentation (`ssl-zoo pictures` draws it beside the card, NAME_pretext.png):
-        a title and rows of images with captions. None: the method draws none here (the generative
-        methods draw theirs with the trained model, `ssl-zoo diagnose --picture`)."""
-        del source, split, image_size
+        a title and rows of images with captions. `backbone`: the entry's backbone, for a method whose
+        targets come from the network itself (DeepCluster's clusters); the others draw from the data
+        alone. None: the method draws none here (the generative methods draw theirs with the trained
+        model, `ssl-zoo diagnose --picture`)."""
+        del source, split, image_size, backbone
         return None
 
     def pretext_batch(self, source, split: str, image_size: int, batch_size: int = 8, seed: int = 0) -> dict:

@@ -33,6 +33,7 @@ import tensorflow as tf
 from ssl_zoo import losses
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import PRETEXT_HEAD, classification_head
+from ssl_zoo.image_grid import Picture, PictureRow
 from ssl_zoo.methods.base import BACKBONE, PretextMethod, state_variable
 from ssl_zoo.methods.card import MethodCard
 from ssl_zoo.methods import clustering_report
@@ -189,6 +190,36 @@ class DeepCluster(PretextMethod):
                          "examples": int(len(assigned)),
                          **{k: (v if np.isfinite(v) else None) for k, v in report.items()}})  # JSON has no NaN
         return {k: v for k, v in report.items() if np.isfinite(v)}
+
+    # ---- the picture ---------------------------------------------------------------------------
+    def pretext_picture(self, source, split: str, image_size: int, backbone=None, rows: int = 6,
+                        per_row: int = 8) -> Picture | None:
+        """The pseudo-labels it learns to predict: held-out images clustered as `on_epoch_begin`
+        clusters the training set (PCA whitening, k-means) on `backbone`'s features, one row per
+        cluster, the largest first. Ten images per cluster on average (at most 5,000 images, so
+        k may be smaller than the recipe's, and at least 2). None without a backbone (the clusters are
+        the network's)."""
+        if backbone is None:
+            return None
+        from ssl_zoo.data.pipeline import build_dataset
+
+        wanted = min(10 * self.num_clusters, 5000)
+        batches = build_dataset(source, split, batch_size=250, image_size=image_size).take(-(-wanted // 250))
+        images = np.concatenate([x.numpy() for x, _ in batches])[:wanted]
+        k = min(self.num_clusters, max(2, len(images) // 10))
+        if len(images) < 2 * k:
+            raise ConfigError(f"{source.name}/{split} has {len(images)} images: too few to draw {k} clusters")
+        features = np.concatenate([np.asarray(backbone(images[i:i + 250], training=False))
+                                   for i in range(0, len(images), 250)])
+        pca = clustering.fit_pca_whitening(features, self.pca_dim)
+        _, assigned, _ = clustering.kmeans(clustering.apply_pca_whitening(features, pca), k, seed=0,
+                                           iterations=self.kmeans_iterations)
+        sizes = np.bincount(assigned, minlength=k)
+        largest = np.argsort(-sizes, kind="stable")[:rows]
+        return Picture(f"{self.card.title}: {len(images)} held-out images in k = {k} clusters of the backbone's "
+                       f"PCA-whitened features (k-means), the pseudo-labels its classifier learns; the "
+                       f"{len(largest)} largest clusters, one per row",
+                       [PictureRow(f"{sizes[c]} images", images[assigned == c][:per_row]) for c in largest])
 
     def _reinitialise_classifier(self, ctx, seed: int) -> None:
         """The paper's top layer restart: weights N(0, 0.01), bias 0, and no momentum left over."""

@@ -152,7 +152,8 @@ class Exemplar(PretextMethod):
         return {"inputs": apply_transformations(contexts, params, patch_size=self.patch_size),
                 "targets": batch["targets"]}
 
-    def pretext_picture(self, source, split: str, image_size: int, classes: int = 4, views: int = 7) -> Picture:
+    def pretext_picture(self, source, split: str, image_size: int, backbone=None, classes: int = 4,
+                        views: int = 7) -> Picture:
         """A few surrogate classes of a small seed bank from `split`: each seed patch, then views of it
         as the transformations draw them (the network must tell the class from any of them)."""
         small = dataclasses.replace(self, num_classes=classes)

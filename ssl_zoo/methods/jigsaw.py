@@ -118,7 +118,7 @@ class Jigsaw(PretextMethod):
         )
         return {"inputs": tiles, "targets": permutation}
 
-    def pretext_picture(self, source, split: str, image_size: int) -> Picture:
+    def pretext_picture(self, source, split: str, image_size: int, backbone=None) -> Picture:
         batch = self.pretext_batch(source, split, image_size, batch_size=6)
         given, solved = [], []
         for tiles, label in zip(for_display(batch["inputs"]), batch["targets"]):

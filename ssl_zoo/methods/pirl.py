@@ -196,7 +196,7 @@ class PIRL(PretextMethod):
             mean=tuple(self.backbone.get("mean", IMAGENET_MEAN)), std=tuple(self.backbone.get("std", IMAGENET_STD)))
         return {"inputs": {"image": view, "tiles": tiles}}
 
-    def pretext_picture(self, source, split: str, image_size: int) -> Picture:
+    def pretext_picture(self, source, split: str, image_size: int, backbone=None) -> Picture:
         batch = self.pretext_batch(source, split, image_size, batch_size=8)["inputs"]
         tiles = for_display(batch["tiles"])
         return Picture("PIRL: a view of each image and its jigsaw tiles, shuffled (each normalised on its own); "

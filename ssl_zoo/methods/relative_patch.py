@@ -98,7 +98,7 @@ class RelativePatch(PretextMethod):
         )
         return {"inputs": patches, "targets": neighbour}
 
-    def pretext_picture(self, source, split: str, image_size: int) -> Picture:
+    def pretext_picture(self, source, split: str, image_size: int, backbone=None) -> Picture:
         batch = self.pretext_batch(source, split, image_size, batch_size=6)
         pairs = for_display(batch["inputs"])
         placed = []

@@ -54,7 +54,7 @@ class RotNet(PretextMethod):
         inputs, targets = rotate_batch(batch["inputs"])
         return {"inputs": inputs, "targets": targets}
 
-    def pretext_picture(self, source, split: str, image_size: int) -> Picture:
+    def pretext_picture(self, source, split: str, image_size: int, backbone=None) -> Picture:
         batch = self.pretext_batch(source, split, image_size, batch_size=6)
         inputs, images = batch["inputs"], len(batch["index"])
         return Picture(f"RotNet: each image in its {NUM_ROTATIONS} rotations, one batch; the network names the "

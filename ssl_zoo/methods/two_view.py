@@ -61,7 +61,7 @@ class TwoViewMethod(PretextMethod):
                           crop_sampler=self.crop_sampler)
         return {"inputs": views}
 
-    def pretext_picture(self, source, split: str, image_size: int) -> Picture:
+    def pretext_picture(self, source, split: str, image_size: int, backbone=None) -> Picture:
         first, second = self.pretext_batch(source, split, image_size, batch_size=8)["inputs"]
         return Picture(f"{self.card.title}: two augmented views of each image (a column); {self.pair_task}",
                        [PictureRow("view 1", first), PictureRow("view 2", second)])
