@@ -86,6 +86,29 @@ def test_deepcluster_picture_rows_are_the_clusters_of_the_backbone_features():
     assert "k = 3 clusters" in picture.title
 
 
+def test_sela_picture_rows_are_equal_size_labels_of_the_backbone_features():
+    """Three colours, 15 / 10 / 5 images, the reds shading towards blue: k-means finds the colours,
+    the equipartition gives each label 10, taking the five bluest reds to the blue label."""
+    from ssl_zoo.data.sources import ArraySource
+
+    rng = np.random.default_rng(0)
+    red = np.stack([np.full(15, 250), np.full(15, 10), np.linspace(0, 150, 15)], axis=1)
+    green = np.array([10, 250, 10]) + rng.normal(0, 20, (10, 3))
+    blue = np.array([10, 10, 250]) + rng.normal(0, 20, (5, 3))
+    colours = rng.permutation(np.concatenate([red, green, blue]))
+    images = np.clip(colours[:, None, None, :] + rng.normal(0, 3, (30, 32, 32, 3)), 0, 255).astype(np.uint8)
+    method = _method("sela", num_clusters=3)
+    assert method.pretext_picture(ArraySource(images), "train", 32) is None
+    picture = method.pretext_picture(ArraySource(images), "train", 32,
+                                     backbone=lambda x, training: np.asarray(x, np.float32).mean(axis=(1, 2)))
+    assert [row.label for row in picture.rows] == ["15 -> 10", "10 -> 10", "5 -> 10"]
+    mean_colour = [row.images.mean(axis=(1, 2)) for row in picture.rows]
+    assert (np.argmax(mean_colour[0], axis=1) == 0).all() and (np.argmax(mean_colour[1], axis=1) == 1).all()
+    moved = mean_colour[2][np.argmax(mean_colour[2], axis=1) == 0]
+    assert len(moved) > 0 and moved[:, 2].min() > mean_colour[0][:, 2].max()  # the bluest reds
+    assert "k = 3 equal-size labels" in picture.title
+
+
 def test_jigsaw_picture_puts_the_tiles_back_where_the_label_says(monkeypatch):
     from ssl_zoo.image_grid import mosaic
 

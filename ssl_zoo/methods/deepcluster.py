@@ -36,6 +36,7 @@ from ssl_zoo.heads import PRETEXT_HEAD, classification_head
 from ssl_zoo.image_grid import Picture, PictureRow
 from ssl_zoo.methods.base import BACKBONE, PretextMethod, state_variable
 from ssl_zoo.methods.card import MethodCard
+from ssl_zoo.methods.held_out import IMAGES_PER_PICTURE_CLUSTER, backbone_features, picture_cluster_count
 from ssl_zoo.methods import clustering_report
 from ssl_zoo.pretext import clustering
 from ssl_zoo.train.recipe import may_be_empty
@@ -201,16 +202,9 @@ class DeepCluster(PretextMethod):
         the network's)."""
         if backbone is None:
             return None
-        from ssl_zoo.data.pipeline import build_dataset
-
-        wanted = min(10 * self.num_clusters, 5000)
-        batches = build_dataset(source, split, batch_size=250, image_size=image_size).take(-(-wanted // 250))
-        images = np.concatenate([x.numpy() for x, _ in batches])[:wanted]
-        k = min(self.num_clusters, max(2, len(images) // 10))
-        if len(images) < 2 * k:
-            raise ConfigError(f"{source.name}/{split} has {len(images)} images: too few to draw {k} clusters")
-        features = np.concatenate([np.asarray(backbone(images[i:i + 250], training=False))
-                                   for i in range(0, len(images), 250)])
+        images, features = backbone_features(source, split, image_size, backbone,
+                                             min(IMAGES_PER_PICTURE_CLUSTER * self.num_clusters, 5000))
+        k = picture_cluster_count(self.num_clusters, len(images), f"{source.name}/{split}")
         pca = clustering.fit_pca_whitening(features, self.pca_dim)
         _, assigned, _ = clustering.kmeans(clustering.apply_pca_whitening(features, pca), k, seed=0,
                                            iterations=self.kmeans_iterations)

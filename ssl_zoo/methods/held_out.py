@@ -1,14 +1,19 @@
-"""The held-out pass a method's `diagnose` makes over a trained run: the run's pretext model (read
-in Keras safe mode, since a run folder may come from elsewhere) applied to the method's own
-evaluation examples of a split."""
+"""Held-out passes: the one a method's `diagnose` makes over a trained run (the run's pretext model,
+read in Keras safe mode since a run folder may come from elsewhere, applied to the method's own
+evaluation examples of a split), and the one the clustering methods' pictures make (a released
+backbone's features of held-out images)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from ssl_zoo.errors import ConfigError
+
+# A picture of clusters shows about this many held-out images per cluster.
+IMAGES_PER_PICTURE_CLUSTER = 10
 
 
 def load_pretext_model(run_dir) -> keras.Model:
@@ -38,3 +43,25 @@ def held_out_batches(method, run_dir, recipe, data_dir=None, split: str | None =
     if max_examples:
         ds = ds.take(-(-max_examples // batch_size))
     return ((batch, model(batch["inputs"], training=False)) for batch in ds)
+
+
+def backbone_features(source, split: str, image_size: int, backbone, count: int,
+                      batch_size: int = 250) -> tuple[np.ndarray, np.ndarray]:
+    """The first `count` images of `split` (fewer if the split is smaller) and `backbone`'s features
+    of them, both as NumPy arrays, computed `batch_size` images at a time."""
+    from ssl_zoo.data.pipeline import build_dataset
+
+    batches = build_dataset(source, split, batch_size=batch_size, image_size=image_size).take(-(-count // batch_size))
+    images = np.concatenate([x.numpy() for x, _ in batches])[:count]
+    features = np.concatenate([np.asarray(backbone(images[i:i + batch_size], training=False))
+                               for i in range(0, len(images), batch_size)])
+    return images, features
+
+
+def picture_cluster_count(num_clusters: int, num_images: int, where: str) -> int:
+    """How many clusters a picture of `num_images` held-out images draws: the recipe's
+    `num_clusters`, or fewer so that a cluster has about ten images (at least 2 clusters)."""
+    k = min(num_clusters, max(2, num_images // IMAGES_PER_PICTURE_CLUSTER))
+    if num_images < 2 * k:
+        raise ConfigError(f"{where} has {num_images} images: too few to draw {k} clusters")
+    return k
