@@ -161,9 +161,9 @@ class SeLa(PretextMethod):
         images' L2-normalised features are given K prototypes by k-means, a linear classifier on them
         (cosine over `PICTURE_TEMPERATURE`) stands in for a head, and Sinkhorn-Knopp at the recipe's
         lambda turns its predictions into equal-size labels (equal up to rounding each image's share
-        to one label). One row per label, for the labels whose
-        k-means clusters were largest: the row says how many images k-means gave it and how many the
-        equipartition left. About ten images per label (at most 5,000 images). None without a backbone."""
+        to one label). One row per label, for the labels whose k-means clusters were largest: the row
+        says how many images k-means gave it and how many the equipartition left. About ten images per
+        label (at most 5,000 images). None without a backbone."""
         if backbone is None:
             return None
         images, features = backbone_features(source, split, image_size, backbone,
