@@ -131,10 +131,10 @@ def write_entry_pictures(name: str, *, data_dir=None, cards_dir: str | Path = "m
                          queries: int = 8, k: int = 6) -> dict[str, Any]:
     """Filters and retrieval pictures of zoo entry (or preset folder) `name`, on the first
     `num_images` of the held-out split of the data it was evaluated on, at the evaluation's size."""
-    from ssl_zoo.data.pipeline import build_dataset
     from ssl_zoo.data.sources import open_source
     from ssl_zoo.errors import ConfigError
     from ssl_zoo.loader import load_raw_backbone, resolve_source
+    from ssl_zoo.methods.held_out import backbone_features
     from ssl_zoo.preset import read_metadata
 
     res = resolve_source(name)
@@ -149,15 +149,9 @@ def write_entry_pictures(name: str, *, data_dir=None, cards_dir: str | Path = "m
     split = (report.get("protocol") or {}).get("test_split") or "test"
     source = open_source(dataset, data_dir)
     backbone = load_raw_backbone(name)
-    images, labels = [], []
-    for x, y in build_dataset(source, split, batch_size=250, image_size=size).take(-(-num_images // 250)):
-        images.append(x.numpy())
-        labels.append(y.numpy())
-    images, labels = np.concatenate(images)[:num_images], np.concatenate(labels)[:num_images]
+    images, labels, features = backbone_features(source, split, size, backbone, num_images)
     if len(images) < k + 1:
         raise ConfigError(f"{dataset}/{split} has {len(images)} images; retrieval needs at least {k + 1}")
-    features = np.concatenate([np.asarray(backbone(images[i:i + 250], training=False))
-                               for i in range(0, len(images), 250)])
     nearest, precision = retrieval(features, labels, k)
     # Queries spread over the held-out images in their order (the same ones for every entry).
     picks = np.linspace(0, len(images) - 1, queries).astype(int)

@@ -202,7 +202,7 @@ class DeepCluster(PretextMethod):
         the network's)."""
         if backbone is None:
             return None
-        images, features = backbone_features(source, split, image_size, backbone,
+        images, _, features = backbone_features(source, split, image_size, backbone,
                                              min(IMAGES_PER_PICTURE_CLUSTER * self.num_clusters, 5000))
         k = picture_cluster_count(self.num_clusters, len(images), f"{source.name}/{split}")
         pca = clustering.fit_pca_whitening(features, self.pca_dim)

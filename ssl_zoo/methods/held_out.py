@@ -1,7 +1,7 @@
 """Held-out passes: the one a method's `diagnose` makes over a trained run (the run's pretext model,
 read in Keras safe mode since a run folder may come from elsewhere, applied to the method's own
-evaluation examples of a split), and the one the clustering methods' pictures make (a released
-backbone's features of held-out images)."""
+evaluation examples of a split), and the one the pictures make (a released backbone's features of
+held-out images: retrieval, the clustering methods' pretext tasks)."""
 
 from __future__ import annotations
 
@@ -46,16 +46,20 @@ def held_out_batches(method, run_dir, recipe, data_dir=None, split: str | None =
 
 
 def backbone_features(source, split: str, image_size: int, backbone, count: int,
-                      batch_size: int = 250) -> tuple[np.ndarray, np.ndarray]:
-    """The first `count` images of `split` (fewer if the split is smaller) and `backbone`'s features
-    of them, both as NumPy arrays, computed `batch_size` images at a time."""
+                      batch_size: int = 250) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first `count` images of `split` (fewer if the split is smaller), their labels, and
+    `backbone`'s features of them, as NumPy arrays, computed `batch_size` images at a time."""
     from ssl_zoo.data.pipeline import build_dataset
 
+    images, labels = [], []
     batches = build_dataset(source, split, batch_size=batch_size, image_size=image_size).take(-(-count // batch_size))
-    images = np.concatenate([x.numpy() for x, _ in batches])[:count]
+    for x, y in batches:
+        images.append(x.numpy())
+        labels.append(y.numpy())
+    images, labels = np.concatenate(images)[:count], np.concatenate(labels)[:count]
     features = np.concatenate([np.asarray(backbone(images[i:i + batch_size], training=False))
                                for i in range(0, len(images), batch_size)])
-    return images, features
+    return images, labels, features
 
 
 def picture_cluster_count(num_clusters: int, num_images: int, where: str) -> int:

@@ -166,7 +166,7 @@ class SeLa(PretextMethod):
         label (at most 5,000 images). None without a backbone."""
         if backbone is None:
             return None
-        images, features = backbone_features(source, split, image_size, backbone,
+        images, _, features = backbone_features(source, split, image_size, backbone,
                                              min(IMAGES_PER_PICTURE_CLUSTER * self.num_clusters, 5000))
         k = picture_cluster_count(self.num_clusters, len(images), f"{source.name}/{split}")
         x = clustering.l2_normalize(features.reshape(len(features), -1).astype(np.float64))
