@@ -445,7 +445,7 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None, training_plo
             + (f", pretext training accuracy {_pct(accuracy)}." if accuracy is not None else "."))
         own = method_metrics(meta.get("history"))
         if own:
-            add(f"- The method's own metrics in the last epoch (history.json): "
+            add("- The method's own metrics in the last epoch (history.json): "
                 + ", ".join(f"`{k}` {v:.4g}" for k, v in own.items()) + ".")
     else:
         add("- No training history was available at export time.")

@@ -96,3 +96,29 @@ def assert_round_trips_in_safe_mode(model, x, backbone_x, tmp_path):
     again = keras.saving.load_model(tmp_path / "backbone.keras", safe_mode=True)
     np.testing.assert_allclose(again(backbone_x), extract_backbone(model)(backbone_x), rtol=1e-5, atol=1e-5)
     return backbone
+
+
+def diagnose_untrained_run(root, recipe: dict):
+    """`ssl-zoo diagnose` end to end on an untrained run: a folder of 12 images of 20 px under
+    `root`, a run folder with `recipe`'s pretext model (prepared on those images, so data-fitted
+    parts such as a colour gamut exist) and recorded recipe, diagnosed on 8 images with a picture.
+    `recipe` needs no data table: the folder, 16 px, eval split "train". Returns (the written
+    diagnostics, the picture's path, the prepared method)."""
+    import json
+
+    from ssl_zoo.cli import main
+    from ssl_zoo.data.sources import open_source
+    from ssl_zoo.methods import method_from_recipe
+
+    write_image_folder(root, n=12, size=20)
+    recipe = recipe_from_dict({**recipe, "data": {"source": "folder:images", "image_size": 16, "eval_split": "train"}})
+    method = method_from_recipe(recipe)
+    method.prepare(open_source("folder:images", root), "train", 16)
+    run = root / "run"
+    run.mkdir()
+    method.build_model().save(run / "pretext_model.keras")
+    (run / "run.json").write_text(json.dumps({"recipe": recipe.to_dict()}))
+    out, picture = root / "diagnostics.json", root / "cards" / "x_pretext.png"
+    assert main(["diagnose", str(run), "--data-dir", str(root), "--max-examples", "8", "--out", str(out),
+                 "--picture", str(picture)]) == 0
+    return json.loads(out.read_text()), picture, method

@@ -4,8 +4,6 @@ discriminator unchanged and vice versa, the held-out check with its baselines an
 the method contract (two optimizers and a discriminator in the state: two replicas == one,
 SIGKILL + resume)."""
 
-import json
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -115,26 +113,30 @@ def test_method_contract_two_replicas_and_resume(tmp_path):
 def test_diagnose_on_a_run_folder_writes_report_and_picture(tmp_path):
     """End to end on an untrained run folder: recorded recipe, image folder, safe-mode load,
     reconstruction and code errors with their baselines, the picture, the card line."""
-    from helpers import write_image_folder
-    from ssl_zoo.cli import main
-    from ssl_zoo.methods import method_from_recipe
-    from ssl_zoo.train.recipe import recipe_from_dict
+    from helpers import diagnose_untrained_run
 
-    write_image_folder(tmp_path, n=12, size=20)
-    recipe = recipe_from_dict({"name": "tiny_bigan", "method": dict(METHOD), "backbone": dict(TINY_BACKBONE),
-                               "data": {"source": "folder:images", "image_size": 16, "eval_split": "train"},
-                               "optimizers": OPTIMIZERS})
-    run = tmp_path / "run"
-    run.mkdir()
-    method_from_recipe(recipe).build_model().save(run / "pretext_model.keras")
-    (run / "run.json").write_text(json.dumps({"recipe": recipe.to_dict()}))
-    out, picture = tmp_path / "diagnostics.json", tmp_path / "cards" / "x_pretext.png"
-    assert main(["diagnose", str(run), "--data-dir", str(tmp_path), "--max-examples", "8", "--out", str(out),
-                 "--picture", str(picture)]) == 0
-    report = json.loads(out.read_text())["bigan_check"]
+    written, picture, _ = diagnose_untrained_run(tmp_path, {"name": "tiny_bigan", "method": dict(METHOD),
+                                                            "backbone": dict(TINY_BACKBONE), "optimizers": OPTIMIZERS})
+    report = written["bigan_check"]
     assert report["examples"] == 8
     for key in ("reconstruction_error", "other_image_error", "code_error", "other_code_error"):
         assert report[key] > 0
     assert report["picture"] == "x_pretext.png" and picture.stat().st_size > 1000
     line = BiGAN.card_diagnostics({"bigan_check": report})[0]
     assert f"{report['reconstruction_error']:.4f}" in line and f"{report['other_code_error']:.4f}" in line
+
+
+def test_held_out_report_is_the_mean_per_image_and_refuses_too_few_images():
+    """The report the generative methods' `diagnose` share: sums over images become means, and a
+    split too small for BiGAN's other-image baseline is one sentence naming the check and split."""
+    from types import SimpleNamespace
+
+    from ssl_zoo.methods.held_out import held_out_means
+
+    recipe = SimpleNamespace(data=SimpleNamespace(source="folder:images", eval_split="test"))
+    report = held_out_means(_method(), {"reconstruction_error": 3.0, "count": 4.0}, recipe, None, "BiGAN check",
+                            least=2)
+    assert report["examples"] == 4 and report["split"] == "test" and report["reconstruction_error"] == 0.75
+    assert report["method"]["latent_dim"] == 8 and "backbone" not in report["method"]
+    with pytest.raises(ConfigError, match=r"BiGAN check: needs at least 2 images in split 'val', found 1"):
+        held_out_means(_method(), {"reconstruction_error": 3.0, "count": 1.0}, recipe, "val", "BiGAN check", least=2)

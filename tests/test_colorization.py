@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from helpers import TINY_BACKBONE
 from method_contract import MethodContract
-from ssl_zoo.pretext.colorization import (AbGamut, GRID, annealed_mean, lab_to_rgb, rgb_to_lab, soft_encode)
+from ssl_zoo.pretext.colorization import (AbGamut, annealed_mean, lab_to_rgb, rgb_to_lab, soft_encode)
 
 RNG = np.random.default_rng(0)
 # Every 8th value of each channel (32^3 colours, the corners of the cube included) + random pixels.
@@ -212,28 +212,12 @@ def test_diagnose_on_a_run_folder_writes_report_and_picture(tmp_path, capsys):
     no picture refuses --picture in one sentence."""
     import json
 
-    from helpers import write_image_folder
-    from ssl_zoo.cli import main
-    from ssl_zoo.methods import method_from_recipe
-    from ssl_zoo.train.recipe import recipe_from_dict
+    from helpers import diagnose_untrained_run
 
-    write_image_folder(tmp_path, n=12, size=20)
-    recipe = recipe_from_dict({
+    written, picture, method = diagnose_untrained_run(tmp_path, {
         "name": "tiny_colorization", "method": {"name": "colorization", "image_size": 16, "head_hidden_units": 8},
-        "backbone": dict(TINY_BACKBONE), "data": {"source": "folder:images", "image_size": 16, "eval_split": "train"},
-    })
-    method = method_from_recipe(recipe)
-    from ssl_zoo.data.sources import open_source
-
-    method.prepare(open_source("folder:images", tmp_path), "train", 16)
-    run = tmp_path / "run"
-    run.mkdir()
-    method.build_model().save(run / "pretext_model.keras")
-    (run / "run.json").write_text(json.dumps({"recipe": recipe.to_dict()}))
-    out, picture = tmp_path / "diagnostics.json", tmp_path / "cards" / "x_pretext.png"
-    assert main(["diagnose", str(run), "--data-dir", str(tmp_path), "--max-examples", "8", "--out", str(out),
-                 "--picture", str(picture)]) == 0
-    report = json.loads(out.read_text())["colorization_check"]
+        "backbone": dict(TINY_BACKBONE)})
+    report = written["colorization_check"]
     assert report["examples"] == 8 and report["num_bins"] == method.gamut.num_bins
     assert 0.0 <= report["accuracy"] <= 1.0 and 0.0 <= report["commonest_bin_accuracy"] <= 1.0
     assert 0.0 <= report["rebalanced_accuracy"] <= 1.0 and 0.0 <= report["rebalanced_commonest_bin_accuracy"] <= 1.0

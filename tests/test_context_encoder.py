@@ -3,8 +3,6 @@ references, the generator step leaves the discriminator unchanged and vice versa
 check with its baselines and picture, and the method contract (two optimizers and a
 discriminator in the state: two replicas == one, SIGKILL + resume)."""
 
-import json
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -166,23 +164,11 @@ def test_method_contract_two_replicas_and_resume(tmp_path):
 def test_diagnose_on_a_run_folder_writes_report_and_picture(tmp_path):
     """End to end on an untrained run folder: recorded recipe, image folder, safe-mode load,
     held-out errors with both baselines, the picture, the card line."""
-    from helpers import write_image_folder
-    from ssl_zoo.cli import main
-    from ssl_zoo.methods import method_from_recipe
-    from ssl_zoo.train.recipe import recipe_from_dict
+    from helpers import diagnose_untrained_run
 
-    write_image_folder(tmp_path, n=12, size=20)
-    recipe = recipe_from_dict({"name": "tiny_ce", "method": dict(METHOD), "backbone": dict(TINY_BACKBONE),
-                               "data": {"source": "folder:images", "image_size": 16, "eval_split": "train"},
-                               "optimizers": OPTIMIZERS})
-    run = tmp_path / "run"
-    run.mkdir()
-    method_from_recipe(recipe).build_model().save(run / "pretext_model.keras")
-    (run / "run.json").write_text(json.dumps({"recipe": recipe.to_dict()}))
-    out, picture = tmp_path / "diagnostics.json", tmp_path / "cards" / "x_pretext.png"
-    assert main(["diagnose", str(run), "--data-dir", str(tmp_path), "--max-examples", "8", "--out", str(out),
-                 "--picture", str(picture)]) == 0
-    report = json.loads(out.read_text())["inpainting_check"]
+    written, picture, _ = diagnose_untrained_run(tmp_path, {"name": "tiny_ce", "method": dict(METHOD),
+                                                            "backbone": dict(TINY_BACKBONE), "optimizers": OPTIMIZERS})
+    report = written["inpainting_check"]
     assert report["examples"] == 8 and report["mask"] == "random_region"
     assert report["fill_error"] > 0 and report["context_fill_error"] > 0 and report["hole_error"] > 0
     assert report["picture"] == "x_pretext.png" and picture.stat().st_size > 1000

@@ -3,8 +3,6 @@ colour, colour half blind to grey), its stages concatenate them under the usual 
 the random-init twin and safe-mode loading; the lightness bins; the held-out check of both halves
 with its picture; and the method contract."""
 
-import json
-
 import keras
 import numpy as np
 import pytest
@@ -91,25 +89,10 @@ def test_method_contract_two_replicas(tmp_path):
 
 
 def test_diagnose_reports_both_halves_and_draws_the_colorization(tmp_path):
-    from helpers import write_image_folder
-    from ssl_zoo.cli import main
-    from ssl_zoo.data.sources import open_source
-    from ssl_zoo.methods import method_from_recipe
-    from ssl_zoo.train.recipe import recipe_from_dict
+    from helpers import diagnose_untrained_run
 
-    write_image_folder(tmp_path, n=12, size=20)
-    recipe = recipe_from_dict({"name": "tiny_split", "method": dict(METHOD), "backbone": dict(SPLIT_BACKBONE),
-                               "data": {"source": "folder:images", "image_size": 16, "eval_split": "train"}})
-    method = method_from_recipe(recipe)
-    method.prepare(open_source("folder:images", tmp_path), "train", 16)
-    run = tmp_path / "run"
-    run.mkdir()
-    method.build_model().save(run / "pretext_model.keras")
-    (run / "run.json").write_text(json.dumps({"recipe": recipe.to_dict()}))
-    out, picture = tmp_path / "diagnostics.json", tmp_path / "cards" / "x_pretext.png"
-    assert main(["diagnose", str(run), "--data-dir", str(tmp_path), "--max-examples", "8", "--out", str(out),
-                 "--picture", str(picture)]) == 0
-    report = json.loads(out.read_text())
+    report, picture, _ = diagnose_untrained_run(tmp_path, {"name": "tiny_split", "method": dict(METHOD),
+                                                           "backbone": dict(SPLIT_BACKBONE)})
     colour, lightness = report["colorization_check"], report["lightness_check"]
     assert colour["examples"] == 8 and 0 <= colour["accuracy"] <= 1 and picture.stat().st_size > 1000
     assert lightness["l_bins"] == 10 and 0 <= lightness["accuracy"] <= 1

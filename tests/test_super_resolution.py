@@ -4,8 +4,6 @@ the discriminator unchanged and vice versa, the held-out check with its baseline
 and the method contract (two optimizers and a discriminator in the state: two replicas == one,
 SIGKILL + resume)."""
 
-import json
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -133,23 +131,11 @@ def test_diagnose_on_a_run_folder_writes_report_and_picture(tmp_path):
     """End to end on an untrained run folder: recorded recipe, image folder, safe-mode load,
     PSNR with both baselines (the untrained generator is the bicubic one), the picture, the
     card line."""
-    from helpers import write_image_folder
-    from ssl_zoo.cli import main
-    from ssl_zoo.methods import method_from_recipe
-    from ssl_zoo.train.recipe import recipe_from_dict
+    from helpers import diagnose_untrained_run
 
-    write_image_folder(tmp_path, n=12, size=20)
-    recipe = recipe_from_dict({"name": "tiny_sr", "method": dict(METHOD), "backbone": dict(TINY_BACKBONE),
-                               "data": {"source": "folder:images", "image_size": 16, "eval_split": "train"},
-                               "optimizers": OPTIMIZERS})
-    run = tmp_path / "run"
-    run.mkdir()
-    method_from_recipe(recipe).build_model().save(run / "pretext_model.keras")
-    (run / "run.json").write_text(json.dumps({"recipe": recipe.to_dict()}))
-    out, picture = tmp_path / "diagnostics.json", tmp_path / "cards" / "x_pretext.png"
-    assert main(["diagnose", str(run), "--data-dir", str(tmp_path), "--max-examples", "8", "--out", str(out),
-                 "--picture", str(picture)]) == 0
-    report = json.loads(out.read_text())["super_resolution_check"]
+    written, picture, _ = diagnose_untrained_run(tmp_path, {"name": "tiny_sr", "method": dict(METHOD),
+                                                            "backbone": dict(TINY_BACKBONE), "optimizers": OPTIMIZERS})
+    report = written["super_resolution_check"]
     assert report["examples"] == 8 and report["scale"] == 2
     assert report["psnr"] == pytest.approx(report["bicubic_psnr"], abs=1e-3)
     assert report["bicubic_psnr"] > report["nearest_psnr"] > 0

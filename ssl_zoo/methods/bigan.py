@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import keras
 import tensorflow as tf
@@ -203,7 +203,7 @@ class BiGAN(PretextMethod):
         one: how much of x, not of the average image, the code keeps); and whether E inverts G on
         the codes it was trained on: the squared error of E(G(z)) against z next to that against
         another z. With `picture`, a PNG of originals, reconstructions and samples G(z)."""
-        from ssl_zoo.methods.held_out import held_out_batches, load_pretext_model
+        from ssl_zoo.methods.held_out import held_out_batches, held_out_means, load_pretext_model
 
         # The same model answers both directions: its "generated" output is G of whatever code is
         # fed as "z", its "code" output E of whatever image is fed as "images".
@@ -224,14 +224,8 @@ class BiGAN(PretextMethod):
             sums["count"] += float(tf.shape(x)[0])
             if shown is None:
                 shown = [to_rgb_range(t[:picture_images]).numpy() for t in (x, rebuilt, generated)]
-        n = sums.pop("count")
-        if n < 2:
-            raise ConfigError(f"BiGAN check: needs at least 2 images in split {split or recipe.data.eval_split!r}")
-        report: dict[str, Any] = {
-            "examples": int(n), "data": recipe.data.source, "split": split or recipe.data.eval_split,
-            **{k: v / n for k, v in sums.items()},
-            "method": {k: v for k, v in self.config().items() if k != "backbone"},
-        }
+        # Two images at least: the baselines compare each image with another one's.
+        report = held_out_means(self, sums, recipe, split, "BiGAN check", least=2)
         if picture is not None and shown is not None:
             draw_image_rows([("x", shown[0]), ("G(E(x))", shown[1]), ("G(z), random z", shown[2])],
                             "BiGAN on held-out images", Path(picture))

@@ -27,7 +27,7 @@ import dataclasses
 import logging
 import math
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import keras
 import numpy as np
@@ -225,7 +225,7 @@ class ContextEncoder(PretextMethod):
         the painted hole against the mean-colour fill's and against `onion_peel_fill` (the smooth
         guess from the context alone); with `picture`, a PNG of masked
         input / inpainted / original."""
-        from ssl_zoo.methods.held_out import held_out_batches
+        from ssl_zoo.methods.held_out import held_out_batches, held_out_means
 
         sums = dict.fromkeys(("hole_error", "fill_error", "context_fill_error", "count"), 0.0)
         shown = None
@@ -240,14 +240,8 @@ class ContextEncoder(PretextMethod):
             if shown is None:
                 shown = (batch["inputs"][:picture_images].numpy(), to_rgb_range(outputs[:picture_images]).numpy(),
                          t["hole"][:picture_images].numpy(), to_rgb_range(t["image"][:picture_images]).numpy())
-        n = sums.pop("count")
-        if n == 0:
-            raise ConfigError(f"inpainting check: no images in split {split or recipe.data.eval_split!r}")
-        report: dict[str, Any] = {
-            "examples": int(n), "data": recipe.data.source, "split": split or recipe.data.eval_split,
-            **{k: v / n for k, v in sums.items()}, "mask": self.mask, "hole_area": self.hole_area,
-            "method": {k: v for k, v in self.config().items() if k != "backbone"},
-        }
+        report = {**held_out_means(self, sums, recipe, split, "inpainting check"), "mask": self.mask,
+                  "hole_area": self.hole_area}
         if picture is not None and shown is not None:
             draw_inpaintings(*shown, Path(picture), self.mask)
             report["picture"] = Path(picture).name

@@ -69,3 +69,19 @@ def picture_cluster_count(num_clusters: int, num_images: int, where: str) -> int
     if num_images < 2 * k:
         raise ConfigError(f"{where} has {num_images} images: too few to draw {k} clusters")
     return k
+
+
+def held_out_means(method, sums: dict[str, float], recipe, split: str | None, check: str,
+                   least: int = 1) -> dict:
+    """A diagnose report from sums over held-out images: `sums` holds "count" (the images) and sums
+    of per-image values; the report has their means next to the images, data, split and the
+    method's settings. Fewer than `least` images is a one-sentence error naming `check`."""
+    split = split or recipe.data.eval_split
+    sums = dict(sums)
+    n = sums.pop("count")
+    if n < least:
+        raise ConfigError(f"{check}: needs at least {least} image{'s' if least > 1 else ''} in split {split!r}, "
+                          f"found {int(n)}")
+    return {"examples": int(n), "data": recipe.data.source, "split": split,
+            **{k: v / n for k, v in sums.items()},
+            "method": {k: v for k, v in method.config().items() if k != "backbone"}}

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import keras
 import numpy as np
@@ -242,7 +242,7 @@ class SuperResolution(PretextMethod):
         """{"super_resolution_check": report}: on held-out images, the mean PSNR (and squared error)
         of the super-resolved image against the bicubic enlargement the backbone saw and the
         nearest-neighbour one; with `picture`, a PNG of bicubic input / super-resolved / original."""
-        from ssl_zoo.methods.held_out import held_out_batches
+        from ssl_zoo.methods.held_out import held_out_batches, held_out_means
 
         sums = dict.fromkeys(("psnr", "bicubic_psnr", "nearest_psnr", "error", "bicubic_error", "count"), 0.0)
         shown = None
@@ -259,14 +259,7 @@ class SuperResolution(PretextMethod):
             sums["count"] += float(tf.shape(outputs)[0])
             if shown is None:
                 shown = [to_rgb_range(x[:picture_images]).numpy() for x in (enlarged, outputs, real)]
-        n = sums.pop("count")
-        if n == 0:
-            raise ConfigError(f"super-resolution check: no images in split {split or recipe.data.eval_split!r}")
-        report: dict[str, Any] = {
-            "examples": int(n), "data": recipe.data.source, "split": split or recipe.data.eval_split,
-            **{k: v / n for k, v in sums.items()}, "scale": self.scale,
-            "method": {k: v for k, v in self.config().items() if k != "backbone"},
-        }
+        report = {**held_out_means(self, sums, recipe, split, "super-resolution check"), "scale": self.scale}
         if picture is not None and shown is not None:
             draw_super_resolutions(*shown, Path(picture), self.scale)
             report["picture"] = Path(picture).name
