@@ -1,12 +1,16 @@
 """The one piece adversarial methods share: the discriminator, and its update.
 
-Not a GAN trainer: a method with an adversarial term writes its own step (its generator's loss
-has its own terms: inpainting, super-resolution, BiGAN's encoder) and calls `discriminator_step`
-for the other half, with its own optimizer (`PretextMethod.optimizer_names`). The discriminator
-lives in the method's state, so it is checkpointed and restored with the run and never exported.
+Not a GAN trainer: a method with an adversarial term writes its own generator loss (inpainting,
+super-resolution, BiGAN's encoder each have their own terms) and calls `discriminator_step` for the
+other half, with its own optimizer (`PretextMethod.optimizer_names`). The discriminator lives in
+the method's state, so it is checkpointed and restored with the run and never exported. The two
+methods whose pretext model paints images for a `conv_discriminator` (context encoder,
+super-resolution) take the order of their updates from `ImageDiscriminatorSteps`.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import keras
 import tensorflow as tf
@@ -15,6 +19,7 @@ from keras import layers
 from ssl_zoo import losses
 
 DISCRIMINATOR = "discriminator"
+GENERATOR = "generator"
 
 
 def to_unit_range(images):
@@ -78,3 +83,51 @@ def discriminator_step(discriminator: keras.Model, optimizer, real, fake) -> dic
         "d_real_sum": tf.reduce_sum(tf.sigmoid(tf.cast(real_logits, tf.float32))),
         "d_fake_sum": tf.reduce_sum(tf.sigmoid(tf.cast(fake_logits, tf.float32))),
     }
+
+
+class ImageDiscriminatorSteps:
+    """The steps of a method whose pretext model (the generator, holding the backbone) makes
+    images that a `conv_discriminator` in its state judges against the real ones: the generator's
+    update with the discriminator fixed, then the discriminator's on the real images against the
+    generator's (now constant) output, each with its own optimizer.
+
+    The method says what it trains: `_generator_losses(model, discriminator, batch, training)`
+    returns per-example losses and a dict of parts in which `generated_part` names the images the
+    discriminator sees; `_metrics(batch, per_example, parts)` the sums it reports. Mixed in before
+    `PretextMethod`; the method has `image_size` and `discriminator_widths`."""
+
+    optimizer_names: ClassVar[tuple[str, ...]] = (GENERATOR, DISCRIMINATOR)
+    generated_part: ClassVar[str]
+
+    def build_state(self, model):
+        del model
+        return {DISCRIMINATOR: conv_discriminator(self.image_size, self.discriminator_widths)}
+
+    def optimizer_variables(self, name, model, state):
+        return state[DISCRIMINATOR].trainable_variables if name == DISCRIMINATOR else model.trainable_variables
+
+    def generator_step(self, ctx, batch) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+        """Updates the pretext model (only it) on one replica's batch; returns its metric sums and
+        the generated images for the discriminator's step."""
+        model, discriminator = ctx.model, ctx.state[DISCRIMINATOR]
+        with tf.GradientTape() as tape:
+            per_example, parts = self._generator_losses(model, discriminator, batch, training=True)
+            loss = losses.replica_loss(per_example, model)
+        variables = self.optimizer_variables(GENERATOR, model, ctx.state)
+        ctx.optimizers[GENERATOR].apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return self._metrics(batch, per_example, parts), parts[self.generated_part]
+
+    def train_step(self, ctx, batch):
+        metrics, generated = self.generator_step(ctx, batch)
+        metrics.update(discriminator_step(ctx.state[DISCRIMINATOR], ctx.optimizers[DISCRIMINATOR],
+                                          batch["targets"]["image"], generated))
+        return metrics
+
+    def eval_step(self, ctx, batch):
+        discriminator = ctx.state[DISCRIMINATOR]
+        per_example, parts = self._generator_losses(ctx.model, discriminator, batch, training=False)
+        metrics = self._metrics(batch, per_example, parts)
+        metrics["discriminator_loss_sum"] = tf.reduce_sum(losses.gan_discriminator_loss(
+            discriminator(batch["targets"]["image"], training=False),
+            discriminator(parts[self.generated_part], training=False)))
+        return metrics

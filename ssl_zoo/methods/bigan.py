@@ -34,11 +34,10 @@ from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import PRETEXT_HEAD
 from ssl_zoo.image_grid import draw_image_rows
 from ssl_zoo.methods import training_curves
-from ssl_zoo.methods.adversarial import DISCRIMINATOR, discriminator_step, to_rgb_range, to_unit_range
+from ssl_zoo.methods.adversarial import DISCRIMINATOR, GENERATOR, discriminator_step, to_rgb_range, to_unit_range
 from ssl_zoo.methods.base import PretextMethod
 from ssl_zoo.methods.card import MethodCard
 
-GENERATOR = "generator"
 START_SIDE = 4  # the generator's first map, as DCGAN's
 
 

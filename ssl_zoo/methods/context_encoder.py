@@ -41,8 +41,7 @@ from ssl_zoo.data.augment import AUGMENTATIONS
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import PRETEXT_HEAD
 from ssl_zoo.image_grid import draw_image_rows
-from ssl_zoo.methods.adversarial import (DISCRIMINATOR, conv_discriminator, discriminator_step, to_rgb_range,
-                                         to_unit_range)
+from ssl_zoo.methods.adversarial import ImageDiscriminatorSteps, to_rgb_range, to_unit_range
 from ssl_zoo.methods.base import PretextMethod
 from ssl_zoo.methods import training_curves
 from ssl_zoo.methods.card import MethodCard
@@ -51,7 +50,6 @@ from ssl_zoo.pretext.inpainting import MASKS, fill_hole, loss_weights, make_mask
 log = logging.getLogger(__name__)
 
 LAST_STAGE = "stage4"
-GENERATOR = "generator"
 DECODER = PRETEXT_HEAD  # the pretext head: dropped at export like every head
 
 
@@ -83,9 +81,9 @@ def inpainting_decoder(map_size: int, channels: int, upsamplings: int, base_chan
 
 
 @dataclasses.dataclass
-class ContextEncoder(PretextMethod):
+class ContextEncoder(ImageDiscriminatorSteps, PretextMethod):
     name: ClassVar[str] = "context_encoder"
-    optimizer_names: ClassVar[tuple[str, ...]] = (GENERATOR, DISCRIMINATOR)
+    generated_part: ClassVar[str] = "completed"
     card: ClassVar[MethodCard] = MethodCard(
         title="Context encoder",
         paper="Pathak, Krähenbühl, Donahue, Darrell & Efros, \"Context Encoders: Feature Learning by "
@@ -158,13 +156,6 @@ class ContextEncoder(PretextMethod):
                                      self.decoder_channels)
         return keras.Model(inputs, decoder(feature_map), name="pretext_model")
 
-    def build_state(self, model):
-        del model
-        return {DISCRIMINATOR: conv_discriminator(self.image_size, self.discriminator_widths)}
-
-    def optimizer_variables(self, name, model, state):
-        return state[DISCRIMINATOR].trainable_variables if name == DISCRIMINATOR else model.trainable_variables
-
     # ---- steps ----------------------------------------------------------------------------------
     def _generator_losses(self, model, discriminator, batch, training: bool):
         targets = batch["targets"]
@@ -177,32 +168,6 @@ class ContextEncoder(PretextMethod):
         per_example = self.reconstruction_weight * reconstruction + self.adversarial_weight * adversarial
         return per_example, {"reconstruction": reconstruction, "adversarial": adversarial,
                              "hole_error": masked_l2(real, painted, hole, hole), "completed": completed}
-
-    def generator_step(self, ctx, batch) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-        """Updates the encoder-decoder (only it) on one replica's batch; returns its metric sums and
-        the completed images (real outside the hole) for the discriminator's step."""
-        model, discriminator = ctx.model, ctx.state[DISCRIMINATOR]
-        with tf.GradientTape() as tape:
-            per_example, parts = self._generator_losses(model, discriminator, batch, training=True)
-            loss = losses.replica_loss(per_example, model)
-        variables = self.optimizer_variables(GENERATOR, model, ctx.state)
-        ctx.optimizers[GENERATOR].apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return self._metrics(batch, per_example, parts), parts["completed"]
-
-    def train_step(self, ctx, batch):
-        metrics, completed = self.generator_step(ctx, batch)
-        metrics.update(discriminator_step(ctx.state[DISCRIMINATOR], ctx.optimizers[DISCRIMINATOR],
-                                          batch["targets"]["image"], completed))
-        return metrics
-
-    def eval_step(self, ctx, batch):
-        discriminator = ctx.state[DISCRIMINATOR]
-        per_example, parts = self._generator_losses(ctx.model, discriminator, batch, training=False)
-        metrics, completed = self._metrics(batch, per_example, parts), parts["completed"]
-        real_logits = discriminator(batch["targets"]["image"], training=False)
-        metrics["discriminator_loss_sum"] = tf.reduce_sum(losses.gan_discriminator_loss(
-            real_logits, discriminator(completed, training=False)))
-        return metrics
 
     def _metrics(self, batch, per_example, parts) -> dict[str, tf.Tensor]:
         """Sums over images: the generator's loss and its two terms, the squared error per hidden

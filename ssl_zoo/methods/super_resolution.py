@@ -41,13 +41,12 @@ from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import PRETEXT_HEAD
 from ssl_zoo.image_grid import draw_image_rows
 from ssl_zoo.methods import training_curves
-from ssl_zoo.methods.adversarial import (DISCRIMINATOR, conv_discriminator, discriminator_features,
-                                         discriminator_step, to_rgb_range, to_unit_range)
+from ssl_zoo.methods.adversarial import (ImageDiscriminatorSteps, discriminator_features, to_rgb_range,
+                                         to_unit_range)
 from ssl_zoo.methods.base import PretextMethod
 from ssl_zoo.methods.card import MethodCard
 
 LAST_STAGE = "stage4"
-GENERATOR = "generator"
 DECODER = PRETEXT_HEAD  # dropped at export like every head
 SKIPPABLE = STAGES[:STAGES.index(LAST_STAGE)]  # stem ... stage3
 
@@ -98,9 +97,9 @@ def detail_decoder(maps: dict[str, tuple[int, int]], image_size: int, base_chann
 
 
 @dataclasses.dataclass
-class SuperResolution(PretextMethod):
+class SuperResolution(ImageDiscriminatorSteps, PretextMethod):
     name: ClassVar[str] = "super_resolution"
-    optimizer_names: ClassVar[tuple[str, ...]] = (GENERATOR, DISCRIMINATOR)
+    generated_part: ClassVar[str] = "output"
     card: ClassVar[MethodCard] = MethodCard(
         title="Super-resolution (SRGAN-style)",
         paper="Ledig, Theis, Huszár, Caballero, Cunningham, Acosta, Aitken, Tejani, Totz, Wang & Shi, "
@@ -171,13 +170,6 @@ class SuperResolution(PretextMethod):
         base = layers.Rescaling(1 / 127.5, offset=-1.0, name="enlarged_unit_range")(inputs)
         return keras.Model(inputs, layers.Add(name="super_resolved")([base, detail]), name="pretext_model")
 
-    def build_state(self, model):
-        del model
-        return {DISCRIMINATOR: conv_discriminator(self.image_size, self.discriminator_widths)}
-
-    def optimizer_variables(self, name, model, state):
-        return state[DISCRIMINATOR].trainable_variables if name == DISCRIMINATOR else model.trainable_variables
-
     # ---- steps ----------------------------------------------------------------------------------
     def content_loss(self, discriminator, real, output) -> tf.Tensor:
         """Per image: the mean over the discriminator's convolutions of the mean squared distance
@@ -196,31 +188,6 @@ class SuperResolution(PretextMethod):
         per_example = (self.pixel_weight * pixel + self.content_weight * content
                        + self.adversarial_weight * adversarial)
         return per_example, {"pixel": pixel, "content": content, "adversarial": adversarial, "output": output}
-
-    def generator_step(self, ctx, batch) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-        """Updates the generator (only it) on one replica's batch; returns its metric sums and its
-        outputs for the discriminator's step."""
-        model, discriminator = ctx.model, ctx.state[DISCRIMINATOR]
-        with tf.GradientTape() as tape:
-            per_example, parts = self._generator_losses(model, discriminator, batch, training=True)
-            loss = losses.replica_loss(per_example, model)
-        variables = self.optimizer_variables(GENERATOR, model, ctx.state)
-        ctx.optimizers[GENERATOR].apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return self._metrics(batch, per_example, parts), parts["output"]
-
-    def train_step(self, ctx, batch):
-        metrics, output = self.generator_step(ctx, batch)
-        metrics.update(discriminator_step(ctx.state[DISCRIMINATOR], ctx.optimizers[DISCRIMINATOR],
-                                          batch["targets"]["image"], output))
-        return metrics
-
-    def eval_step(self, ctx, batch):
-        discriminator = ctx.state[DISCRIMINATOR]
-        per_example, parts = self._generator_losses(ctx.model, discriminator, batch, training=False)
-        metrics = self._metrics(batch, per_example, parts)
-        metrics["discriminator_loss_sum"] = tf.reduce_sum(losses.gan_discriminator_loss(
-            discriminator(batch["targets"]["image"], training=False), discriminator(parts["output"], training=False)))
-        return metrics
 
     def _metrics(self, batch, per_example, parts) -> dict[str, tf.Tensor]:
         """Sums over images: the loss and its three terms, and the PSNR of the output and of the
