@@ -227,6 +227,10 @@ def test_progress_lines_have_a_rate_and_an_eta(caplog, monkeypatch):
 def test_reports_go_to_a_file_by_default_and_its_path_is_printed(tmp_path, monkeypatch, capsys, command):
     from ssl_zoo import cli
 
+    # A data directory given relative to where the tests were started (README's test command gives
+    # ../shared/data) must still name it after the test moves into tmp_path.
+    if os.environ.get("SSL_ZOO_DATA_DIR"):
+        monkeypatch.setenv("SSL_ZOO_DATA_DIR", str(Path(os.environ["SSL_ZOO_DATA_DIR"]).resolve()))
     monkeypatch.chdir(tmp_path)
     fake = {"summary": {}, "protocol": {"test_split": "test"}, "trained": {}}
     target = "ssl_zoo.finetune.finetune" if command == "finetune" else "ssl_zoo.evaluation.run.evaluate_model"
