@@ -85,6 +85,19 @@ def discriminator_step(discriminator: keras.Model, optimizer, real, fake) -> dic
     }
 
 
+def generator_update(method, ctx, batch, generator_losses):
+    """One replica's update of the pretext model (the generator side: whatever `method` gives the
+    GENERATOR optimizer) with the discriminator in the state held fixed. `generator_losses(model,
+    discriminator, batch, training)` -> (per-example losses, parts); returns them."""
+    model, discriminator = ctx.model, ctx.state[DISCRIMINATOR]
+    with tf.GradientTape() as tape:
+        per_example, parts = generator_losses(model, discriminator, batch, training=True)
+        loss = losses.replica_loss(per_example, model)
+    variables = method.optimizer_variables(GENERATOR, model, ctx.state)
+    ctx.optimizers[GENERATOR].apply_gradients(zip(tape.gradient(loss, variables), variables))
+    return per_example, parts
+
+
 class ImageDiscriminatorSteps:
     """The steps of a method whose pretext model (the generator, holding the backbone) makes
     images that a `conv_discriminator` in its state judges against the real ones: the generator's
@@ -109,12 +122,7 @@ class ImageDiscriminatorSteps:
     def generator_step(self, ctx, batch) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
         """Updates the pretext model (only it) on one replica's batch; returns its metric sums and
         the generated images for the discriminator's step."""
-        model, discriminator = ctx.model, ctx.state[DISCRIMINATOR]
-        with tf.GradientTape() as tape:
-            per_example, parts = self._generator_losses(model, discriminator, batch, training=True)
-            loss = losses.replica_loss(per_example, model)
-        variables = self.optimizer_variables(GENERATOR, model, ctx.state)
-        ctx.optimizers[GENERATOR].apply_gradients(zip(tape.gradient(loss, variables), variables))
+        per_example, parts = generator_update(self, ctx, batch, self._generator_losses)
         return self._metrics(batch, per_example, parts), parts[self.generated_part]
 
     def train_step(self, ctx, batch):

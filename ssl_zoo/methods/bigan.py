@@ -34,7 +34,8 @@ from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import PRETEXT_HEAD
 from ssl_zoo.image_grid import draw_image_rows
 from ssl_zoo.methods import training_curves
-from ssl_zoo.methods.adversarial import DISCRIMINATOR, GENERATOR, discriminator_step, to_rgb_range, to_unit_range
+from ssl_zoo.methods.adversarial import (DISCRIMINATOR, GENERATOR, discriminator_step, generator_update,
+                                         to_rgb_range, to_unit_range)
 from ssl_zoo.methods.base import PretextMethod
 from ssl_zoo.methods.card import MethodCard
 
@@ -159,12 +160,7 @@ class BiGAN(PretextMethod):
     def generator_step(self, ctx, batch):
         """Updates E and G (only them) on one replica's batch; returns the metric sums and the
         real and fake pairs for the discriminator's step."""
-        model, discriminator = ctx.model, ctx.state[DISCRIMINATOR]
-        with tf.GradientTape() as tape:
-            per_example, parts = self._losses(model, discriminator, batch, training=True)
-            loss = losses.replica_loss(per_example, model)
-        variables = self.optimizer_variables(GENERATOR, model, ctx.state)
-        ctx.optimizers[GENERATOR].apply_gradients(zip(tape.gradient(loss, variables), variables))
+        per_example, parts = generator_update(self, ctx, batch, self._losses)
         return self._metrics(per_example, parts), (parts["real"], parts["fake"])
 
     def train_step(self, ctx, batch):
