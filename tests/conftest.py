@@ -11,7 +11,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import ssl_zoo  # noqa: E402,F401  (sets oneDNN before TensorFlow loads)
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from ssl_zoo.train.strategy import split_cpu  # noqa: E402
 
