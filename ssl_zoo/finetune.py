@@ -230,7 +230,7 @@ def finetune(source, *, dataset: str = "tfds:cifar10", data_dir=None, epochs_fro
 
     from ssl_zoo.data.sources import open_source
     from ssl_zoo.evaluation.run import architecture_fingerprint, random_init_like
-    from ssl_zoo.loader import load_backbone, resolve_source
+    from ssl_zoo.loader import input_size_for, load_backbone, resolve_source
 
     t0 = time.time()
     if isinstance(source, keras.Model):
@@ -239,14 +239,7 @@ def finetune(source, *, dataset: str = "tfds:cifar10", data_dir=None, epochs_fro
         kind = resolve_source(source).kind
         backbone = load_backbone(source, trainable=kind != "saved_model")
         name = str(source)
-    fixed_size = backbone.input.shape[1]
-    if image_size is None:
-        if not fixed_size:
-            raise ConfigError(f"{name}: backbone takes images of any size; say which with image_size "
-                             f"(--image-size), e.g. 32 for CIFAR-10")
-        image_size = fixed_size
-    elif fixed_size and image_size != fixed_size:
-        raise ConfigError(f"{name}: backbone takes {fixed_size} px images, not image_size={image_size}")
+    image_size = input_size_for(backbone, image_size, name)
     data = open_source(dataset, data_dir) if isinstance(dataset, str) else dataset
     num_classes = data.num_classes()
     if not num_classes:

@@ -143,6 +143,23 @@ def load_raw_backbone(source: str | os.PathLike):
                     f"load the preset or .keras export to evaluate or re-initialise it")
 
 
+def input_size_for(backbone, image_size: int | None, name: str) -> int:
+    """The image size to feed `backbone`: `image_size`, or its fixed input size when None. A
+    ConfigError naming `name` when the two disagree (a backbone exported with a fixed input layer
+    cannot take other sizes) or when neither says one."""
+    from ssl_zoo.errors import ConfigError
+
+    fixed_size = backbone.input.shape[1]
+    if image_size is None:
+        if not fixed_size:
+            raise ConfigError(f"{name}: backbone takes images of any size; say which with image_size "
+                              f"(--image-size), e.g. 32 for CIFAR-10")
+        return int(fixed_size)
+    if fixed_size and int(image_size) != int(fixed_size):
+        raise ConfigError(f"{name}: backbone takes {fixed_size} px images, not image_size={image_size}")
+    return int(image_size)
+
+
 def load_metadata(source: str | os.PathLike) -> dict | None:
     """The metadata.json of a preset / SavedModel export / zoo entry (None for a bare .keras file)."""
     return resolve_source(source).metadata

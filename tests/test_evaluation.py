@@ -89,6 +89,17 @@ def test_evaluate_reports_trained_and_floor(tmp_path, data_dir):
     assert report["knn"]["k"] == 20
 
 
+def test_evaluate_refuses_a_size_its_fixed_input_layer_cannot_take(tmp_path):
+    """A backbone exported with a fixed input layer (96 px) asked for 32 px: one sentence naming both
+    sizes, before any data is opened, not Keras's shape error from inside feature extraction."""
+    backbone = resnet(18, 0.125, "cifar", 96)
+    from ssl_zoo.evaluation import run
+
+    with mock.patch.object(run, "open_source", side_effect=AssertionError("data opened")):
+        with pytest.raises(ValueError, match="takes 96 px images, not image_size=32"):
+            evaluate_model(backbone, data_dir=str(tmp_path), image_size=32, stages=["pooled"])
+
+
 def test_evaluate_on_a_folder_with_cache_gives_the_same_report_from_one_decode(tmp_path):
     for split, n in (("train", 12), ("val", 6)):
         for c, cls in enumerate(("cats", "dogs")):

@@ -168,7 +168,7 @@ def evaluate_model(
     evaluate` always names one (the recipe's [evaluation] test_split or --test-split).
     `features_dir`: features streamed to disk there (`evaluate_backbone`); the numbers' protocol
     is the same, and the report says where the features were held."""
-    from ssl_zoo.loader import load_raw_backbone
+    from ssl_zoo.loader import input_size_for, load_raw_backbone
 
     # Values that cannot work are a ConfigError naming them, before anything is loaded.
     EvalConfig(source=source, train_split=train_split, test_split=test_split or "held-out", image_size=image_size,
@@ -177,6 +177,8 @@ def evaluate_model(
     t0 = time.time()
     stages = list(stages)
     backbone = load_raw_backbone(model) if not isinstance(model, keras.Model) else model
+    # Before any data is read: a backbone with a fixed input layer cannot take another size.
+    input_size_for(backbone, image_size, backbone.name if isinstance(model, keras.Model) else str(model))
     data = open_source(source, data_dir, cache=cache)
     test_split = test_split or data.held_out_split()
     common = dict(source=data, stages=stages, image_size=image_size, knn_k=knn_k, train_split=train_split,
