@@ -92,9 +92,9 @@ def test_evaluate_reports_trained_and_floor(tmp_path, data_dir):
 def test_evaluate_refuses_a_size_its_fixed_input_layer_cannot_take(tmp_path):
     """A backbone exported with a fixed input layer (96 px) asked for 32 px: one sentence naming both
     sizes, before any data is opened, not Keras's shape error from inside feature extraction."""
-    backbone = resnet(18, 0.125, "cifar", 96)
     from ssl_zoo.evaluation import run
 
+    backbone = resnet(18, 0.125, "cifar", 96)
     with mock.patch.object(run, "open_source", side_effect=AssertionError("data opened")):
         with pytest.raises(ValueError, match="takes 96 px images, not image_size=32"):
             evaluate_model(backbone, data_dir=str(tmp_path), image_size=32, stages=["pooled"])
