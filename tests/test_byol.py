@@ -70,3 +70,26 @@ def test_bad_momentum_is_named():
 
     with pytest.raises(ConfigError, match="base_momentum"):
         BYOL(base_momentum=1.0)
+
+
+def test_batch_norm_over_each_view_calls_both_networks_once_per_view():
+    """"each": the online and the target network are called once per view (each batch normalised
+    by its own statistics, as the BYOL authors' code); "both": one call on the 2N views. They differ
+    in training mode and agree in inference mode (moving statistics)."""
+    from ssl_zoo.errors import ConfigError
+
+    settings = dict(image_size=20, head_hidden_units=(16,), projection_dim=8, predictor_hidden_units=(16,))
+    both, each = BYOL(**settings), BYOL(**settings, batch_norm_views="each")
+    model = both.build_model()
+    target = both.build_state(model)["target"]
+    views = [tf.constant(v / 1.0, tf.float32) for v in (IMAGES[:4], IMAGES[4:8])]
+    p1, p2 = (model(v, training=True)["prediction"] for v in views)
+    z1, z2 = (target(v, training=True) for v in views)
+    reference = np.concatenate([byol_loss(p1, z2), byol_loss(p2, z1)])
+    np.testing.assert_allclose(each._forward(model, target, views, training=True)[0], reference,
+                               rtol=1e-5, atol=1e-5)
+    assert not np.allclose(both._forward(model, target, views, training=True)[0], reference, atol=1e-3)
+    np.testing.assert_allclose(both._forward(model, target, views, training=False)[0],
+                               each._forward(model, target, views, training=False)[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="batch_norm_views"):
+        BYOL(batch_norm_views="per_view")

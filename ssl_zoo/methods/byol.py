@@ -8,8 +8,10 @@ Composition plus its own step: SimCLR's two-view transform (`ssl_zoo.pretext.con
 online network (backbone, projector, predictor) and its EMA target (backbone, projector; method
 state, checkpointed); the loss is the symmetric 2 - 2 cos(prediction, target projection) of
 Sec. 3.1, the target's momentum follows the cosine schedule of Sec. 3.2 over the run's steps
-(`byol_momentum`). Both views go through each network in one batch, so that (synchronised) batch
-norm sees all 2N views. The released backbone is the online encoder, as in the paper's evaluation.
+(`byol_momentum`). By default both views go through each network in one batch, so that
+(synchronised) batch norm sees all 2N views; `batch_norm_views = "each"` calls each network once per
+view, each view's batch normalised by its own statistics, as the BYOL authors' code and LightlySSL's
+do. The released backbone is the online encoder, as in the paper's evaluation.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads import PRETEXT_HEAD, projection_head
 from ssl_zoo.methods.base import BACKBONE
 from ssl_zoo.methods.card import MethodCard
-from ssl_zoo.methods.two_view import TwoViewMethod, per_view_metrics
+from ssl_zoo.methods.two_view import BATCH_NORM_VIEWS, TwoViewMethod, per_view_metrics, through_network
 
 PREDICTOR = "predictor"
 
@@ -71,11 +73,13 @@ class BYOL(TwoViewMethod):
     )
     predictor_hidden_units: tuple[int, ...] = (512,)
     base_momentum: float = 0.99
+    batch_norm_views: str = "both"  # "both": one pass over 2N views; "each": one pass per view
 
     def __post_init__(self):
         super().__post_init__()
         if not 0.0 <= self.base_momentum < 1.0:
             raise ConfigError(f"[method] byol base_momentum must be in [0, 1), got {self.base_momentum}")
+        self.require_choice("batch_norm_views", BATCH_NORM_VIEWS)
         self.predictor_hidden_units = tuple(self.predictor_hidden_units)
 
     def build_model(self) -> keras.Model:
@@ -102,14 +106,11 @@ class BYOL(TwoViewMethod):
         return {"target": target}
 
     def _forward(self, model, target, views, training: bool):
-        first, second = views
-        local = tf.shape(first)[0]
-        both = tf.concat([first, second], axis=0)
-        out = model(both, training=training)
-        z = target(both, training=training)
-        p = out["prediction"]
+        out1, out2 = through_network(model, *views, training=training, batch_norm_views=self.batch_norm_views)
+        z1, z2 = through_network(target, *views, training=training, batch_norm_views=self.batch_norm_views)
+        p = tf.concat([out1["prediction"], out2["prediction"]], axis=0)
         # View 1 predicts view 2's target projection and vice versa (the symmetrised loss).
-        swapped = tf.concat([z[local:], z[:local]], axis=0)
+        swapped = tf.concat([z2, z1], axis=0)
         per_view = byol_loss(p, swapped)
         return per_view, p, swapped
 

@@ -23,7 +23,7 @@ import tensorflow as tf
 from ssl_zoo import losses
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.methods.card import MethodCard
-from ssl_zoo.methods.two_view import TwoViewMethod, per_view_metrics
+from ssl_zoo.methods.two_view import BATCH_NORM_VIEWS, TwoViewMethod, per_view_metrics, through_network
 
 
 @dataclasses.dataclass
@@ -54,19 +54,13 @@ class SimCLR(TwoViewMethod):
         super().__post_init__()
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be positive, got {self.temperature}")
-        self.require_choice("batch_norm_views", ("both", "each"))
+        self.require_choice("batch_norm_views", BATCH_NORM_VIEWS)
 
     def build_model(self) -> keras.Model:
         return self.projection_model()
 
     def _contrast(self, model, views, training: bool):
-        first, second = views
-        if self.batch_norm_views == "each":
-            z1, z2 = model(first, training=training), model(second, training=training)
-        else:
-            local = tf.shape(first)[0]
-            z = model(tf.concat([first, second], axis=0), training=training)
-            z1, z2 = z[:local], z[local:]
+        z1, z2 = through_network(model, *views, training=training, batch_norm_views=self.batch_norm_views)
         per_example, correct = losses.nt_xent(z1, z2, self.temperature)
         return per_example, correct
 

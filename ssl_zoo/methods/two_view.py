@@ -67,6 +67,24 @@ class TwoViewMethod(PretextMethod):
                        [PictureRow("view 1", first), PictureRow("view 2", second)])
 
 
+# How a step passes the two views through a network: "both" stacks them into one call of 2N views, so
+# that (synchronised) batch norm normalises them together (the SimCLR authors' code); "each" makes one
+# call per view, each batch normalised by its own N views' statistics (the PyTorch implementations that
+# call the model twice: LightlySSL's examples, the BYOL authors' code).
+BATCH_NORM_VIEWS = ("both", "each")
+
+
+def through_network(network, first, second, training: bool, batch_norm_views: str = "both"):
+    """(network(first), network(second)) for views [N, ...] each, as `batch_norm_views` says; the
+    outputs may be any structure of tensors with the batch first (a dict of heads)."""
+    if batch_norm_views == "each":
+        return network(first, training=training), network(second, training=training)
+    local = tf.shape(first)[0]
+    out = network(tf.concat([first, second], axis=0), training=training)
+    return (tf.nest.map_structure(lambda t: t[:local], out),
+            tf.nest.map_structure(lambda t: t[local:], out))
+
+
 def per_view_metrics(per_view_loss, correct) -> dict:
     """The trainer's sums, counted per view (2 per image): each view's loss and whether its
     positive won."""
