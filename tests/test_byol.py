@@ -93,3 +93,16 @@ def test_batch_norm_over_each_view_calls_both_networks_once_per_view():
                                each._forward(model, target, views, training=False)[0], rtol=1e-5, atol=1e-5)
     with pytest.raises(ConfigError, match="batch_norm_views"):
         BYOL(batch_norm_views="per_view")
+
+
+def test_held_out_accuracy_leaves_out_the_target_of_the_predictions_own_view():
+    """A prediction equal to its own view's target projection (which the metric must leave out)
+    and next nearest to its other view's counts as correct; one nearest another image's target does
+    not. Rows: [view 1; view 2] predictions; keys: [view 2; view 1] targets, as `_forward` gives."""
+    rng = np.random.default_rng(3)
+    z1 = rng.normal(size=(3, 8)).astype(np.float32)
+    z2 = z1 + 0.1 * rng.normal(size=(3, 8)).astype(np.float32)
+    p1, p2 = z1.copy(), z2.copy()
+    p1[2] = z2[0]  # image 2's first view predicts image 0's second view
+    metrics = BYOL._metrics(tf.zeros(6), tf.constant(np.concatenate([p1, p2])), tf.constant(np.concatenate([z2, z1])))
+    assert float(metrics["correct"]) == 5.0 and float(metrics["count"]) == 6.0
