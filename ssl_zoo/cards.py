@@ -338,7 +338,8 @@ def render_card(meta: dict[str, Any], plot_name: str | None = None, training_plo
         classes = pretext_classes(meta["method"])
         chance = f"; chance {_pct(1 / classes)}" if classes else ""
         split = (recipe.get("data") or {}).get("eval_split", "test")
-        held_out = ((info and info.pretext_eval) or "the held-out {split} split of {data}").format(split=split, data=train_ds)
+        held_out = ((info and info.pretext_eval_text(meta["method"])) or "the held-out {split} split of {data}").format(
+            split=split, data=train_ds)
         add(f"- Pretext task ({info.title if info else method_name}) accuracy on {held_out} after epoch "
             f"{training['pretext_eval_epoch']}: {_pct(training['pretext_eval_accuracy'])} "
             f"(loss {training['pretext_eval_loss']:.4f}{chance}).")

@@ -106,3 +106,12 @@ def test_held_out_accuracy_leaves_out_the_target_of_the_predictions_own_view():
     p1[2] = z2[0]  # image 2's first view predicts image 0's second view
     metrics = BYOL._metrics(tf.zeros(6), tf.constant(np.concatenate([p1, p2])), tf.constant(np.concatenate([z2, z1])))
     assert float(metrics["correct"]) == 5.0 and float(metrics["count"]) == 6.0
+    # The metric of the runs made before: the own view's target is a candidate, and wins every row.
+    earlier = BYOL._metrics(tf.zeros(6), tf.constant(np.concatenate([p1, p2])), tf.constant(np.concatenate([z2, z1])),
+                            count_own_view_target=True)
+    assert float(earlier["correct"]) == 0.0
+    # A card says which of the two its number is: records made before the option have no such field.
+    from ssl_zoo.cards import method_card
+    card = method_card("byol")
+    assert "but that of its own view" in card.pretext_eval_text({"name": "byol", "count_own_view_target": False})
+    assert "its own view included" in card.pretext_eval_text({"name": "byol"})

@@ -22,8 +22,9 @@ class MethodCard:
     # of the method configuration field that holds it.
     pretext_classes: int | str | None = None
     # What the held-out pretext accuracy is measured on, if not "the held-out {split} split of
-    # {data}" (placeholders: the recipe's eval split, the training data's name).
-    pretext_eval: str | None = None
+    # {data}" (placeholders: the recipe's eval split, the training data's name), or a function of
+    # the method configuration that returns it.
+    pretext_eval: str | Callable[[dict], str] | None = None
     # The method's own limitation (one sentence), or a function of the method configuration.
     limitation: str | Callable[[dict], str] | None = None
     # The configuration field naming the side of the views the backbone was trained on (shown for
@@ -33,6 +34,9 @@ class MethodCard:
     def classes(self, config: dict) -> int | None:
         classes = self.pretext_classes
         return config.get(classes) if isinstance(classes, str) else classes
+
+    def pretext_eval_text(self, config: dict) -> str | None:
+        return self.pretext_eval(config) if callable(self.pretext_eval) else self.pretext_eval
 
     def limitation_text(self, config: dict) -> str | None:
         return self.limitation(config) if callable(self.limitation) else self.limitation
