@@ -30,6 +30,8 @@ alternately R times and keeps the median round's ratio (every round's ratio is i
     python benchmarks/throughput.py --data-dir DATA --out benchmarks/results/throughput.json
     python benchmarks/throughput.py --data-dir DATA --methods rotnet --steps 40   # one method
     python benchmarks/throughput.py --data-dir DATA --methods colorization --repeats 3
+    python benchmarks/throughput.py --data-dir DATA --methods super_resolution --compute-only \
+        --set method.decoder_channels=8          # a variant of the recipe, as `ssl-zoo train --set`
 """
 
 from __future__ import annotations
@@ -130,7 +132,17 @@ def _supervised_step_flops(model, images: int, side: int) -> dict:
     return step_flops(step.get_concrete_function(x, y))
 
 
-def run_part(part: str, method_name: str, data_dir: str, steps: int, warmup: int, images: int, side: int) -> dict:
+def method_recipe(method_name: str, overrides: list[str] | None = None):
+    """The method's released recipe (`RECIPES`), with `--set section.key=value` overrides (the
+    trainer's own parsing: a variant is benchmarked as `ssl-zoo train --set` would train it)."""
+    from ssl_zoo.train.recipe import apply_overrides, load_recipe
+
+    recipe = load_recipe(ROOT / RECIPES[method_name])
+    return apply_overrides(recipe, list(overrides)) if overrides else recipe
+
+
+def run_part(part: str, method_name: str, data_dir: str, steps: int, warmup: int, images: int, side: int,
+             overrides: list[str] | None = None) -> dict:
     import ssl_zoo  # noqa: F401  (oneDNN setting before TF)
     import keras
     import numpy as np
@@ -140,9 +152,8 @@ def run_part(part: str, method_name: str, data_dir: str, steps: int, warmup: int
     from ssl_zoo.data.sources import ArraySource, open_source
     from ssl_zoo.methods import PretextMethod, method_from_recipe
     from ssl_zoo.train.loop import Trainer
-    from ssl_zoo.train.recipe import load_recipe
 
-    recipe = load_recipe(ROOT / RECIPES[method_name])
+    recipe = method_recipe(method_name, overrides)
     source = open_source(recipe.data.source, data_dir, cache=recipe.data.cache)
     method = method_from_recipe(recipe)
 
@@ -255,7 +266,8 @@ def run_part(part: str, method_name: str, data_dir: str, steps: int, warmup: int
 def _run_subprocess(args, part: str, method: str, images: int = 0, side: int = 0) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--part", part, "--methods", method, "--data-dir", args.data_dir,
-         "--steps", str(args.steps), "--warmup", str(args.warmup), "--images", str(images), "--side", str(side)],
+         "--steps", str(args.steps), "--warmup", str(args.warmup), "--images", str(images), "--side", str(side),
+         *(f"--set={item}" for item in args.set or [])],
         capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     if out.returncode:
@@ -275,9 +287,8 @@ def median_round(rounds: list[tuple[dict, dict]]) -> tuple[dict, dict, float, li
 
 def benchmark_method(args, method: str) -> dict:
     from ssl_zoo.methods import method_from_recipe
-    from ssl_zoo.train.recipe import load_recipe
 
-    recipe = load_recipe(ROOT / RECIPES[method])
+    recipe = method_recipe(method, args.set)
     pipeline = _run_subprocess(args, "pipeline", method)
     images, side = pipeline["backbone_images_per_step"], pipeline["view_side"]
     trained, supervised, ratio, round_ratios = median_round(
@@ -351,6 +362,9 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     parser.add_argument("--compute-only", action="store_true",
                         help="only count each step's arithmetic (no timings: a few seconds per method)")
+    parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                        help="override a value of every benchmarked method's recipe, as `ssl-zoo train --set` "
+                             "(repeatable): a variant's speed and arithmetic against the same baseline")
     parser.add_argument("--part", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--images", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--side", type=int, default=0, help=argparse.SUPPRESS)
@@ -364,13 +378,15 @@ def main() -> None:
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, not {args.repeats}")
     if args.part:
-        print(json.dumps(run_part(args.part, methods[0], args.data_dir, args.steps, args.warmup, args.images, args.side)))
+        print(json.dumps(run_part(args.part, methods[0], args.data_dir, args.steps, args.warmup, args.images, args.side,
+                                  args.set)))
         return
     sys.path.insert(0, str(ROOT))
     report = {
         "command": f"python benchmarks/throughput.py --data-dir DATA --methods {args.methods} "
                    f"--steps {args.steps} --warmup {args.warmup}"
-                   + (f" --repeats {args.repeats}" if args.repeats > 1 else ""),
+                   + (f" --repeats {args.repeats}" if args.repeats > 1 else "")
+                   + "".join(f" --set {item}" for item in args.set or []),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
         "methods": {method: ({"compute": _run_subprocess(args, "compute", method)} if args.compute_only
                              else benchmark_method(args, method)) for method in methods},

@@ -48,3 +48,19 @@ def test_median_round_keeps_the_pair_timed_together():
     assert ratios == [0.9, 0.5, 1.2, 0.4] and ratio == 0.5  # the lower middle of four
     assert method is rounds[1][0] and supervised is rounds[1][1]
     assert median_round(rounds[:3])[2] == 0.9
+
+
+def test_method_recipe_applies_overrides_as_training_does():
+    """`--set` reaches the recipe a benchmark part builds its method from, parsed as `ssl-zoo train
+    --set` parses it; without overrides the released recipe is used as it is."""
+    import pytest
+
+    from ssl_zoo.errors import ConfigError
+    from throughput import method_recipe
+
+    released = method_recipe("super_resolution")
+    variant = method_recipe("super_resolution", ["method.decoder_channels=8", 'method.skip_stages=["stage3"]'])
+    assert released.method["decoder_channels"] == 16 and variant.method["decoder_channels"] == 8
+    assert list(variant.method["skip_stages"]) == ["stage3"]
+    with pytest.raises(ConfigError, match="section.key=value"):
+        method_recipe("super_resolution", ["decoder_channels=8"])
