@@ -30,8 +30,7 @@ alternately R times and keeps the median round's ratio (every round's ratio is i
     python benchmarks/throughput.py --data-dir DATA --out benchmarks/results/throughput.json
     python benchmarks/throughput.py --data-dir DATA --methods rotnet --steps 40   # one method
     python benchmarks/throughput.py --data-dir DATA --methods colorization --repeats 3
-    python benchmarks/throughput.py --data-dir DATA --methods super_resolution --compute-only \
-        --set method.decoder_channels=8          # a variant of the recipe, as `ssl-zoo train --set`
+    python benchmarks/throughput.py --data-dir DATA --methods super_resolution --set method.decoder_channels=8
 """
 
 from __future__ import annotations
