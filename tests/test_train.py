@@ -185,6 +185,9 @@ def test_run_killed_mid_epoch_resumes_to_the_same_step_count(tmp_path):
     proc.wait()
     assert killed_at is not None and killed_at < 12, f"not killed mid-epoch: {proc.stdout.read()}"
     assert not (tmp_path / "run" / "backbone.keras").exists()
+    # The checkpoint keeps the seconds the epoch had trained, which the resumed epoch's record adds.
+    trained_before = json.loads((tmp_path / "run" / "epoch_totals.json").read_text())[str(killed_at)]["epoch_seconds"]
+    assert trained_before > 0
     # What a kill inside a save leaves (TensorFlow writes the shards to ckpt-N_temp/ first): never a
     # checkpoint, removed on resume.
     unfinished = ckpt_dir / f"ckpt-{killed_at + 2}_temp"
@@ -198,6 +201,8 @@ def test_run_killed_mid_epoch_resumes_to_the_same_step_count(tmp_path):
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert run["steps"] == 24
     assert [h["step"] for h in history] == [12, 24]
+    assert history[0]["seconds"] >= trained_before
+    assert "epoch_seconds" not in history[0] and "train_epoch_seconds" not in history[0]
     assert (tmp_path / "run" / "backbone.keras").exists()
 
 

@@ -113,8 +113,9 @@ class Trainer:
       history.json      one record per epoch
       epoch_hooks.json  what each epoch's hook reported (kept for a mid-epoch resume)
       refresh_hooks.json what each within-epoch refresh (SeLa's label updates) reported, by global step
-      epoch_totals.json the running sums of the epoch's metrics at each checkpoint, so that a
-                        resumed epoch's record averages over all its steps, as an unbroken one
+      epoch_totals.json the running sums of the epoch's metrics at each checkpoint and the seconds
+                        the epoch had trained by then, so that a resumed epoch's record averages
+                        over all its steps and counts all its time, as an unbroken one
       pretext_model.keras, backbone.keras   written atomically at the end
     """
 
@@ -174,6 +175,7 @@ class Trainer:
         self._eval_fn = None
         self._inference_fns: dict = {}
         self._totals: dict[str, float] = {}
+        self._epoch_clock = (time.time(), 0.0)  # (when this process began the epoch, seconds it had before)
 
     @property
     def optimizer(self):
@@ -362,13 +364,17 @@ class Trainer:
             path = self.out_dir / "epoch_totals.json"
             kept = json.loads(path.read_text()) if path.exists() else {}
             kept = {k: v for k, v in kept.items() if int(k) > step - 3 * self.steps_per_epoch}
-            kept[str(step)] = dict(self._totals)
+            t0, before = self._epoch_clock
+            kept[str(step)] = {**self._totals, EPOCH_SECONDS: round(before + time.time() - t0, 3)}
             write_json(kept, path, sort_keys=True)
         return self.manager.save(checkpoint_number=step)
 
-    def _restored_totals(self, step: int) -> dict[str, float]:
+    def _restored_totals(self, step: int) -> tuple[dict[str, float], float]:
+        """(the epoch's metric sums, the seconds it had trained) at checkpoint `step`; checkpoints
+        written before the seconds were kept give 0."""
         path = self.out_dir / "epoch_totals.json"
-        return (json.loads(path.read_text()) if path.exists() else {}).get(str(step), {})
+        kept = dict((json.loads(path.read_text()) if path.exists() else {}).get(str(step), {}))
+        return kept, float(kept.pop(EPOCH_SECONDS, 0.0))
 
     # ---- loop -------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -418,8 +424,10 @@ class Trainer:
             # After the restore above: the hook never sees the random weights of a model about to be
             # restored, and a mid-epoch resume keeps the state the hook computed before the kill.
             reported = self._epoch_hook(epoch) if skip == 0 else self._reported_by_hook(epoch)
-            totals = self._totals = {} if skip == 0 else dict(self._restored_totals(int(self.step.numpy())))
+            totals, before = ({}, 0.0) if skip == 0 else self._restored_totals(int(self.step.numpy()))
+            self._totals = totals
             t0 = time.time()
+            self._epoch_clock = (t0, before)
             steps_run = 0
             progbar = keras.utils.Progbar(self.steps_per_epoch, verbose=1 if (self.chief and sys.stdout.isatty()) else 0)
             for batch in self._train_dataset(epoch, skip):
@@ -449,9 +457,9 @@ class Trainer:
                     self.save_checkpoint()
             if not steps_run:
                 raise RuntimeError(f"epoch {epoch + 1} produced no batch; {self.source.stats.summary()}")
-            seconds = time.time() - t0
-            record = {"epoch": epoch + 1, "step": int(self.step.numpy()), "seconds": round(seconds, 1),
-                      "images_per_second": round(steps_run * self.global_batch / seconds, 1),
+            seconds = time.time() - t0  # this process's part; a resumed epoch adds what it had trained before
+            record = {"epoch": epoch + 1, "step": int(self.step.numpy()), "seconds": round(before + seconds, 1),
+                      "images_per_second": round((skip + steps_run) * self.global_batch / (before + seconds), 1),
                       **{f"train_{k}": round(v, 5) for k, v in _averages(totals).items()},
                       **{f"hook_{k}": round(v, 5) for k, v in reported.items()}}
             for opt_name, opt in self.optimizers.items():
@@ -566,6 +574,10 @@ def optimizer_configs(method: PretextMethod, recipe: Recipe) -> dict[str, Optimi
         raise ConfigError(f"method {method.name!r} trains with optimizers {list(names)}: the recipe needs one "
                           f"[optimizers.NAME] section each (missing {missing}, unused {unused})")
     return {n: recipe.optimizers[n] for n in names}
+
+
+# epoch_totals.json's key for the seconds an epoch had trained at a checkpoint (not a metric).
+EPOCH_SECONDS = "epoch_seconds"
 
 
 def _averages(totals: dict[str, float]) -> dict[str, float]:
