@@ -150,7 +150,7 @@ class BYOL(TwoViewMethod):
         view. That one is left out as SimCLR leaves a view out of its own negatives: the target's
         projection of the very input the prediction came from is the nearest far more often than
         the other view's (36-45 % of held-out views against 2-5 % for the other view's, measured at
-        epoch 8 of the CIFAR-10 recipe), so with it the task would measure which of the two views of
+        step 1,600 of a run of the CIFAR-10 recipe), so with it the task would measure which of the two views of
         an image is nearer, not whether the image is found."""
         ctx = tf.distribute.get_replica_context()
         p = tf.math.l2_normalize(tf.cast(p, tf.float32), axis=-1)

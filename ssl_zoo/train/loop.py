@@ -458,8 +458,10 @@ class Trainer:
             if not steps_run:
                 raise RuntimeError(f"epoch {epoch + 1} produced no batch; {self.source.stats.summary()}")
             seconds = time.time() - t0  # this process's part; a resumed epoch adds what it had trained before
+            # The steps those seconds cover: a checkpoint written before the seconds were kept gives none.
+            timed_steps = steps_run + (skip if before else 0)
             record = {"epoch": epoch + 1, "step": int(self.step.numpy()), "seconds": round(before + seconds, 1),
-                      "images_per_second": round((skip + steps_run) * self.global_batch / (before + seconds), 1),
+                      "images_per_second": round(timed_steps * self.global_batch / (before + seconds), 1),
                       **{f"train_{k}": round(v, 5) for k, v in _averages(totals).items()},
                       **{f"hook_{k}": round(v, 5) for k, v in reported.items()}}
             for opt_name, opt in self.optimizers.items():
